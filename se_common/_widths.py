@@ -1,0 +1,79 @@
+"""Hidden-width rules of the SE block, reproducing timm and the classic recipe exactly."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+DEFAULT_RD_RATIO = 1.0 / 16
+DEFAULT_RD_DIVISOR = 8
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def make_divisible(
+    v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9
+) -> int:
+    """Rounds ``v`` to the nearest multiple of ``divisor``, as timm's ``make_divisible``.
+
+    The result is at least ``min_value`` (default ``divisor``) and, if rounding lost more than
+    ``1 - round_limit`` of ``v``, one ``divisor`` larger.
+
+    Example:
+        >>> make_divisible(64 / 16, 8, round_limit=0.0)
+        8
+    """
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v
+
+
+def resolve_rd_channels(
+    channels: int,
+    rd_ratio: float | None = None,
+    rd_channels: int | None = None,
+    rd_divisor: int | None = None,
+) -> int:
+    """Returns the SE hidden width for ``channels`` input channels.
+
+    Either ``rd_channels`` is given explicitly, or the width is
+    ``make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.)`` with defaults
+    ``rd_ratio=1/16`` and ``rd_divisor=8``, exactly timm's ``SEModule``. Giving ``rd_channels``
+    together with ``rd_ratio`` or ``rd_divisor`` is an error rather than a silent preference.
+
+    Raises:
+        ValueError: naming the offending value, for a non-positive or non-integer ``channels``,
+            ``rd_channels`` or ``rd_divisor``, a non-positive ``rd_ratio``, or conflicting options.
+
+    Example:
+        >>> resolve_rd_channels(256)
+        16
+        >>> resolve_rd_channels(64, rd_channels=4)
+        4
+    """
+    channels = _check_positive_int("channels", channels)
+    if rd_channels is not None:
+        if rd_ratio is not None or rd_divisor is not None:
+            raise ValueError(
+                f"give either rd_channels or rd_ratio/rd_divisor, not both: got rd_channels="
+                f"{rd_channels!r}, rd_ratio={rd_ratio!r}, rd_divisor={rd_divisor!r}"
+            )
+        return _check_positive_int("rd_channels", rd_channels)
+    rd_ratio = DEFAULT_RD_RATIO if rd_ratio is None else rd_ratio
+    if (
+        isinstance(rd_ratio, bool)
+        or not isinstance(rd_ratio, numbers.Real)
+        or not math.isfinite(rd_ratio)
+        or rd_ratio <= 0
+    ):
+        raise ValueError(f"rd_ratio must be a finite number > 0, got {rd_ratio!r}")
+    rd_divisor = _check_positive_int(
+        "rd_divisor", DEFAULT_RD_DIVISOR if rd_divisor is None else rd_divisor
+    )
+    return make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)

@@ -1,0 +1,22 @@
+"""One strict, declarative weight converter between ``se_torch`` and ``se_flax``, both directions.
+
+    >>> from se_flax.convert import torch_to_flax, flax_to_torch
+    >>> variables = torch_to_flax(torch_module_or_state_dict)   # {"params": ...}
+    >>> flax_to_torch(variables, torch_module)                   # loads strictly, in place
+
+Importing this package does not import torch; NumPy / safetensors-style dicts convert without it.
+"""
+
+from se_flax.convert._convert import ConversionError, flax_to_torch, torch_to_flax, update_nnx
+from se_flax.convert._rules import RULES, Layout, Rule, Tensor
+
+__all__ = [
+    "RULES",
+    "ConversionError",
+    "Layout",
+    "Rule",
+    "Tensor",
+    "flax_to_torch",
+    "torch_to_flax",
+    "update_nnx",
+]

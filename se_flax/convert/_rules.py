@@ -1,0 +1,119 @@
+"""The conversion rule table: which PyTorch modules map to which Flax modules, tensor by tensor.
+
+A rule is chosen by the PyTorch module's *name* (the last segments of its path in the
+state_dict) and, when a module object is at hand, checked against the module's *type*. A
+tensor's rank is only ever checked against what the rule declares, never used to choose a rule.
+Supporting a new layer kind means adding a row here, not a code path in the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["CONV", "CONV1X1_AS_DENSE", "IDENTITY", "LINEAR", "RULES", "Layout", "Rule", "Tensor"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A bit-exact, invertible move of one tensor between the PyTorch and Flax layouts.
+
+    Attributes:
+        name: what the layout is, for error messages.
+        torch_shape: the expected PyTorch shape as a pattern: ints must match, ``None`` is free;
+            ``None`` for the whole pattern accepts any shape.
+        to_flax, to_torch: the moves (pure transposes/reshapes: no arithmetic, no dtype change).
+    """
+
+    name: str
+    torch_shape: tuple[int | None, ...] | None
+    to_flax: Callable[[np.ndarray], np.ndarray]
+    to_torch: Callable[[np.ndarray], np.ndarray]
+
+    def accepts(self, torch_shape: tuple[int, ...]) -> bool:
+        pattern = self.torch_shape
+        if pattern is None:
+            return True
+        return len(torch_shape) == len(pattern) and all(
+            p is None or p == s for p, s in zip(pattern, torch_shape, strict=True)
+        )
+
+    def flax_shape(self, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.to_flax(np.empty(torch_shape, np.int8)).shape
+
+
+IDENTITY = Layout("as is", None, lambda a: a, lambda a: a)
+# nn.Linear weight (out, in) <-> Dense kernel (in, out).
+LINEAR = Layout("Linear weight (O, I)", (None, None), lambda a: a.T, lambda a: a.T)
+# A 1x1 nn.Conv2d used as a fully connected layer (timm, torchvision SE) <-> Dense kernel (in, out).
+CONV1X1_AS_DENSE = Layout(
+    "1x1 Conv2d weight (O, I, 1, 1)",
+    (None, None, 1, 1),
+    lambda a: a[:, :, 0, 0].T,
+    lambda a: a.T[:, :, None, None],
+)
+# nn.Conv2d weight (O, I/groups, kH, kW) <-> Conv kernel (kH, kW, I/groups, O).
+CONV = Layout(
+    "Conv2d weight (O, I, kH, kW)",
+    (None, None, None, None),
+    lambda a: a.transpose(2, 3, 1, 0),
+    lambda a: a.transpose(3, 2, 0, 1),
+)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """Where one PyTorch tensor of a module goes in Flax.
+
+    Attributes:
+        collection: the Flax variable collection (``"params"``, ``"batch_stats"``).
+        name: the leaf name inside the Flax module.
+        layout: how the tensor moves between layouts.
+        required: whether every module of this kind has it (biases are optional).
+    """
+
+    collection: str
+    name: str
+    layout: Layout = IDENTITY
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One kind of layer.
+
+    Attributes:
+        name: the rule's name, for error messages.
+        torch_module: regex for the last segment(s) of the PyTorch module path, e.g. ``fc\\.0``.
+        torch_types: accepted ``torch.nn`` class names (a subclass counts), checked whenever a
+            module object is given.
+        tensors: PyTorch tensor name (``weight``, ``bias``, ...) -> its Flax place.
+        flax_module: the Flax module name; ``None`` keeps the PyTorch name.
+    """
+
+    name: str
+    torch_module: str
+    torch_types: tuple[str, ...]
+    tensors: Mapping[str, Tensor] = field(default_factory=dict)
+    flax_module: str | None = None
+
+
+_DENSE_FROM_CONV1X1 = {
+    "weight": Tensor("params", "kernel", CONV1X1_AS_DENSE),
+    "bias": Tensor("params", "bias", required=False),
+}
+_DENSE_FROM_LINEAR = {
+    "weight": Tensor("params", "kernel", LINEAR),
+    "bias": Tensor("params", "bias", required=False),
+}
+
+RULES: tuple[Rule, ...] = (
+    # The SE excitation layers of timm's SEModule, torchvision's SqueezeExcitation and
+    # se_torch.SqueezeExcite: 1x1 convolutions named fc1/fc2.
+    Rule("se-fc (1x1 conv)", r"fc[12]", ("Conv2d",), _DENSE_FROM_CONV1X1),
+    # The classic recipe: nn.Sequential(Linear, ReLU, Linear, Sigmoid) named fc.
+    Rule("classic se fc.0 (Linear)", r"fc\.0", ("Linear",), _DENSE_FROM_LINEAR, "fc1"),
+    Rule("classic se fc.2 (Linear)", r"fc\.2", ("Linear",), _DENSE_FROM_LINEAR, "fc2"),
+)

@@ -1,0 +1,94 @@
+"""Squeeze-and-Excitation block in Flax NNX, the twin of the linen module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from se_common import resolve_rd_channels
+from se_flax._squeeze_excite import (
+    check_input,
+    compute_dtype,
+    default_bias_init,
+    default_kernel_init,
+    squeeze_excite,
+)
+
+__all__ = ["SqueezeExcite"]
+
+
+class SqueezeExcite(nnx.Module):
+    """Squeeze-and-Excitation block (NNX); same options, parameters and outputs as the linen one.
+
+    Args:
+        channels: number of input (and output) channels C.
+        rd_ratio: hidden width as a fraction of C (default 1/16), rounded with ``rd_divisor``.
+        rd_channels: explicit hidden width; excludes ``rd_ratio`` and ``rd_divisor``.
+        rd_divisor: round the hidden width to a multiple of this (default 8).
+        use_bias: whether both dense layers have a bias.
+        act_fn: activation δ between the two layers (default ``nnx.relu``).
+        gate_fn: gate σ (default ``nnx.sigmoid``; ``jax.nn.hard_sigmoid`` is PyTorch's).
+        dtype: computation and output dtype (default: promote input and ``param_dtype``).
+        param_dtype: dtype of the parameters.
+        precision: matmul precision of the dense layers.
+        kernel_init, bias_init: initializers of the dense layers.
+        rngs: random streams for initialisation.
+
+    Shapes:
+        input ``(N, *spatial, C)`` with one or more spatial axes; output has the same shape.
+
+    Example:
+        >>> se = SqueezeExcite(64, rngs=nnx.Rngs(0))
+        >>> se(jnp.ones((2, 7, 7, 64))).shape
+        (2, 7, 7, 64)
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        rd_ratio: float | None = None,
+        rd_channels: int | None = None,
+        rd_divisor: int | None = None,
+        use_bias: bool = True,
+        act_fn: Callable[[jax.Array], jax.Array] = nnx.relu,
+        gate_fn: Callable[[jax.Array], jax.Array] = nnx.sigmoid,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: Any = None,
+        kernel_init: nnx.Initializer = default_kernel_init,
+        bias_init: nnx.Initializer = default_bias_init,
+        rngs: nnx.Rngs,
+    ) -> None:
+        self.channels = channels
+        self.rd_channels = resolve_rd_channels(channels, rd_ratio, rd_channels, rd_divisor)
+        dense = dict(
+            use_bias=use_bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            precision=precision,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            rngs=rngs,
+        )
+        self.fc1 = nnx.Linear(channels, self.rd_channels, **dense)
+        self.fc2 = nnx.Linear(self.rd_channels, channels, **dense)
+        self.act_fn = act_fn
+        self.gate_fn = gate_fn
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        check_input(x, self.channels)
+        return squeeze_excite(
+            x,
+            self.fc1,
+            self.fc2,
+            self.act_fn,
+            self.gate_fn,
+            compute_dtype(x, self.dtype, self.param_dtype),
+        )
