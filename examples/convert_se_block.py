@@ -1,7 +1,8 @@
-"""Builds PyTorch SE layers, converts their weights to Flax, runs both on the same input and prints
-the largest difference, then checks that the weights survive torch -> flax -> torch bit for bit.
+"""Builds PyTorch SE layers and an SE backbone, converts their weights to Flax, runs both on the
+same input and prints the largest difference, then checks that the weights survive
+torch -> flax -> torch bit for bit.
 
-    ./scripts/demo.sh [--channels 256] [--batch 8] [--size 14] [--seed 0]
+    ./scripts/demo.sh [--channels 256] [--batch 8] [--size 14] [--seed 0] [--model seresnet18]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch  # noqa: E402
 
 import se_flax  # noqa: E402
 import se_torch  # noqa: E402
+from se_common import MODEL_CONFIGS  # noqa: E402
 from se_flax.convert import flax_to_torch, torch_to_flax  # noqa: E402
 
 
@@ -57,12 +59,40 @@ def layers(channels: int):
     ]
 
 
+def compare(name, make_torch, make_flax, x: np.ndarray) -> bool:
+    """Prints one row per dtype; returns whether every round trip was bit-exact."""
+    for tdtype, jdtype in ((torch.float64, jnp.float64), (torch.float32, jnp.float32)):
+        tmodule = make_torch().to(tdtype).eval()
+        variables = torch_to_flax(tmodule)
+        with torch.no_grad():
+            y_torch = tmodule(torch.from_numpy(x).to(tdtype)).numpy()
+        x_nhwc = jnp.asarray(np.moveaxis(x, 1, -1), jdtype)
+        y_flax = np.asarray(make_flax(jdtype).apply(variables, x_nhwc))
+        diff = np.abs(np.moveaxis(y_flax, -1, 1) - y_torch).max()
+        back = flax_to_torch(variables, make_torch().to(tdtype))
+        exact = all(
+            torch.equal(a, b)
+            for a, b in zip(tmodule.state_dict().values(), back.state_dict().values(), strict=True)
+        )
+        verdict = "bit-exact" if exact else "DIFFERS"
+        print(f"{name:<40} {jdtype.dtype!s:<8} {diff:>19.3e}  {verdict}")
+        if not exact:
+            return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--channels", type=positive_int, default=256)
     parser.add_argument("--batch", type=positive_int, default=8)
     parser.add_argument("--size", type=positive_int, default=14, help="height and width")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--model",
+        default="seresnet18",
+        choices=[*sorted(MODEL_CONFIGS), "none"],
+        help="backbone to convert as well (64x64 inputs, batch 2), or none",
+    )
     args = parser.parse_args(argv)
     if args.channels < 16:
         parser.error(
@@ -75,28 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"input: {x.shape} NCHW for PyTorch, {np.moveaxis(x, 1, -1).shape} NHWC for Flax")
     print(f"jax {jax.__version__} on {jax.default_backend()}, torch {torch.__version__}\n")
     print(f"{'layer':<40} {'dtype':<8} {'max |torch - flax|':>19}  round trip")
-    for name, make_torch, make_flax in layers(args.channels):
-        for tdtype, jdtype in ((torch.float64, jnp.float64), (torch.float32, jnp.float32)):
-            tmodule = make_torch().to(tdtype)
-            variables = torch_to_flax(tmodule)
-            with torch.no_grad():
-                y_torch = tmodule(torch.from_numpy(x).to(tdtype)).numpy()
-            y_flax = make_flax(jdtype).apply(variables, jnp.asarray(np.moveaxis(x, 1, -1), jdtype))
-            diff = np.abs(np.moveaxis(np.asarray(y_flax), -1, 1) - y_torch).max()
-            back = flax_to_torch(variables, make_torch().to(tdtype))
-            exact = all(
-                torch.equal(a, b)
-                for a, b in zip(
-                    tmodule.state_dict().values(), back.state_dict().values(), strict=True
-                )
-            )
-            print(
-                f"{name:<40} {jdtype.dtype!s:<8} {diff:>19.3e}  "
-                f"{'bit-exact' if exact else 'DIFFERS'}"
-            )
-            if not exact:
-                return 1
-    return 0
+    ok = all(compare(name, t, f, x) for name, t, f in layers(args.channels))
+    if ok and args.model != "none":
+        x = rng.standard_normal((2, 3, 64, 64))
+        ok = compare(
+            f"{args.model} (timm layout), logits",
+            lambda: se_torch.create_model(args.model),
+            lambda dt: se_flax.create_model(args.model, param_dtype=dt),
+            x,
+        )
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -44,3 +44,16 @@ def check_feature_map(
             f"input has {got} channels (shape {shape}, layout {layout}) but the module's "
             f"weights are for {channels} channels"
         )
+
+
+def check_head_options(num_classes: int, in_chans: int, out_indices: Sequence[int]) -> None:
+    """Clear errors for the options both frameworks' ResNets share."""
+    for name, value, low in (("num_classes", num_classes, 0), ("in_chans", in_chans, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    indices = tuple(out_indices)
+    if not indices or any(i not in range(5) for i in indices) or len(set(indices)) != len(indices):
+        raise ValueError(
+            f"out_indices must be distinct feature levels in 0..4 (strides 2, 4, 8, 16, 32), "
+            f"got {out_indices!r}"
+        )

@@ -4,6 +4,18 @@ Linen modules live here; NNX twins in ``se_flax.nnx``; the weight converter in `
 """
 
 from se_common import make_divisible, resolve_rd_channels
+from se_flax._batchnorm import BatchNorm
+from se_flax._resnet import ATTN_LAYERS, BasicBlock, Bottleneck, ResNet, create_model
 from se_flax._squeeze_excite import SqueezeExcite
 
-__all__ = ["SqueezeExcite", "make_divisible", "resolve_rd_channels"]
+__all__ = [
+    "ATTN_LAYERS",
+    "BasicBlock",
+    "BatchNorm",
+    "Bottleneck",
+    "ResNet",
+    "SqueezeExcite",
+    "create_model",
+    "make_divisible",
+    "resolve_rd_channels",
+]

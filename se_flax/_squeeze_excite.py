@@ -29,6 +29,11 @@ def compute_dtype(x: Array, dtype: Dtype | None, param_dtype: Dtype) -> jnp.dtyp
     return jnp.dtype(dtype) if dtype is not None else jnp.promote_types(x.dtype, param_dtype)
 
 
+def accumulation_dtype(dtype: Dtype) -> jnp.dtype:
+    """float32 for 16-bit dtypes, else ``dtype``: what reductions and gates are computed in."""
+    return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
+
+
 def squeeze_excite(
     x: Array,
     fc1: Callable[[Array], Array],
@@ -50,7 +55,7 @@ def squeeze_excite(
     Returns:
         ``x * gate`` of shape ``(N, *spatial, C)`` and dtype ``dtype``.
     """
-    acc = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+    acc = accumulation_dtype(dtype)
 
     def in_acc(fn: Callable[[Array], Array], v: Array) -> Array:
         return fn(v.astype(acc)).astype(dtype)

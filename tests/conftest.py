@@ -3,7 +3,15 @@ float64 enabled for rounding-level parity, and a seeded random generator per tes
 
 from __future__ import annotations
 
+import os
 import zlib
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One intra-op thread per xdist worker: N workers on N cores, no oversubscription.
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    )
 
 import jax
 import numpy as np
@@ -15,6 +23,8 @@ jax.config.update("jax_default_matmul_precision", "highest")  # no TF32 on Amper
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

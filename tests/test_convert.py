@@ -86,6 +86,35 @@ def test_flax_torch_flax_is_bit_exact(kind, dtype, rng):
         )
 
 
+def test_batchnorm_counter_keeps_its_scalar_shape_and_value():
+    bn = nn.BatchNorm2d(4)
+    bn.num_batches_tracked.fill_(2**31 - 1)
+    variables = torch_to_flax({f"bn.{k}": v for k, v in bn.state_dict().items()})
+    count = variables["batch_stats"]["bn"]["num_batches_tracked"]
+    assert count.shape == () and count.dtype == jnp.int32 and int(count) == 2**31 - 1
+    bn.num_batches_tracked.fill_(2**31)  # does not fit in JAX's int32: refused, not wrapped
+    with pytest.raises(ConversionError, match=r"bn.num_batches_tracked: counter value 2147483648"):
+        torch_to_flax({f"bn.{k}": v for k, v in bn.state_dict().items()})
+
+
+def test_gradients_convert_with_params_collection_only():
+    model = nn.Sequential()
+    model.add_module("bn1", nn.BatchNorm2d(3))
+    model.add_module("conv1", nn.Conv2d(3, 4, 3))
+    grads = {k: torch.randn_like(p) for k, p in model.named_parameters()}
+    with pytest.raises(ConversionError, match=r"bn1.running_mean \(rule 'batchnorm' requires it"):
+        torch_to_flax(grads)
+    flat = traverse_util.flatten_dict(torch_to_flax(grads, collections=["params"]))
+    assert set(flat) == {
+        ("params", "bn1", "bias"),
+        ("params", "bn1", "scale"),
+        ("params", "conv1", "kernel"),
+        ("params", "conv1", "bias"),
+    }
+    with pytest.raises(ConversionError, match=r"bn1.running_mean: goes to 'batch_stats'"):
+        torch_to_flax(model, collections=["params"])
+
+
 def test_classic_recipe_maps_to_flax_names():
     variables = torch_to_flax(se_torch.SELayer(64))
     assert jax.tree.map(jnp.shape, variables) == {

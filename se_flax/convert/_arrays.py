@@ -12,8 +12,6 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-_SUPPORTED = (np.float16, np.float32, np.float64, ml_dtypes.bfloat16, np.int64)
-
 
 def is_torch_tensor(x: Any) -> bool:
     torch = sys.modules.get("torch")  # a tensor can only exist if torch was imported already
@@ -41,18 +39,11 @@ def to_numpy(x: Any) -> np.ndarray:
     raise TypeError(f"expected a torch tensor, NumPy array or JAX array, got {type(x).__name__}")
 
 
-def check_dtype(a: np.ndarray) -> str | None:
-    """``None`` if ``a``'s dtype converts exactly, else the reason."""
-    if a.dtype.type in _SUPPORTED:
-        return None
-    return f"unsupported dtype {a.dtype} (supported: float16, bfloat16, float32, float64, int64)"
-
-
 def to_torch(a: np.ndarray) -> Any:
     """A new torch tensor with ``a``'s exact bits and dtype."""
     import torch
 
-    a = np.ascontiguousarray(a)
+    a = np.array(a, order="C")  # a C-ordered copy; np.ascontiguousarray would make 0-d 1-d
     if a.dtype == ml_dtypes.bfloat16:
-        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(a.copy())
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)

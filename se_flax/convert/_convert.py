@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from se_flax.convert._arrays import check_dtype, to_numpy, to_torch
+from se_flax.convert._arrays import to_numpy, to_torch
 from se_flax.convert._rules import RULES, Layout, Rule
 
 __all__ = ["ConversionError", "flax_to_torch", "torch_to_flax", "update_nnx"]
@@ -99,8 +99,16 @@ def _type_names(module: Any) -> set[str]:
     return {cls.__name__ for cls in type(module).__mro__}
 
 
-def _plan(torch_keys: Iterable[str], module: Any, problems: _Problems) -> dict[str, _Entry]:
-    """Maps each PyTorch key to its Flax path and layout, recording every key that has none."""
+def _plan(
+    torch_keys: Iterable[str],
+    module: Any,
+    problems: _Problems,
+    collections: Container[str] | None = None,
+) -> dict[str, _Entry]:
+    """Maps each PyTorch key to its Flax path and layout, recording every key that has none.
+
+    With ``collections``, only tensors going to those Flax collections are expected.
+    """
     groups: dict[str, list[str]] = {}
     for key in torch_keys:
         module_path, _, tensor = key.rpartition(".")
@@ -130,11 +138,17 @@ def _plan(torch_keys: Iterable[str], module: Any, problems: _Problems) -> dict[s
                 problems.unexpected.append(
                     f"{prefix}{tensor}: rule {rule.name!r} has no tensor {tensor!r}"
                 )
+            elif collections is not None and spec.collection not in collections:
+                problems.unexpected.append(
+                    f"{prefix}{tensor}: goes to {spec.collection!r}, not one of the requested "
+                    f"collections {tuple(collections)}"
+                )
             else:
                 path = (spec.collection, *flax_module, spec.name)
                 plan[f"{prefix}{tensor}"] = _Entry(path, spec.layout)
         for tensor, spec in rule.tensors.items():
-            if spec.required and tensor not in tensors:
+            wanted = collections is None or spec.collection in collections
+            if spec.required and wanted and tensor not in tensors:
                 problems.missing.append(f"{prefix}{tensor} (rule {rule.name!r} requires it)")
     return plan
 
@@ -185,7 +199,9 @@ def _as_state_dict(source: Any) -> tuple[Mapping[str, Any], Any]:
     )
 
 
-def torch_to_flax(source: Any, *, target: Any = None) -> dict[str, dict[str, Any]]:
+def torch_to_flax(
+    source: Any, *, target: Any = None, collections: Iterable[str] | None = None
+) -> dict[str, dict[str, Any]]:
     """Converts PyTorch weights to Flax variables.
 
     Args:
@@ -195,6 +211,9 @@ def torch_to_flax(source: Any, *, target: Any = None) -> dict[str, dict[str, Any
         target: optional Flax variables (arrays or ``jax.ShapeDtypeStruct``, e.g. from
             ``jax.eval_shape(model.init, ...)``) the result must match exactly: every leaf
             present, nothing extra, same shapes and dtypes.
+        collections: produce only these Flax collections, e.g. ``("params",)`` to convert
+            gradients or ``dict(module.named_parameters())``; tensors of other collections are
+            then neither required nor accepted.
 
     Returns:
         ``{"params": ...}`` plus ``"batch_stats"`` when the source has BatchNorm statistics;
@@ -209,24 +228,25 @@ def torch_to_flax(source: Any, *, target: Any = None) -> dict[str, dict[str, Any
     """
     state_dict, module = _as_state_dict(source)
     problems = _Problems()
-    plan = _plan(state_dict.keys(), module, problems)
+    wanted = None if collections is None else tuple(collections)
+    plan = _plan(state_dict.keys(), module, problems, wanted)
     flat: dict[FlaxPath, np.ndarray] = {}
     for key, entry in plan.items():
-        value = state_dict[key]
         try:
-            array = to_numpy(value)
+            array = to_numpy(state_dict[key])
         except TypeError as e:
             problems.mismatched.append(f"{key}: {e}")
             continue
-        reason = check_dtype(array)
-        if reason is None and not entry.layout.accepts(array.shape):
-            reason = f"shape {tuple(array.shape)} is not a {entry.layout.name}"
+        reason = entry.layout.torch_problem(array.shape, str(array.dtype))
         if reason is None and array.dtype == np.float64 and not jax.config.jax_enable_x64:
             reason = "float64 needs jax_enable_x64=True (JAX would silently make it float32)"
+        if reason is None:
+            try:
+                flat[entry.flax_path] = np.array(entry.layout.to_flax(array), order="C")
+            except ValueError as e:
+                reason = str(e)
         if reason is not None:
             problems.mismatched.append(f"{key}: {reason}")
-            continue
-        flat[entry.flax_path] = np.ascontiguousarray(entry.layout.to_flax(array))
     if target is not None:
         _compare(flat, _flat_flax(target), problems, side="target")
     problems.raise_if_any("cannot convert PyTorch weights to Flax")
@@ -259,18 +279,16 @@ def flax_to_torch(variables: Any, module: Any) -> Any:
             continue
         used.add(entry.flax_path)
         array = to_numpy(flat[entry.flax_path])
-        want = target[key]
-        shape = tuple(want.shape)
-        if not entry.layout.accepts(shape):
-            problems.mismatched.append(
-                f"{key}: module has shape {shape}, not a {entry.layout.name}"
-            )
+        shape, dtype = tuple(target[key].shape), str(target[key].dtype).removeprefix("torch.")
+        reason = entry.layout.torch_problem(shape, dtype)
+        if reason is not None:
+            problems.mismatched.append(f"{key}: the module's {reason}")
             continue
-        expected = entry.layout.flax_shape(shape)
-        if array.shape != expected or str(array.dtype) != str(want.dtype).removeprefix("torch."):
+        want = (entry.layout.flax_shape(shape), entry.layout.dtypes[dtype])
+        if (array.shape, str(array.dtype)) != want:
             problems.mismatched.append(
                 f"{_fmt(entry.flax_path)}: {array.shape} {array.dtype}, module {key} needs "
-                f"{expected} {str(want.dtype).removeprefix('torch.')}"
+                f"{want[0]} {want[1]}"
             )
             continue
         converted[key] = to_torch(entry.layout.to_torch(array))

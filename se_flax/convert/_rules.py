@@ -13,7 +13,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CONV", "CONV1X1_AS_DENSE", "IDENTITY", "LINEAR", "RULES", "Layout", "Rule", "Tensor"]
+__all__ = [
+    "CONV",
+    "CONV1X1_AS_DENSE",
+    "COUNTER",
+    "IDENTITY",
+    "LINEAR",
+    "RULES",
+    "Layout",
+    "Rule",
+    "Tensor",
+]
+
+
+FLOATS = ("float16", "bfloat16", "float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -24,27 +37,45 @@ class Layout:
         name: what the layout is, for error messages.
         torch_shape: the expected PyTorch shape as a pattern: ints must match, ``None`` is free;
             ``None`` for the whole pattern accepts any shape.
-        to_flax, to_torch: the moves (pure transposes/reshapes: no arithmetic, no dtype change).
+        to_flax, to_torch: the moves (pure transposes/reshapes: no arithmetic). They may raise
+            ``ValueError`` for a value that cannot move exactly.
+        dtypes: PyTorch dtype name -> Flax dtype name; anything else is refused.
     """
 
     name: str
     torch_shape: tuple[int | None, ...] | None
     to_flax: Callable[[np.ndarray], np.ndarray]
     to_torch: Callable[[np.ndarray], np.ndarray]
+    dtypes: Mapping[str, str] = field(default_factory=lambda: {f: f for f in FLOATS})
 
-    def accepts(self, torch_shape: tuple[int, ...]) -> bool:
+    def torch_problem(self, shape: tuple[int, ...], dtype: str) -> str | None:
+        """Why a PyTorch tensor of this shape and dtype does not fit, or ``None``."""
         pattern = self.torch_shape
-        if pattern is None:
-            return True
-        return len(torch_shape) == len(pattern) and all(
-            p is None or p == s for p, s in zip(pattern, torch_shape, strict=True)
-        )
+        if pattern is not None and (
+            len(shape) != len(pattern)
+            or any(p is not None and p != s for p, s in zip(pattern, shape, strict=True))
+        ):
+            return f"shape {tuple(shape)} is not a {self.name}"
+        if dtype not in self.dtypes:
+            return f"dtype {dtype} is not one of {', '.join(self.dtypes)} for a {self.name}"
+        return None
 
     def flax_shape(self, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return self.to_flax(np.empty(torch_shape, np.int8)).shape
+        return self.to_flax(np.zeros(torch_shape, np.int8)).shape
 
 
-IDENTITY = Layout("as is", None, lambda a: a, lambda a: a)
+def _counter_to_flax(a: np.ndarray) -> np.ndarray:
+    if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
+        raise ValueError(f"counter value {a.max()} does not fit in int32")
+    return a.astype(np.int32)
+
+
+IDENTITY = Layout("tensor", None, lambda a: a, lambda a: a)
+# BatchNorm's num_batches_tracked: int64 in PyTorch, int32 in Flax (JAX's integer without x64).
+# The value is kept exactly; one that does not fit in int32 is refused.
+COUNTER = Layout(
+    "int64 counter", (), _counter_to_flax, lambda a: a.astype(np.int64), {"int64": "int32"}
+)
 # nn.Linear weight (out, in) <-> Dense kernel (in, out).
 LINEAR = Layout("Linear weight (O, I)", (None, None), lambda a: a.T, lambda a: a.T)
 # A 1x1 nn.Conv2d used as a fully connected layer (timm, torchvision SE) <-> Dense kernel (in, out).
@@ -109,6 +140,18 @@ _DENSE_FROM_LINEAR = {
     "bias": Tensor("params", "bias", required=False),
 }
 
+_CONV = {
+    "weight": Tensor("params", "kernel", CONV),
+    "bias": Tensor("params", "bias", required=False),
+}
+_BATCHNORM = {
+    "weight": Tensor("params", "scale"),
+    "bias": Tensor("params", "bias"),
+    "running_mean": Tensor("batch_stats", "mean"),
+    "running_var": Tensor("batch_stats", "var"),
+    "num_batches_tracked": Tensor("batch_stats", "num_batches_tracked", COUNTER),
+}
+
 RULES: tuple[Rule, ...] = (
     # The SE excitation layers of timm's SEModule, torchvision's SqueezeExcitation and
     # se_torch.SqueezeExcite: 1x1 convolutions named fc1/fc2.
@@ -116,4 +159,8 @@ RULES: tuple[Rule, ...] = (
     # The classic recipe: nn.Sequential(Linear, ReLU, Linear, Sigmoid) named fc.
     Rule("classic se fc.0 (Linear)", r"fc\.0", ("Linear",), _DENSE_FROM_LINEAR, "fc1"),
     Rule("classic se fc.2 (Linear)", r"fc\.2", ("Linear",), _DENSE_FROM_LINEAR, "fc2"),
+    # Backbones (timm / torchvision ResNet names): convolutions, BatchNorms, the classifier.
+    Rule("conv", r"conv\d*|downsample\.0", ("Conv2d",), _CONV),
+    Rule("batchnorm", r"bn\d*|downsample\.1", ("BatchNorm2d",), _BATCHNORM),
+    Rule("classifier (Linear)", r"fc", ("Linear",), _DENSE_FROM_LINEAR),
 )

@@ -1,0 +1,88 @@
+"""BatchNorm in Flax linen keeping PyTorch's running statistics, the twin of ``nn.BatchNorm2d``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from se_flax._squeeze_excite import accumulation_dtype, compute_dtype
+
+__all__ = ["BatchNorm"]
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation over the last (channel) axis with PyTorch's statistics.
+
+    Differences from ``flax.linen.BatchNorm``, all to match PyTorch exactly:
+
+    * the running variance is updated with the *unbiased* batch variance (``n / (n - 1)``) while
+      the batch is normalised with the biased one;
+    * the variance is computed in two passes, ``mean((x - mean)^2)``, as PyTorch does;
+    * ``batch_stats/num_batches_tracked`` (int32) counts training steps like PyTorch's buffer.
+
+    Attributes:
+        use_running_average: normalise with the running statistics (eval) instead of the batch's.
+        momentum: Flax's convention, ``running = momentum * running + (1 - momentum) * batch``;
+            PyTorch's ``momentum=0.1`` is ``0.9`` here (the default).
+        epsilon: added to the variance (PyTorch's ``eps``, default 1e-5).
+        dtype: computation and output dtype (statistics are computed in at least float32).
+        param_dtype: dtype of ``scale``, ``bias`` and the running statistics.
+        scale_init, bias_init: initialisers of ``scale`` (ones) and ``bias`` (zeros).
+
+    Shapes:
+        input ``(N, ..., C)``, output the same; ``N * prod(...)`` must be > 1 in training.
+
+    Example:
+        >>> bn = BatchNorm(use_running_average=False)
+        >>> y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+    """
+
+    use_running_average: bool = False
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    scale_init: nn.initializers.Initializer = nn.initializers.ones_init()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (c,), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (c,), self.param_dtype)
+        stats = lambda init: lambda: init((c,), self.param_dtype)  # noqa: E731
+        ra_mean = self.variable("batch_stats", "mean", stats(jnp.zeros))
+        ra_var = self.variable("batch_stats", "var", stats(jnp.ones))
+        count = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32)
+
+        dtype = compute_dtype(x, self.dtype, self.param_dtype)
+        acc = accumulation_dtype(dtype)
+        xf = x.astype(acc)
+        if self.use_running_average:
+            mean, var = ra_mean.value.astype(acc), ra_var.value.astype(acc)
+        else:
+            n = math.prod(x.shape[:-1])
+            if n < 2:
+                raise ValueError(
+                    f"BatchNorm in training needs more than 1 value per channel, got input shape "
+                    f"{x.shape}"
+                )
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(xf, axis=axes)
+            var = jnp.mean(jnp.square(xf - mean), axis=axes)
+            if not self.is_initializing():
+                m, pd = self.momentum, self.param_dtype
+                ra_mean.value = (m * ra_mean.value.astype(acc) + (1 - m) * mean).astype(pd)
+                unbiased = var * (n / (n - 1))
+                ra_var.value = (m * ra_var.value.astype(acc) + (1 - m) * unbiased).astype(pd)
+                count.value = count.value + 1
+        alpha = jax.lax.rsqrt(var + self.epsilon) * scale.astype(acc)
+        if self.use_running_average:  # PyTorch's eval kernel: x * alpha + (bias - mean * alpha)
+            y = xf * alpha + (bias.astype(acc) - mean * alpha)
+        else:  # centred first: autodiff through x * alpha - mean * alpha would cancel badly
+            y = (xf - mean) * alpha + bias.astype(acc)
+        return y.astype(dtype)

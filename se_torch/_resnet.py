@@ -1,0 +1,212 @@
+"""ResNet, ResNeXt and their SE variants in PyTorch, key for key the models of timm's names.
+
+The architecture is data (:class:`se_common.ResNetConfig`); the attention layer of the residual
+blocks is pluggable (``attn_layer``), placed as timm places it: after the last BatchNorm of a
+block, before the residual sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from se_common import BlockSpec, ResNetConfig, check_feature_map, check_head_options, model_config
+from se_torch._squeeze_excite import SqueezeExcite
+
+__all__ = ["ATTN_LAYERS", "BasicBlock", "Bottleneck", "ResNet", "create_model"]
+
+ModuleFactory = Callable[..., nn.Module]
+
+# Attention layers by the names used in model configs; each is called as factory(channels).
+ATTN_LAYERS: dict[str, ModuleFactory] = {"se": SqueezeExcite}
+
+
+class _ResidualBlock(nn.Module):
+    """What both block types share: attention on the branch, the shortcut, and their sum. Built
+    after the subclass's convolutions so that state_dict keys come in timm's order."""
+
+    def _build_tail(
+        self, spec: BlockSpec, attn_layer: ModuleFactory | None, norm_layer: ModuleFactory
+    ) -> None:
+        self.se = attn_layer(spec.out_channels) if attn_layer else None
+        self.downsample = None
+        if spec.downsample:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(spec.in_channels, spec.out_channels, 1, spec.stride, bias=False),
+                norm_layer(spec.out_channels),
+            )
+
+    def residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.se is not None:
+            y = self.se(y)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return y + x
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convolutions (stride on the first), attention, residual sum. NCHW."""
+
+    def __init__(
+        self,
+        spec: BlockSpec,
+        attn_layer: ModuleFactory | None = None,
+        act_layer: ModuleFactory = nn.ReLU,
+        norm_layer: ModuleFactory = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(spec.in_channels, spec.width, 3, spec.stride, 1, bias=False)
+        self.bn1 = norm_layer(spec.width)
+        self.act1 = act_layer()
+        self.conv2 = nn.Conv2d(spec.width, spec.out_channels, 3, 1, 1, bias=False)
+        self.bn2 = norm_layer(spec.out_channels)
+        self._build_tail(spec, attn_layer, norm_layer)
+        self.act2 = act_layer()
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act1(self.bn1(self.conv1(x)))
+        return self.act2(self.residual(self.bn2(self.conv2(y)), x))
+
+
+class Bottleneck(_ResidualBlock):
+    """1x1 reduce, 3x3 grouped (stride here, "v1.5"), 1x1 expand, attention, residual sum."""
+
+    def __init__(
+        self,
+        spec: BlockSpec,
+        cardinality: int = 1,
+        attn_layer: ModuleFactory | None = None,
+        act_layer: ModuleFactory = nn.ReLU,
+        norm_layer: ModuleFactory = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        w = spec.width
+        self.conv1 = nn.Conv2d(spec.in_channels, w, 1, bias=False)
+        self.bn1 = norm_layer(w)
+        self.act1 = act_layer()
+        self.conv2 = nn.Conv2d(w, w, 3, spec.stride, 1, groups=cardinality, bias=False)
+        self.bn2 = norm_layer(w)
+        self.act2 = act_layer()
+        self.conv3 = nn.Conv2d(w, spec.out_channels, 1, bias=False)
+        self.bn3 = norm_layer(spec.out_channels)
+        self._build_tail(spec, attn_layer, norm_layer)
+        self.act3 = act_layer()
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn3.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act1(self.bn1(self.conv1(x)))
+        y = self.act2(self.bn2(self.conv2(y)))
+        return self.act3(self.residual(self.bn3(self.conv3(y)), x))
+
+
+class ResNet(nn.Module):
+    """A ResNet-family network described by a :class:`se_common.ResNetConfig`. NCHW.
+
+    Args:
+        config: depths, block type, cardinality, base width and attention layer name.
+        num_classes: classifier outputs; 0 returns the pooled features.
+        in_chans: input channels.
+        features_only: return feature maps instead of logits (no classifier is built).
+        out_indices: which feature maps: 0 is the stem (stride 2), 1-4 the stages
+            (strides 4, 8, 16, 32; the default, for detection necks).
+        attn_layer: overrides the config's attention layer: a factory ``f(channels)``, e.g.
+            ``functools.partial(SqueezeExcite, rd_ratio=0.25)``.
+        act_layer, norm_layer: factories of the activation and of the BatchNorm.
+        zero_init_last: initialise each block's last BatchNorm scale to zero (timm's default).
+
+    Shapes:
+        input ``(N, in_chans, H, W)``; logits ``(N, num_classes)``, or a list of
+        ``(N, C_i, H / s_i, W / s_i)`` feature maps with ``features_only``.
+
+    Example:
+        >>> model = create_model("seresnet50")     # state_dict keys and shapes as timm's
+        >>> model.eval()(torch.randn(1, 3, 224, 224)).shape
+        torch.Size([1, 1000])
+    """
+
+    def __init__(
+        self,
+        config: ResNetConfig,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        features_only: bool = False,
+        out_indices: Sequence[int] = (1, 2, 3, 4),
+        attn_layer: ModuleFactory | None = None,
+        act_layer: ModuleFactory = nn.ReLU,
+        norm_layer: ModuleFactory = nn.BatchNorm2d,
+        zero_init_last: bool = True,
+    ) -> None:
+        super().__init__()
+        check_head_options(num_classes, in_chans, out_indices)
+        self.config, self.in_chans = config, in_chans
+        self.features_only, self.out_indices = features_only, tuple(out_indices)
+        if attn_layer is None and config.attn is not None:
+            attn_layer = ATTN_LAYERS[config.attn]
+        self.conv1 = nn.Conv2d(in_chans, config.feature_channels[0], 7, 2, 3, bias=False)
+        self.bn1 = norm_layer(config.feature_channels[0])
+        self.act1 = act_layer()
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        stages: list[list[nn.Module]] = [[], [], [], []]
+        for spec in config.blocks():
+            if config.block == "basic":
+                block = BasicBlock(spec, attn_layer, act_layer, norm_layer)
+            else:
+                block = Bottleneck(spec, config.cardinality, attn_layer, act_layer, norm_layer)
+            stages[spec.stage - 1].append(block)
+        for i, blocks in enumerate(stages):
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.num_features = config.feature_channels[-1]
+        if not features_only:
+            self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self._init_weights(zero_init_last)
+
+    def _init_weights(self, zero_init_last: bool) -> None:
+        for m in self.modules():  # timm's ResNet init
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_last:
+            for m in self.modules():
+                if isinstance(m, _ResidualBlock):
+                    m.zero_init_last()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        check_feature_map(
+            x.shape,
+            x.dtype,
+            x.is_floating_point(),
+            self.in_chans,
+            channels_last=False,
+            spatial_dims=2,
+        )
+        x = self.act1(self.bn1(self.conv1(x)))
+        features = [x]
+        x = self.maxpool(x)
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+            features.append(x)
+        if self.features_only:
+            return [features[i] for i in self.out_indices]
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def create_model(name: str, **kwargs: Any) -> ResNet:
+    """Builds a model by timm's name (see ``se_common.MODEL_CONFIGS``).
+
+    Args:
+        name: e.g. ``"seresnet50"``, ``"seresnext50_32x4d"``, ``"resnet18"``.
+        **kwargs: options of :class:`ResNet` (``num_classes``, ``in_chans``, ``features_only``,
+            ``out_indices``, ``attn_layer``, ...), or ``attn=None``/``"se"`` to change the
+            config's attention layer by name.
+
+    Example:
+        >>> model = create_model("resnet50", attn="se")   # the same network as seresnet50
+    """
+    return ResNet(model_config(name, kwargs, ATTN_LAYERS), **kwargs)

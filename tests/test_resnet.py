@@ -1,0 +1,205 @@
+"""Backbone structure in both frameworks: timm's names, shapes and parameter counts; options."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import se_flax
+import se_torch
+from se_common import MODEL_CONFIGS, ResNetConfig
+from se_flax.convert import torch_to_flax
+from tests.helpers import assert_trees_close, nchw_to_nhwc
+
+# Parameter counts of timm 1.0.31's models of the same names (timm.create_model(name)).
+TIMM_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "seresnet18": 11_779_624,
+    "seresnet34": 21_960_416,
+    "seresnet50": 28_088_024,
+    "seresnet101": 49_326_872,
+    "seresnet152": 66_821_848,
+    "resnext50_32x4d": 25_028_904,
+    "seresnext50_32x4d": 27_559_896,
+    "seresnext101_32x4d": 48_955_416,
+}
+
+
+def test_every_model_is_listed():
+    assert set(MODEL_CONFIGS) == set(TIMM_PARAMS)
+
+
+@pytest.mark.parametrize("name", TIMM_PARAMS)
+def test_torch_parameter_counts_match_timm(name):
+    model = se_torch.create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == TIMM_PARAMS[name]
+
+
+def flax_shapes(name, **kwargs):
+    model = se_flax.create_model(name, **kwargs)
+    x = jax.ShapeDtypeStruct((1, 64, 64, kwargs.get("in_chans", 3)), jnp.float32)
+    return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "seresnet34", "seresnet50", "seresnext50_32x4d"])
+def test_flax_twin_has_every_torch_tensor(name):
+    """Every PyTorch tensor maps onto the Flax model's own variables: names, shapes, dtypes."""
+    shapes = flax_shapes(name)
+    count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes["params"]))
+    assert count == TIMM_PARAMS[name]
+    variables = torch_to_flax(se_torch.create_model(name), target=shapes)
+    assert jax.tree.structure(variables) == jax.tree.structure(shapes)
+
+
+def test_se_placement_and_widths():
+    model = se_torch.create_model("seresnet50")
+    block = model.layer3[0]
+    assert isinstance(block.se, se_torch.SqueezeExcite)
+    assert block.se.fc1.weight.shape == (64, 1024, 1, 1)  # 1024 / 16, after bn3
+    assert se_torch.create_model("resnet50").layer3[0].se is None
+    keys = list(se_torch.create_model("seresnet18").layer1[0].state_dict())
+    assert keys.index("se.fc1.weight") > keys.index("bn2.num_batches_tracked")
+
+
+def test_attention_is_configuration():
+    """SE into a plain ResNet, by name or by factory, in both frameworks."""
+    plain_plus_se = se_torch.create_model("resnet50", attn="se")
+    assert {k: v.shape for k, v in plain_plus_se.state_dict().items()} == {
+        k: v.shape for k, v in se_torch.create_model("seresnet50").state_dict().items()
+    }
+    wide = se_torch.create_model(
+        "resnet18", attn_layer=functools.partial(se_torch.SqueezeExcite, rd_ratio=0.25)
+    )
+    assert wide.layer1[0].se.rd_channels == 16
+    flax_wide = flax_shapes(
+        "resnet18", attn_layer=functools.partial(se_flax.SqueezeExcite, rd_ratio=0.25)
+    )
+    assert flax_wide["params"]["layer1_0"]["se"]["fc1"]["kernel"].shape == (64, 16)
+    torch_to_flax(wide, target=flax_wide)
+    assert "se" not in flax_shapes("seresnet18", attn=None)["params"]["layer1_0"]
+
+
+def test_features_only_and_heads(rng):
+    x = rng.standard_normal((2, 1, 64, 96)).astype(np.float32)
+    tmodel = se_torch.create_model("seresnet18", features_only=True, in_chans=1).eval()
+    assert not any(k.startswith("fc.") for k in tmodel.state_dict())
+    features = tmodel(torch.from_numpy(x))
+    assert [tuple(f.shape) for f in features] == [
+        (2, 64, 16, 24),
+        (2, 128, 8, 12),
+        (2, 256, 4, 6),
+        (2, 512, 2, 3),
+    ]
+    fmodel = se_flax.create_model("seresnet18", features_only=True, in_chans=1)
+    f_features = fmodel.apply(torch_to_flax(tmodel), nchw_to_nhwc(x))
+    assert [f.shape for f in f_features] == [
+        (2, 16, 24, 64),
+        (2, 8, 12, 128),
+        (2, 4, 6, 256),
+        (2, 2, 3, 512),
+    ]
+    for f, t in zip(f_features, features, strict=True):
+        assert_trees_close(f, nchw_to_nhwc(t.detach().numpy()), rtol=1e-4, atol=1e-5)
+    pooled = se_torch.create_model("resnet18", num_classes=0).eval()
+    assert pooled(torch.from_numpy(np.repeat(x, 3, axis=1))).shape == (2, 512)
+    stem = se_torch.create_model("resnet18", features_only=True, out_indices=(0, 4)).eval()
+    assert [f.shape[1] for f in stem(torch.from_numpy(np.repeat(x, 3, axis=1)))] == [64, 512]
+
+
+def test_train_mode_updates_only_batch_stats(rng):
+    model = se_flax.create_model("seresnet18", num_classes=3)
+    x = jnp.asarray(rng.standard_normal((2, 32, 32, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), x)
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert logits.shape == (2, 3) and set(updates) == {"batch_stats"}
+    assert int(updates["batch_stats"]["bn1"]["num_batches_tracked"]) == 1
+    assert not np.allclose(updates["batch_stats"]["bn1"]["mean"], 0)
+    eval_logits = model.apply(variables, x, train=False)  # no mutable needed in eval
+    assert eval_logits.shape == (2, 3)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("create", [se_torch.create_model, se_flax.create_model])
+def test_bad_model_options(create):
+    with pytest.raises(ValueError, match=r"unknown model 'seresnet51'; known models: .*seresnet50"):
+        create("seresnet51")
+    with pytest.raises(ValueError, match=r"unknown attn 'sk'; known: se"):
+        create("resnet18", attn="sk")
+    with pytest.raises(ValueError, match=r"num_classes must be an integer >= 0, got -1"):
+        create("resnet18", num_classes=-1)
+    with pytest.raises(ValueError, match=r"in_chans must be an integer >= 1, got 0"):
+        create("resnet18", in_chans=0)
+    for bad in [(5,), (), (1, 1)]:
+        with pytest.raises(
+            ValueError, match=r"out_indices must be distinct feature levels in 0..4"
+        ):
+            create("resnet18", features_only=True, out_indices=bad)
+
+
+def test_bad_config():
+    with pytest.raises(
+        ValueError,
+        match=r"basic blocks support only cardinality=1 .* got "
+        r"cardinality=32, base_width=4",
+    ):
+        ResNetConfig("basic", (2, 2, 2, 2), 32, 4)
+    with pytest.raises(ValueError, match=r"block must be 'basic' or 'bottleneck', got 'wide'"):
+        ResNetConfig("wide", (2, 2, 2, 2))
+
+
+def test_bad_backbone_input(rng):
+    tmodel = se_torch.create_model("resnet18")
+    with pytest.raises(ValueError, match=r"input has 1 channels .* weights are for 3 channels"):
+        tmodel(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"expected an input of rank 4 .* got rank 3"):
+        tmodel(torch.randn(3, 32, 32))
+    fmodel = se_flax.create_model("resnet18")
+    variables = flax_shapes("resnet18")
+    with pytest.raises(ValueError, match=r"input has 1 channels .* weights are for 3 channels"):
+        fmodel.apply(variables, jnp.ones((1, 32, 32, 1)))
+    with pytest.raises(TypeError, match=r"floating-point input, got dtype int32"):
+        fmodel.apply(variables, jnp.ones((1, 32, 32, 3), jnp.int32))
+
+
+def test_batchnorm_needs_two_values_per_channel_in_training():
+    bn = se_flax.BatchNorm()
+    variables = bn.init(jax.random.key(0), jnp.ones((4, 3), jnp.float32))
+    with pytest.raises(
+        ValueError, match=r"more than 1 value per channel, got input shape \(1, 1, 1, 3\)"
+    ):
+        bn.apply(variables, jnp.ones((1, 1, 1, 3), jnp.float32), mutable=["batch_stats"])
+
+
+# ---------------------------------------------------------------- the real timm (skipped in CI)
+
+
+@pytest.mark.parametrize("name", ["seresnet18", "seresnet50", "seresnext50_32x4d", "resnet34"])
+def test_real_timm_checkpoints_load_and_match(name, rng):
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model(name).double().eval()
+    with torch.no_grad():  # non-trivial statistics so eval mode tests something
+        for m in reference.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    ours = se_torch.create_model(name).double().eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.from_numpy(rng.standard_normal((2, 3, 64, 64)))
+    with torch.no_grad():
+        expected = reference(x)
+        assert torch.equal(ours(x), expected)
+    flax_logits = se_flax.create_model(name, param_dtype=jnp.float64).apply(
+        torch_to_flax(reference), nchw_to_nhwc(x.numpy())
+    )
+    assert_trees_close(flax_logits, expected, rtol=1e-10, atol=1e-12, what=name)

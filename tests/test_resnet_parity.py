@@ -1,0 +1,284 @@
+"""Backbones: PyTorch vs Flax eval, train mode (with BatchNorm statistics) and gradients."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import traverse_util
+from torch import nn
+
+import se_flax
+import se_torch
+from se_common import ResNetConfig
+from se_flax.convert import flax_to_torch, torch_to_flax
+from tests.helpers import assert_trees_close, nchw_to_nhwc
+
+
+@dataclass(frozen=True)
+class Case:
+    """A model, a dtype, and the tolerances measured for it (values are O(1))."""
+
+    model: str
+    dtype: str
+    out: tuple[float, float]  # (rtol, atol) for logits, features and statistics
+    grad: float = 0.0  # float64: per tensor, worst error as a fraction of its largest gradient
+    eval_grad_l2: float = 0.0  # float32: bounds on the relative L2 error of the whole gradient
+    train_grad_l2: float = 0.0  # against float64, in eval and in train mode
+    shape: tuple[int, ...] = (2, 3, 64, 64)
+    torch_kwargs: dict = field(default_factory=dict)
+    flax_kwargs: dict = field(default_factory=dict)
+
+
+# Measured worst differences over 3 passes and the three models. float64: eval logits <= 3.9e-15,
+# train logits <= 8.7e-14, statistics <= 3.3e-14, gradients <= 4.7e-13 of each tensor's largest.
+# float32: logits <= 2e-5, statistics <= 5e-6.
+#
+# float32 gradients are compared with a float64 twin (same weights and statistics) as whole
+# gradients (relative L2 error); per-tensor maxima of small sums are dominated by noise. Flax must
+# be within the case's bound, or within F32_GRAD_RATIO x PyTorch's own float32 error on the same
+# input, for inputs that are ill-conditioned for both (a ReLU input within rounding of 0 flips):
+# * eval mode (frozen BatchNorm): bound 1e-4; measured ~5e-7 for both frameworks, and on one
+#   ill-conditioned seresnet50 input Flax 2.1e-3 vs PyTorch 6.0e-4;
+# * train mode: back-propagating through ~50 batch-statistics BatchNorms at batch 2 is
+#   ill-conditioned (sums of nearly cancelling terms), so float32 gradients of the deep models
+#   differ from float64 by ~2% in relative L2 (measured seresnet50: PyTorch 1.58e-2, Flax 1.57e-2;
+#   seresnext50_32x4d: 1.99e-2 both; seresnet18: 2.5e-6 and 3.6e-6). PyTorch's CPU kernels
+#   accumulate these sums in float64 and are sometimes far closer; XLA accumulates in float32
+#   (as PyTorch does on GPUs). The bound per case is the measured level with margin.
+F64 = {"out": (1e-12, 1e-12), "grad": 1e-11}
+F32 = {"out": (1e-3, 1e-4), "eval_grad_l2": 1e-4}
+F32_GRAD_RATIO = 5.0
+# BatchNorm eps and momentum are carried over, never assumed: a non-default pair on one model.
+ODD_BN = {
+    "torch_kwargs": {"norm_layer": functools.partial(nn.BatchNorm2d, eps=1e-3, momentum=0.3)},
+    "flax_kwargs": {"bn_epsilon": 1e-3, "bn_momentum": 0.7},
+}
+CASES = [
+    Case("seresnet18", "float64", **F64, shape=(2, 3, 65, 63), **ODD_BN),
+    Case("seresnet18", "float32", **F32, train_grad_l2=1e-4, shape=(2, 3, 65, 63), **ODD_BN),
+    Case("seresnet50", "float64", **F64),
+    Case("seresnet50", "float32", **F32, train_grad_l2=5e-2),
+    Case("seresnext50_32x4d", "float64", **F64),
+    Case("seresnext50_32x4d", "float32", **F32, train_grad_l2=5e-2),
+]
+
+
+def randomized_torch_model(case: Case, rng: np.random.Generator, **kwargs) -> nn.Module:
+    """A PyTorch model with every parameter and statistic random (no zero-init, no unit BN)."""
+    model = se_torch.create_model(case.model, num_classes=7, **case.torch_kwargs, **kwargs)
+    model.to(getattr(torch, case.dtype))
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                tensor.fill_(int(rng.integers(0, 1000)))
+            elif name.endswith("running_var"):
+                tensor.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, tensor.shape)))
+            elif name.endswith(("bn1.weight", "bn2.weight", "bn3.weight", "downsample.1.weight")):
+                tensor.copy_(torch.from_numpy(rng.normal(1.0, 0.2, tensor.shape)))
+            else:  # He-like scale keeps activations O(1) through the depth
+                fan_in = max(1, tensor[0].numel()) if tensor.ndim > 1 else 100
+                tensor.copy_(torch.from_numpy(rng.normal(0, (1 / fan_in) ** 0.5, tensor.shape)))
+    return model
+
+
+def flax_model(case: Case, **kwargs):
+    return se_flax.create_model(
+        case.model, num_classes=7, param_dtype=case.dtype, **case.flax_kwargs, **kwargs
+    )
+
+
+def flatten(tree) -> dict:
+    return {"/".join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def torch_pass(model: nn.Module, x: np.ndarray, cot: np.ndarray, train: bool):
+    """Logits and parameter gradients (Flax layout) of ``sum(model(x) * cot)``."""
+    model.train(train)
+    model.zero_grad(set_to_none=True)
+    dtype = next(model.parameters()).dtype
+    logits = model(torch.from_numpy(x).to(dtype))
+    (logits * torch.from_numpy(cot).to(dtype)).sum().backward()
+    grads = {k: p.grad for k, p in model.named_parameters()}
+    return logits.detach(), flatten(torch_to_flax(grads, collections=["params"])["params"])
+
+
+def relative_errors(actual: dict, expected: dict) -> dict[str, float]:
+    """Per tensor: max |actual - expected| as a fraction of the largest |expected|."""
+    errors = {}
+    for key, e in expected.items():
+        e = np.asarray(e, np.float64)
+        diff = np.abs(np.asarray(actual[key], np.float64) - e).max()
+        errors[key] = float(diff / max(np.abs(e).max(), 1e-30))
+    return errors
+
+
+def relative_l2_error(actual: dict, expected: dict) -> float:
+    """||actual - expected|| / ||expected|| over all tensors together."""
+    num = den = 0.0
+    for key, e in expected.items():
+        e = np.asarray(e, np.float64)
+        num += float(np.sum((np.asarray(actual[key], np.float64) - e) ** 2))
+        den += float(np.sum(e**2))
+    return (num / den) ** 0.5
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.model}-{c.dtype}")
+def test_eval_train_statistics_and_gradients(case, rng):
+    tmodel = randomized_torch_model(case, rng)
+    float32 = case.dtype == "float32"
+    fmodel = flax_model(case)
+    variables = torch_to_flax(tmodel)
+
+    @jax.jit
+    def flax_pass(params, stats, x, cot):
+        """Train logits, new statistics and gradients; eval logits (and gradients in float32)."""
+
+        def loss(p, train):
+            out = fmodel.apply(
+                {"params": p, "batch_stats": stats}, x, train=train, mutable=["batch_stats"]
+            )
+            return jnp.sum(out[0] * cot), out
+
+        train_grads, (train_logits, updates) = jax.grad(loss, has_aux=True)(params, True)
+        if not float32:
+            eval_logits, eval_grads = loss(params, False)[1][0], None
+        else:
+            eval_grads, (eval_logits, _) = jax.grad(loss, has_aux=True)(params, False)
+        return eval_logits, eval_grads, train_logits, updates["batch_stats"], train_grads
+
+    params, stats = variables["params"], variables["batch_stats"]
+    out_rtol, out_atol = case.out
+    for step in range(3):  # statistics after one and after several passes
+        what = f"{case.model} {case.dtype} pass {step + 1}"
+        x = rng.standard_normal(case.shape).astype(case.dtype)
+        cot = rng.standard_normal((case.shape[0], 7)).astype(case.dtype)
+        t_eval, t_eval_grads = torch_pass(tmodel, x, cot, train=False)
+        if float32:  # the reference: Flax's own weights and running statistics, in float64
+            truth = flax_to_torch({"params": params, "batch_stats": stats}, copy.deepcopy(tmodel))
+            truth.double()
+            _, t_eval_grads = torch_pass(truth, x, cot, train=False)
+        t_train, t_train_grads = torch_pass(tmodel, x, cot, train=True)
+        f_eval, f_eval_grads, f_train, stats, f_train_grads = flax_pass(
+            params, stats, nchw_to_nhwc(x), cot
+        )
+        f_train_grads = flatten(f_train_grads)
+
+        assert_trees_close(f_eval, t_eval, rtol=out_rtol, atol=out_atol, what=f"{what} eval")
+        assert_trees_close(f_train, t_train, rtol=out_rtol, atol=out_atol, what=f"{what} train")
+        t_stats = torch_to_flax(tmodel)["batch_stats"]
+        assert_trees_close(stats, t_stats, rtol=out_rtol, atol=out_atol, what=f"{what} stats")
+        counts = {k: int(v) for k, v in flatten(stats).items() if k.endswith("batches_tracked")}
+        assert counts == {k: int(v) for k, v in flatten(t_stats).items() if k in counts}
+
+        if not float32:  # float64: train-mode gradients, tensor by tensor
+            errors = relative_errors(f_train_grads, t_train_grads)
+            worst = max(errors, key=errors.get)
+            assert errors[worst] <= case.grad, (
+                f"{what} grad {worst}: {errors[worst]:.3g} of its largest gradient"
+            )
+        else:  # float32: against the float64 twin, whole gradients (see the note above)
+            _, t32_eval_grads = torch_pass(truth.float(), x, cot, train=False)
+            _, truth_train_grads = torch_pass(truth.double(), x, cot, train=True)
+            truth_eval_grads = t_eval_grads
+            for mode, flax_grads, torch_grads, truth_grads, bound in (
+                (
+                    "eval",
+                    flatten(f_eval_grads),
+                    t32_eval_grads,
+                    truth_eval_grads,
+                    case.eval_grad_l2,
+                ),
+                ("train", f_train_grads, t_train_grads, truth_train_grads, case.train_grad_l2),
+            ):
+                flax_l2 = relative_l2_error(flax_grads, truth_grads)
+                torch_l2 = relative_l2_error(torch_grads, truth_grads)
+                assert flax_l2 <= max(bound, F32_GRAD_RATIO * torch_l2), (
+                    f"{what}: {mode} grads relative L2 error {flax_l2:.3g} (PyTorch float32: "
+                    f"{torch_l2:.3g})"
+                )
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.model}-{c.dtype}")
+def test_feature_maps(case, rng):
+    """Stride 2, 4, 8, 16 and 32 features agree, within each case's tolerance."""
+    out = (0, 1, 2, 3, 4)
+    tmodel = randomized_torch_model(case, rng, features_only=True, out_indices=out).eval()
+    fmodel = flax_model(case, features_only=True, out_indices=out)
+    x = rng.standard_normal(case.shape).astype(case.dtype)
+    with torch.no_grad():
+        t_features = tmodel(torch.from_numpy(x))
+    f_features = jax.jit(functools.partial(fmodel.apply, train=False))(
+        torch_to_flax(tmodel), nchw_to_nhwc(x)
+    )
+    assert len(f_features) == len(t_features) == 5
+    rtol, atol = case.out
+    for level, (f, t) in enumerate(zip(f_features, t_features, strict=True)):
+        assert f.shape == nchw_to_nhwc(t.numpy()).shape
+        assert_trees_close(
+            f,
+            nchw_to_nhwc(t.numpy()),
+            rtol=rtol,
+            atol=atol,
+            what=f"{case.model} {case.dtype} level {level}",
+        )
+
+
+def test_flax_torch_flax_is_bit_exact(rng):
+    """From Flax-initialised weights and statistics after a train step, every leaf.
+
+    The network is a ResNet-10 with SE built from a config: new SE networks are configuration.
+    """
+    config = ResNetConfig("basic", (1, 1, 1, 1), attn="se")
+    fmodel = se_flax.ResNet(config, num_classes=5)
+    x = jnp.asarray(rng.standard_normal((2, 32, 32, 3)), jnp.float32)
+    variables = fmodel.init(jax.random.key(0), x)
+    _, updates = fmodel.apply(variables, x, train=True, mutable=["batch_stats"])
+    variables = {"params": variables["params"], **updates}
+    tmodel = flax_to_torch(variables, se_torch.ResNet(config, num_classes=5))
+    assert tmodel.layer1[0].se is not None and tmodel.layer2[0].downsample is not None
+    flat_in, flat_out = flatten(variables), flatten(torch_to_flax(tmodel))
+    assert flat_in.keys() == flat_out.keys()
+    for key, leaf in flat_in.items():
+        assert flat_out[key].dtype == leaf.dtype, key
+        np.testing.assert_array_equal(np.asarray(flat_out[key]), np.asarray(leaf), err_msg=key)
+    assert {int(v) for k, v in flat_out.items() if k.endswith("num_batches_tracked")} == {1}
+
+
+@pytest.mark.parametrize("model", ["seresnet18", "seresnet50", "seresnext50_32x4d"])
+def test_round_trips_are_bit_exact(model, rng):
+    """torch -> flax -> torch and flax -> torch -> flax, every tensor and leaf bit for bit;
+    num_batches_tracked goes int64 -> int32 -> int64 with its value."""
+    source = randomized_torch_model(Case(model, "float32", (0, 0)), rng)
+    variables = torch_to_flax(source)
+    target = flax_to_torch(variables, se_torch.create_model(model, num_classes=7))
+    for key, tensor in source.state_dict().items():
+        assert target.state_dict()[key].dtype == tensor.dtype, key
+        assert torch.equal(target.state_dict()[key], tensor), key
+    flat_in, flat_out = flatten(variables), flatten(torch_to_flax(target))
+    assert flat_in.keys() == flat_out.keys()
+    for key, leaf in flat_in.items():
+        assert flat_out[key].dtype == leaf.dtype, key
+        np.testing.assert_array_equal(np.asarray(flat_out[key]), np.asarray(leaf), err_msg=key)
+
+
+def test_bfloat16_forward(rng):
+    """``dtype=jnp.bfloat16`` computes in bf16 and stays close to the float32 result."""
+    case = Case("seresnet18", "float32", (0, 0))
+    variables = torch_to_flax(randomized_torch_model(case, rng).eval())
+    x = rng.standard_normal((2, 64, 64, 3)).astype(np.float32)
+    f32 = se_flax.create_model("seresnet18", num_classes=7).apply(variables, x)
+    bf16_model = se_flax.create_model("seresnet18", num_classes=7, dtype=jnp.bfloat16)
+    bf16 = jax.jit(functools.partial(bf16_model.apply, train=False))(
+        variables, jnp.asarray(x, jnp.bfloat16)
+    )
+    assert bf16.dtype == jnp.bfloat16
+    # 18 layers of bf16 rounding (8 bits): measured worst 3% of the logit range; bound 10%
+    error = float(jnp.max(jnp.abs(bf16.astype(jnp.float32) - f32)))
+    assert error <= 0.1 * float(jnp.max(jnp.abs(f32))), error
