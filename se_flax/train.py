@@ -125,24 +125,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     scheduler = torch_optim.warmup_cosine_lr(optimizer, schedule["warmup_steps"], total + 1)
 
-    def flax_step(batch):
+    def flax_step(x, y):
         nonlocal state
-        state, metrics = train_step(state, *batch)
+        state, metrics = train_step(state, x, y)
         return metrics
 
     def flax_eval(x, y):
         return eval_step(state, x, y)
 
-    def torch_step(batch):
-        x, y = (
-            torch.from_numpy(np.ascontiguousarray(np.moveaxis(batch[0], -1, 1))),
-            torch.from_numpy(batch[1]),
-        )
+    def torch_step(x, y):
         return torch_training.train_step(tmodel, optimizer, x, y, scheduler)
 
     def torch_eval(x, y):
-        x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
-        return torch_training.eval_step(tmodel, x, torch.from_numpy(y))
+        return torch_training.eval_step(tmodel, x, y)
+
+    # Each framework's own layout, made once: NHWC arrays for Flax, NCHW tensors for PyTorch.
+    torch_data = {
+        k: torch.from_numpy(np.ascontiguousarray(np.moveaxis(v, -1, 1)) if k[0] == "x" else v)
+        for k, v in data.items()
+    }
 
     log = {
         "model": MODEL,
@@ -162,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": [],
         "seconds": {},
     }
-    frameworks = {"flax": (flax_step, flax_eval), "torch": (torch_step, torch_eval)}
-    for name, (step_fn, eval_fn) in frameworks.items():
+    frameworks = {
+        "flax": (flax_step, flax_eval, data),
+        "torch": (torch_step, torch_eval, torch_data),
+    }
+    for name, (step_fn, eval_fn, arrays) in frameworks.items():
         start, done = time.perf_counter(), 0
         with tqdm(total=min(total, args.max_steps or total), desc=f"{name:>5}", unit="step") as bar:
             for epoch in range(args.epochs):
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                     if args.max_steps and done >= args.max_steps:
                         break
                     idx = order[epoch][i * args.batch_size : (i + 1) * args.batch_size]
-                    m = step_fn((data["x_train"][idx], data["y_train"][idx]))
+                    m = step_fn(arrays["x_train"][idx], arrays["y_train"][idx])
                     losses.append(float(m["loss"]))
                     accs.append(float(m["accuracy"]))
                     done += 1
@@ -180,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                     bar.set_postfix(loss=f"{losses[-1]:.3f}")
                 if not losses:
                     break
-                test = eval_fn(data["x_test"], data["y_test"])
+                test = eval_fn(arrays["x_test"], arrays["y_test"])
                 log["epochs"].append(
                     {
                         "framework": name,
