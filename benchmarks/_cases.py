@@ -1,0 +1,106 @@
+"""What can be measured: workloads, modes, shapes, and the plan of cases for one run."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+
+from se_common import ResNetConfig
+
+WORKLOADS = {
+    "se_fwd": "SE block forward",
+    "se_fwdbwd": "SE block forward + backward (input and parameter gradients)",
+    "infer": "whole network, eval-mode forward",
+    "train": "whole network, one SGD training step (forward, loss, backward, update)",
+}
+SE_WORKLOADS = ("se_fwd", "se_fwdbwd")
+MODEL_WORKLOADS = ("infer", "train")
+
+# mode -> (framework, description). Mode names are unique, so a mode implies its framework.
+MODES = {
+    "jit": ("jax", "jax.jit, NHWC"),
+    "jit_donate": ("jax", "jax.jit, NHWC, input (se) or train state (train) donated"),
+    "eager": ("torch", "PyTorch eager, NCHW"),
+    "channels_last": ("torch", "PyTorch eager, channels_last"),
+    "compile": ("torch", "torch.compile (inductor), NCHW"),
+}
+# Donation has nothing to reuse at inference: the input is not the size of the output.
+NOT_APPLICABLE = {("infer", "jit_donate")}
+DTYPES = ("float32", "bfloat16")
+
+# (H, W, C) of the feature map each ResNet-50 stage hands to its SE blocks (bottleneck outputs).
+RESNET50_STAGES = {
+    "stage1": (56, 56, 256),
+    "stage2": (28, 28, 512),
+    "stage3": (14, 14, 1024),
+    "stage4": (7, 7, 2048),
+}
+# --quick: the same four stages, 8x smaller in channels and 7-8x in resolution.
+QUICK_STAGES = {
+    "stage1": (8, 8, 32),
+    "stage2": (4, 4, 64),
+    "stage3": (2, 2, 128),
+    "stage4": (1, 1, 256),
+}
+# --quick models: ResNet-50's bottleneck design with one block per stage (14 layers).
+EXTRA_MODELS = {
+    "resnet14": ResNetConfig("bottleneck", (1, 1, 1, 1)),
+    "seresnet14": ResNetConfig("bottleneck", (1, 1, 1, 1), attn="se"),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement. ``shape`` is the logical NHWC input shape, whatever the layout."""
+
+    workload: str
+    framework: str
+    mode: str
+    dtype: str
+    name: str  # "stage1".."stage4" for SE workloads, the model name otherwise
+    batch: int
+    shape: tuple[int, int, int, int]
+
+    @property
+    def layout(self) -> str:
+        return {"jax": "NHWC", "channels_last": "NCHW (channels_last)"}.get(
+            self.framework if self.framework == "jax" else self.mode, "NCHW"
+        )
+
+    def key(self) -> tuple:
+        return (self.workload, self.mode, self.dtype, self.name, self.batch)
+
+    def as_record(self) -> dict:
+        return {**asdict(self), "shape": list(self.shape), "layout": self.layout}
+
+
+def plan(
+    workloads: list[str],
+    modes: list[str],
+    dtypes: list[str],
+    stages: dict[str, tuple[int, int, int]],
+    se_batch: int,
+    sweep_stage: str | None,
+    sweep_batches: list[int],
+    models: list[str],
+    model_batch: int,
+    image_size: int,
+) -> list[Case]:
+    """Every case of a run, each once, grouped so that one setting's modes run side by side."""
+    settings: list[tuple[str, str, int, tuple[int, int, int, int]]] = []
+    for workload in workloads:
+        if workload in SE_WORKLOADS:
+            points = [(name, se_batch) for name in stages]
+            if sweep_stage is not None:
+                points += [(sweep_stage, b) for b in sweep_batches]
+            for name, batch in dict.fromkeys(points):
+                settings.append((workload, name, batch, (batch, *stages[name])))
+        else:
+            for model in models:
+                shape = (model_batch, image_size, image_size, 3)
+                settings.append((workload, model, model_batch, shape))
+    cases = []
+    for (workload, name, batch, shape), dtype, mode in itertools.product(settings, dtypes, modes):
+        if (workload, mode) not in NOT_APPLICABLE:
+            cases.append(Case(workload, MODES[mode][0], mode, dtype, name, batch, shape))
+    return cases

@@ -1,0 +1,373 @@
+"""``python -m benchmarks``: SE block and SE-ResNet throughput, JAX vs PyTorch, one run.
+
+Writes ``DIR/results.json`` (one record per measurement, plus machine, versions, settings and
+the measured memory bandwidth), ``DIR/results.md`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shlex
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from benchmarks._cases import (
+    DTYPES,
+    EXTRA_MODELS,
+    MODES,
+    QUICK_STAGES,
+    RESNET50_STAGES,
+    WORKLOADS,
+    plan,
+)
+
+FULL = {
+    "stages": RESNET50_STAGES,
+    "se_batch": 32,
+    "sweep_batches": [1, 4, 16, 64, 256],
+    "models": ["resnet50", "seresnet50"],
+    "model_batch": 8,
+    "image_size": 224,
+    "repeats": 7,
+    "min_time": 0.05,
+    "warmup": 0.2,
+    "bandwidth_mib": 256,
+    "modes": list(MODES),
+    "dtypes": list(DTYPES),
+}
+QUICK = {
+    "stages": QUICK_STAGES,
+    "se_batch": 2,
+    "sweep_batches": [1, 4],
+    "models": ["resnet14", "seresnet14"],
+    "model_batch": 2,
+    "image_size": 32,
+    "repeats": 3,
+    "min_time": 0.002,
+    "warmup": 0.01,
+    "bandwidth_mib": 16,
+    # torch.compile's first call takes seconds to minutes: ask for it with --modes.
+    "modes": [m for m in MODES if m != "compile"],
+    "dtypes": ["float32"],
+}
+
+
+def _list(choices):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated subset of {', '.join(choices)}, got {text!r}"
+            )
+        return list(dict.fromkeys(items))
+
+    return parse
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,8,32, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a value > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _single(parse):
+    def one(text: str):
+        values = parse(text)
+        if len(values) != 1:
+            raise argparse.ArgumentTypeError(f"expected one value, got {text!r}")
+        return values[0]
+
+    return one
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from se_common import MODEL_CONFIGS
+
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__.split("\n")[0] + " Defaults: the full run (about 30 minutes on a "
+        "2-core CPU); --quick runs tiny shapes in well under a minute.",
+    )
+    p.add_argument(
+        "--workloads",
+        type=_list(list(WORKLOADS)),
+        default=list(WORKLOADS),
+        help="comma-separated: " + ", ".join(f"{k} ({v})" for k, v in WORKLOADS.items()),
+    )
+    p.add_argument("--frameworks", type=_list(["jax", "torch"]), default=["jax", "torch"])
+    p.add_argument(
+        "--modes",
+        type=_list(list(MODES)),
+        default=None,
+        help="comma-separated: "
+        + ", ".join(f"{k} ({v[1]})" for k, v in MODES.items())
+        + " (default: all; --quick: all but compile)",
+    )
+    p.add_argument(
+        "--dtypes",
+        type=_list(list(DTYPES)),
+        default=None,
+        help="bfloat16 means parameters and activations in bfloat16, in both "
+        "frameworks (default: both; --quick: float32)",
+    )
+    p.add_argument(
+        "--stages",
+        type=_list(list(RESNET50_STAGES)),
+        default=None,
+        help="ResNet-50 stages whose SE shapes to run (default: all four)",
+    )
+    p.add_argument(
+        "--se-batch",
+        type=_positive(int),
+        default=None,
+        help=f"batch of the per-stage SE cases (default {FULL['se_batch']})",
+    )
+    p.add_argument(
+        "--sweep-stage",
+        choices=[*list(RESNET50_STAGES), "none"],
+        default="stage3",
+        help="stage shape of the SE batch sweep ('none' to skip it)",
+    )
+    p.add_argument(
+        "--sweep-batches",
+        type=_positive_ints,
+        default=None,
+        help=f"batches of the SE sweep (default {FULL['sweep_batches']})",
+    )
+    names = sorted(MODEL_CONFIGS) + sorted(EXTRA_MODELS)
+    p.add_argument(
+        "--models",
+        type=_list(names),
+        default=None,
+        help="networks for infer/train; an SE model next to its plain twin gives the "
+        "SE/plain ratio (default resnet50,seresnet50)",
+    )
+    p.add_argument(
+        "--model-batch",
+        type=_positive(int),
+        default=None,
+        help=f"batch of the network cases (default {FULL['model_batch']})",
+    )
+    p.add_argument(
+        "--image-size",
+        type=_positive(int),
+        default=None,
+        help=f"network input resolution (default {FULL['image_size']})",
+    )
+    p.add_argument(
+        "--repeats",
+        type=_positive(int),
+        default=None,
+        help=f"timed repeats per case (default {FULL['repeats']})",
+    )
+    p.add_argument(
+        "--min-time",
+        type=_positive(float),
+        default=None,
+        help=f"seconds per repeat at least (default {FULL['min_time']})",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive(int),
+        default=len(os.sched_getaffinity(0)),
+        help="threads for both frameworks (default: every CPU this process may use)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny shapes and models (resnet14/seresnet14), few repeats: a smoke run",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/benchmarks"),
+        help="output directory (default runs/benchmarks)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for name in (
+        "se_batch",
+        "sweep_batches",
+        "models",
+        "model_batch",
+        "image_size",
+        "repeats",
+        "min_time",
+        "modes",
+        "dtypes",
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
+    all_stages = defaults["stages"]
+    args.stage_shapes = {s: all_stages[s] for s in (args.stages or all_stages)}
+    args.sweep_stage = None if args.sweep_stage == "none" else args.sweep_stage
+    args.modes = [m for m in args.modes if MODES[m][0] in args.frameworks]
+    if not args.modes:
+        p.error(f"none of --modes belongs to --frameworks {','.join(args.frameworks)}")
+    if args.threads > len(os.sched_getaffinity(0)):
+        p.error(
+            f"--threads {args.threads} exceeds the {len(os.sched_getaffinity(0))} CPUs "
+            "this process may use"
+        )
+    return args
+
+
+def _set_threads(threads: int) -> None:
+    """The same thread count for both frameworks; call before importing jax or torch."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if threads < len(cpus):
+        os.sched_setaffinity(0, cpus[:threads])  # XLA sizes its thread pool from the affinity
+    flags = os.environ.get("XLA_FLAGS", "")
+    found = re.search(r"intra_op_parallelism_threads=(\d+)", flags)
+    if found and int(found.group(1)) != threads:
+        raise SystemExit(
+            f"XLA_FLAGS sets intra_op_parallelism_threads={found.group(1)}, "
+            f"but --threads is {threads}: both frameworks must use the same count"
+        )
+    if not found:
+        os.environ["XLA_FLAGS"] = (
+            f"{flags} --xla_cpu_multi_thread_eigen=true "
+            f"intra_op_parallelism_threads={threads}".strip()
+        )
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    # Compile times are cold: no on-disk inductor caches from earlier runs.
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "0")
+
+
+def _slots(case, cache_bytes: int) -> int:
+    """Input buffers to rotate through: together at least twice the last-level cache."""
+    n, h, w, c = case.shape
+    nbytes = n * h * w * c * (4 if case.dtype == "float32" else 2)
+    return max(2, min(8, math.ceil(2 * cache_bytes / nbytes)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _set_threads(args.threads)
+
+    import torch
+    from tqdm import tqdm
+
+    from benchmarks import _jax, _machine, _report, _torch
+    from benchmarks._timing import measure
+
+    torch.set_num_threads(args.threads)
+    defaults = QUICK if args.quick else FULL
+    cases = plan(
+        args.workloads,
+        args.modes,
+        args.dtypes,
+        args.stage_shapes,
+        args.se_batch,
+        args.sweep_stage,
+        args.sweep_batches,
+        args.models,
+        args.model_batch,
+        args.image_size,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    machine = _machine.describe(args.threads)
+    cache = _machine.last_level_cache_bytes() if machine["gpu"] is None else 0
+    bandwidth = _machine.memory_bandwidth(defaults["bandwidth_mib"] * 2**20)
+    results = {
+        "schema": 1,
+        "command": shlex.join(
+            ["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "settings": {
+            "quick": args.quick,
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "min_time_s": args.min_time,
+            "warmup_s": defaults["warmup"],
+            "seed": args.seed,
+            "se_batch": args.se_batch,
+            "sweep_stage": args.sweep_stage,
+            "sweep_batches": args.sweep_batches,
+            "stages": args.stage_shapes,
+            "models": args.models,
+            "model_batch": args.model_batch,
+            "image_size": args.image_size,
+        },
+        "machine": machine,
+        "bandwidth": bandwidth,
+        "records": [],
+        "targets": [],
+    }
+    print(
+        f"{len(cases)} cases; copy bandwidth {bandwidth['median_GBps']:.1f} GB/s; "
+        f"{args.threads} threads; writing to {args.out}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    bar = tqdm(cases, disable=args.no_progress, unit="case", dynamic_ncols=True)
+    for case in bar:
+        bar.set_description(f"{case.workload} {case.name} b{case.batch} {case.dtype} {case.mode}")
+        record = case.as_record()
+        record["slots"] = _slots(case, cache)
+        case_start = time.perf_counter()
+        try:
+            build = _jax.runner if case.framework == "jax" else _torch.runner
+            timing = measure(
+                build(case, record["slots"], args.seed),
+                args.repeats,
+                args.min_time,
+                defaults["warmup"],
+            )
+            record.update(timing)
+        except Exception as error:  # one failed case must not lose the others
+            record.update(
+                median_s=None,
+                compile_s=None,
+                error=f"{type(error).__name__}: {error}".splitlines()[0][:500],
+            )
+            bar.write(f"FAILED {case.key()}:\n{traceback.format_exc(limit=3)}")
+        record["case_s"] = time.perf_counter() - case_start  # set-up and all calls
+        results["records"].append(_report.derive(record, bandwidth["median_GBps"]))
+        _write_json(results, args.out)
+    results["seconds"] = time.perf_counter() - start
+    results["targets"] = _report.targets(results["records"], machine, args.se_batch)
+    _write_json(results, args.out)
+    (args.out / "results.md").write_text(_report.markdown(results))
+    written = _report.plots(results, args.out)
+    failed = [r for r in results["records"] if r.get("error")]
+    print(
+        f"{len(results['records'])} records in {results['seconds']:.0f} s -> "
+        f"{args.out / 'results.json'}, results.md, " + ", ".join(p.name for p in written)
+    )
+    if failed:
+        print(f"{len(failed)} cases failed: see the errors in results.md", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _write_json(results: dict, out: Path) -> None:
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out / "results.json")

@@ -1,0 +1,116 @@
+"""The machine, the library versions and the memory bandwidth, recorded with every run."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+PACKAGES = ("se-flax", "jax", "jaxlib", "flax", "optax", "numpy", "torch")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the CPU's last cache level (sysfs), 32 MiB where it cannot be read."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1], 1)
+        sizes.append(int(text.rstrip("KMG")) * scale)
+    return max(sizes, default=32 * 2**20)
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def describe(threads: int) -> dict:
+    """Machine, devices, thread settings and versions."""
+    import jax
+    import torch
+
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_used": len(os.sched_getaffinity(0)),
+        "memory_gib": round(memory / 2**30, 1),
+        "last_level_cache_mib": last_level_cache_bytes() / 2**20,
+        "gpu": gpu,
+        "jax_devices": [str(d) for d in jax.devices()],
+        "torch_device": "cuda" if gpu else "cpu",
+        "threads": {
+            "requested": threads,
+            "torch_intra_op": torch.get_num_threads(),
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        },
+        "versions": versions,
+        "git_commit": _git_commit(),
+    }
+
+
+def memory_bandwidth(nbytes: int, repeats: int = 10) -> dict:
+    """Copy bandwidth: ``dst.copy_(src)`` of ``nbytes`` into a preallocated buffer (PyTorch,
+    all intra-op threads, on the benchmark's device), counting 2 bytes moved per byte copied.
+
+    Returns the median, the best, and every sample, in GB/s (1e9 bytes per second).
+    """
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    src = torch.randn(nbytes // 4, device=dev)
+    dst = torch.empty_like(src)
+    samples = []
+    for i in range(repeats + 2):
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        dst.copy_(src)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:  # two warm-up copies: page faults and first-touch happen there
+            samples.append(2 * nbytes / (time.perf_counter() - start) / 1e9)
+    return {
+        "method": f"torch.Tensor.copy_ of {nbytes / 2**20:.0f} MiB float32 on {dev}, "
+        "2 bytes moved per byte copied",
+        "median_GBps": float(np.median(samples)),
+        "best_GBps": float(max(samples)),
+        "samples_GBps": samples,
+    }

@@ -1,0 +1,327 @@
+"""Derived numbers (floor fractions, ratios, targets), the Markdown report and the plots."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from benchmarks._cases import MODES, SE_WORKLOADS
+
+# Passes over the feature map that any SE implementation must make (the memory floor):
+# forward: read x to pool, read x again to scale, write y. Forward + backward (returning
+# dx and parameter gradients): read x and g once (pooling and sum(g * x) share a pass),
+# read g again and write dx.
+FLOOR_PASSES = {"se_fwd": 3, "se_fwdbwd": 4}
+ITEMSIZE = {"float32": 4, "bfloat16": 2}
+
+
+def derive(record: dict, bandwidth_GBps: float) -> dict:
+    """Adds throughput (images per second) and, for SE blocks, the memory-floor numbers."""
+    if record.get("median_s") is None:
+        return record
+    record["throughput"] = record["batch"] / record["median_s"]
+    if record["workload"] in FLOOR_PASSES:
+        n, h, w, c = record["shape"]
+        floor = FLOOR_PASSES[record["workload"]] * n * h * w * c * ITEMSIZE[record["dtype"]]
+        record["floor_bytes"] = floor
+        record["achieved_GBps"] = floor / record["median_s"] / 1e9
+        record["floor_fraction"] = record["achieved_GBps"] / bandwidth_GBps
+    return record
+
+
+def _index(records: list[dict]) -> dict:
+    return {
+        (r["workload"], r["mode"], r["dtype"], r["name"], r["batch"]): r
+        for r in records
+        if r.get("median_s") is not None
+    }
+
+
+def targets(records: list[dict], machine: dict, se_batch: int) -> list[dict]:
+    """The issue's targets, evaluated on this run's records (ratios within one run).
+
+    CPU: JAX SE block >= 1.5x PyTorch eager and >= 50% of the memory floor at every stage;
+    JAX SE-ResNet inference >= PyTorch eager channels_last. GPU: SE block >= 85% of the
+    memory floor, JAX SE/plain >= 0.90, JAX within 10% of torch.compile. Other ratios are
+    listed with no goal.
+    """
+    gpu = machine.get("gpu") is not None
+    index, rows = _index(records), []
+
+    def add(target, case, value, goal=None):
+        met = None if goal is None else bool(value >= goal)
+        rows.append({"target": target, "case": case, "value": value, "goal": goal, "met": met})
+
+    stages = sorted({r["name"] for r in records if r["workload"] in SE_WORKLOADS})
+    models = sorted({r["name"] for r in records if r["workload"] not in SE_WORKLOADS})
+    dtypes = sorted({r["dtype"] for r in records})
+    jax_modes = ("jit", "jit_donate")
+    for workload in SE_WORKLOADS:
+        for dtype in dtypes:
+            for stage in stages:
+                eager = index.get((workload, "eager", dtype, stage, se_batch))
+                for mode in jax_modes:
+                    jax_ = index.get((workload, mode, dtype, stage, se_batch))
+                    if jax_ is None:
+                        continue
+                    case = f"{workload} {stage} b{se_batch} {dtype} {mode}"
+                    if eager is not None:
+                        ratio = eager["median_s"] / jax_["median_s"]
+                        add("JAX SE / torch eager speed", case, ratio, None if gpu else 1.5)
+                    goal = 0.85 if gpu else 0.5
+                    add(
+                        "JAX SE share of memory floor",
+                        case,
+                        jax_["floor_fraction"],
+                        goal if workload == "se_fwd" else None,
+                    )
+    for workload in ("infer", "train"):
+        for dtype in dtypes:
+            for model in models:
+                batch = next(r["batch"] for r in records if r["name"] == model)
+                for mode in jax_modes:
+                    jax_ = index.get((workload, mode, dtype, model, batch))
+                    if jax_ is None:
+                        continue
+                    case = f"{workload} {model} {dtype} {mode}"
+                    cl = index.get((workload, "channels_last", dtype, model, batch))
+                    if cl is not None:
+                        goal = 1.0 if workload == "infer" and not gpu else None
+                        add(
+                            "JAX / torch channels_last speed",
+                            case,
+                            cl["median_s"] / jax_["median_s"],
+                            goal,
+                        )
+                    compiled = index.get((workload, "compile", dtype, model, batch))
+                    if compiled is not None:
+                        add(
+                            "JAX / torch.compile speed",
+                            case,
+                            compiled["median_s"] / jax_["median_s"],
+                            0.9 if gpu else None,
+                        )
+                plain = model.removeprefix("se")
+                if not model.startswith("se") or plain not in models:
+                    continue
+                for mode in MODES:
+                    se = index.get((workload, mode, dtype, model, batch))
+                    base = index.get((workload, mode, dtype, plain, batch))
+                    if se is not None and base is not None:
+                        goal = 0.9 if gpu and mode in jax_modes else None
+                        add(
+                            "SE/plain throughput",
+                            f"{workload} {model}/{plain} {dtype} {mode}",
+                            base["median_s"] / se["median_s"],
+                            goal,
+                        )
+    return rows
+
+
+def _pivot(records: list[dict], workloads, cell) -> list[str]:
+    modes = [m for m in MODES if any(r["mode"] == m for r in records)]
+    rows = defaultdict(dict)
+    for r in records:
+        if r["workload"] in workloads:
+            key = (r["workload"], r["name"], r["batch"], tuple(r["shape"]), r["dtype"])
+            rows[key][r["mode"]] = cell(r)
+    lines = [
+        "| workload | case | batch | input (NHWC) | dtype | " + " | ".join(modes) + " |",
+        "|---" * (5 + len(modes)) + "|",
+    ]
+    for (workload, name, batch, shape, dtype), cells in rows.items():
+        shape_text = "x".join(map(str, shape))
+        lines.append(
+            f"| {workload} | {name} | {batch} | {shape_text} | {dtype} | "
+            + " | ".join(cells.get(m, "") for m in modes)
+            + " |"
+        )
+    return lines
+
+
+def _se_cell(r: dict) -> str:
+    if r.get("median_s") is None:
+        return "error"
+    return f"{r['median_s'] * 1e3:.3g} ms ±{r['iqr_s'] * 1e3:.2g}, {r['floor_fraction']:.0%}"
+
+
+def _model_cell(r: dict) -> str:
+    if r.get("median_s") is None:
+        return "error"
+    return f"{r['throughput']:.3g}/s ±{r['iqr_s'] / r['median_s']:.0%}"
+
+
+def _compile_cell(r: dict) -> str:
+    return "error" if r.get("compile_s") is None else f"{r['compile_s']:.3g}"
+
+
+def markdown(results: dict) -> str:
+    """The run as Markdown: machine, bandwidth, tables per workload, compile times, targets."""
+    m, bw, records = results["machine"], results["bandwidth"], results["records"]
+    v = m["versions"]
+    lines = [
+        "# se-flax benchmarks",
+        "",
+        f"- machine: {m['cpu']}, {m['cpus_used']} of {m['cpu_count']} CPUs used, "
+        f"{m['memory_gib']} GiB, last-level cache {m['last_level_cache_mib']:g} MiB; "
+        f"GPU: {m['gpu'] or 'none'}; {m['platform']}",
+        f"- threads: {m['threads']['requested']} for both frameworks "
+        f"(torch intra-op {m['threads']['torch_intra_op']}, "
+        f"XLA_FLAGS `{m['threads']['XLA_FLAGS']}`)",
+        f"- versions: python {v['python']}, jax {v['jax']}, jaxlib {v['jaxlib']}, "
+        f"flax {v['flax']}, torch {v['torch']}, numpy {v['numpy']}, "
+        f"se-flax {v['se-flax']} ({m['git_commit']})",
+        f"- memory bandwidth: {bw['median_GBps']:.1f} GB/s median ({bw['method']})",
+        f"- date: {m['date']}; command: `{results['command']}`",
+        "",
+        "Times are medians per call over repeats (± interquartile range); each call's inputs "
+        "rotate through buffers larger than the last-level cache together. Percentages are the "
+        "SE block's memory floor (forward: 2 reads + 1 write of the feature map; forward + "
+        "backward: 3 reads + 1 write) over the measured copy bandwidth.",
+        "",
+    ]
+    se = [r for r in records if r["workload"] in SE_WORKLOADS]
+    if se:
+        lines += ["## SE block: time per call, share of the memory floor", ""]
+        lines += [*_pivot(se, SE_WORKLOADS, _se_cell), ""]
+    nets = [r for r in records if r["workload"] not in SE_WORKLOADS]
+    if nets:
+        lines += ["## Networks: images per second (± relative IQR)", ""]
+        lines += [*_pivot(nets, ("infer", "train"), _model_cell), ""]
+    lines += ["## First call (compile) in seconds", ""]
+    lines += [*_pivot(records, [r["workload"] for r in records], _compile_cell), ""]
+    rows = results["targets"]
+    if rows:
+        lines += [
+            "## Targets (reported, not asserted)",
+            "",
+            "| target | case | value | goal | met |",
+            "|---|---|---|---|---|",
+        ]
+        for row in rows:
+            goal = "" if row["goal"] is None else f"{row['goal']:g}"
+            met = {None: "", True: "yes", False: "**no**"}[row["met"]]
+            lines.append(
+                f"| {row['target']} | {row['case']} | {row['value']:.2f} | {goal} | {met} |"
+            )
+        lines.append("")
+    errors = [r for r in records if r.get("error")]
+    if errors:
+        lines += ["## Errors", ""]
+        lines += [
+            f"- {r['workload']} {r['name']} {r['mode']} {r['dtype']}: {r['error']}" for r in errors
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plots(results: dict, out: Path) -> list[Path]:
+    """PNG plots: SE floor share per stage, SE batch sweep, network throughput."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in results["records"] if r.get("median_s") is not None]
+    written = []
+    dtypes = sorted({r["dtype"] for r in records})
+    modes = [m for m in MODES if any(r["mode"] == m for r in records)]
+    se_batch = results["settings"]["se_batch"]
+
+    def grid(workloads):
+        fig, axes = plt.subplots(
+            len(workloads),
+            len(dtypes),
+            squeeze=False,
+            figsize=(5.5 * len(dtypes), 3.6 * len(workloads)),
+        )
+        return fig, axes
+
+    def bars(ax, groups, value):
+        width = 0.8 / max(len(modes), 1)
+        for j, mode in enumerate(modes):
+            ys = [value(g, mode) for g in groups]
+            xs = [i + (j - (len(modes) - 1) / 2) * width for i in range(len(groups))]
+            ax.bar(xs, [y or 0 for y in ys], width, label=mode)
+        ax.set_xticks(range(len(groups)), groups)
+
+    index = _index(records)
+    se_work = [w for w in SE_WORKLOADS if any(r["workload"] == w for r in records)]
+    if se_work:
+        fig, axes = grid(se_work)
+        for i, w in enumerate(se_work):
+            for j, dtype in enumerate(dtypes):
+                ax = axes[i][j]
+                stages = sorted(
+                    {r["name"] for r in records if r["workload"] == w and r["batch"] == se_batch}
+                )
+
+                def value(stage, mode, w=w, dtype=dtype):
+                    r = index.get((w, mode, dtype, stage, se_batch))
+                    return r and 100 * r["floor_fraction"]
+
+                bars(ax, stages, value)
+                ax.axhline(100, color="k", lw=0.8, ls="--")
+                ax.set_title(f"{w}, {dtype}, batch {se_batch}", fontsize=10)
+                ax.set_ylabel("% of copy bandwidth (floor)")
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        written.append(out / "se_block.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+
+        sweep = results["settings"]["sweep_stage"]
+        fig, axes = grid(se_work)
+        for i, w in enumerate(se_work):
+            for j, dtype in enumerate(dtypes):
+                ax = axes[i][j]
+                for mode in modes:
+                    pts = sorted(
+                        (r["batch"], r["achieved_GBps"])
+                        for r in records
+                        if (r["workload"], r["mode"], r["dtype"], r["name"])
+                        == (w, mode, dtype, sweep)
+                    )
+                    if pts:
+                        ax.plot(*zip(*pts, strict=True), marker="o", label=mode)
+                ax.axhline(results["bandwidth"]["median_GBps"], color="k", lw=0.8, ls="--")
+                ax.set_xscale("log", base=2)
+                ax.set_xlabel("batch")
+                ax.set_ylabel("floor bytes / time (GB/s)")
+                ax.set_title(f"{w}, {dtype}, {sweep}", fontsize=10)
+        if axes[0][0].get_legend_handles_labels()[0]:
+            axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        written.append(out / "se_batch_sweep.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+
+    nets = [w for w in ("infer", "train") if any(r["workload"] == w for r in records)]
+    if nets:
+        fig, axes = grid(nets)
+        for i, w in enumerate(nets):
+            for j, dtype in enumerate(dtypes):
+                ax = axes[i][j]
+                names = sorted({r["name"] for r in records if r["workload"] == w})
+
+                def value(name, mode, w=w, dtype=dtype):
+                    r = next(
+                        (
+                            r
+                            for r in records
+                            if (r["workload"], r["mode"], r["dtype"], r["name"])
+                            == (w, mode, dtype, name)
+                        ),
+                        None,
+                    )
+                    return r and r["throughput"]
+
+                bars(ax, names, value)
+                ax.set_title(f"{w}, {dtype}", fontsize=10)
+                ax.set_ylabel("images / s")
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        written.append(out / "networks.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written

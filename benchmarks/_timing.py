@@ -1,0 +1,76 @@
+"""Timing: first call (compile) apart, warm-up, calibrated repeats, median and spread."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Runner:
+    """How to run one case, built by a framework module.
+
+    ``step(i)`` launches call ``i`` (rotating through its input slots) and returns what
+    ``sync`` must wait for; ``sync(outputs)`` blocks until all of them are computed
+    (``block_until_ready``, or the device synchronised); ``refresh()`` does untimed
+    housekeeping between repeats (refilling donated inputs). ``max_number`` caps the calls
+    per repeat (donated inputs are chained through at most that many calls).
+    """
+
+    step: Callable[[int], Any]
+    sync: Callable[[list], None]
+    refresh: Callable[[], None] = lambda: None
+    max_number: int = 1000
+    extra: dict = field(default_factory=dict)
+
+
+def measure(runner: Runner, repeats: int, min_time: float, warmup_time: float) -> dict:
+    """Times ``runner``: its first call, then ``repeats`` timed repeats after a warm-up.
+
+    Each repeat times ``number`` calls back to back and a final sync, with ``number``
+    chosen in the warm-up so that a repeat lasts at least ``min_time`` seconds.
+
+    Returns:
+        ``compile_s`` (wall time of the first call: tracing, compilation, first run),
+        ``median_s`` and ``iqr_s`` (per call, over repeats), ``min_s``, ``repeats``, ``number``.
+    """
+    counter = 0
+
+    def run(n: int) -> float:
+        nonlocal counter
+        start = time.perf_counter()
+        outputs = []
+        for _ in range(n):
+            outputs.append(runner.step(counter))
+            counter += 1
+        runner.sync(outputs)
+        return time.perf_counter() - start
+
+    runner.refresh()
+    compile_s = run(1)
+    # Warm-up: at least two calls and warmup_time seconds; it also calibrates `number`.
+    runner.refresh()
+    warm, calls = 0.0, 0
+    while calls < 2 or warm < warmup_time:
+        warm += run(1)
+        calls += 1
+    per_call = warm / calls
+    number = max(1, min(runner.max_number, math.ceil(min_time / max(per_call, 1e-9))))
+    times = []
+    for _ in range(repeats):
+        runner.refresh()
+        times.append(run(number) / number)
+    q25, median, q75 = np.percentile(times, [25, 50, 75])
+    return {
+        "compile_s": compile_s,
+        "median_s": float(median),
+        "iqr_s": float(q75 - q25),
+        "min_s": float(min(times)),
+        "repeats": repeats,
+        "number": number,
+    }

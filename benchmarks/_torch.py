@@ -1,0 +1,87 @@
+"""PyTorch runners: ``eager`` (NCHW), ``channels_last`` and ``compile`` (inductor, NCHW)."""
+
+from __future__ import annotations
+
+import torch
+
+import se_torch
+from benchmarks._cases import EXTRA_MODELS, Case
+from benchmarks._timing import Runner
+from se_torch.training import train_step
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync(outputs: list) -> None:
+    if device().type == "cuda":
+        torch.cuda.synchronize()
+
+
+def module(case: Case, seed: int) -> torch.nn.Module:
+    """The case's SE block or network, initialised from ``seed``, in the case's dtype (CPU).
+
+    Both frameworks run these weights: the JAX runner converts them with ``se_flax.convert``.
+    """
+    torch.manual_seed(seed)
+    if case.workload in ("se_fwd", "se_fwdbwd"):
+        built = se_torch.SqueezeExcite(case.shape[-1])
+    elif case.name in EXTRA_MODELS:
+        built = se_torch.ResNet(EXTRA_MODELS[case.name])
+    else:
+        built = se_torch.create_model(case.name)
+    return built.to(getattr(torch, case.dtype))
+
+
+def runner(case: Case, slots: int, seed: int) -> Runner:
+    """Builds the runner of one PyTorch case: module and ``slots`` rotated inputs on device."""
+    torch._dynamo.reset()  # each compiled case compiles from scratch, timed as its first call
+    dev, dtype = device(), getattr(torch, case.dtype)
+    memory_format = torch.channels_last if case.mode == "channels_last" else torch.contiguous_format
+    generator = torch.Generator(dev).manual_seed(seed)
+    n, h, w, c = case.shape
+
+    def inputs(shape=(n, c, h, w)) -> list[torch.Tensor]:
+        return [
+            torch.randn(shape, generator=generator, device=dev, dtype=dtype).to(
+                memory_format=memory_format
+            )
+            for _ in range(slots)
+        ]
+
+    model = module(case, seed).to(dev, memory_format=memory_format)
+    call = torch.compile(model) if case.mode == "compile" else model
+    xs = inputs()
+
+    if case.workload == "se_fwd":
+
+        @torch.no_grad()
+        def step(i: int):
+            return call(xs[i % slots])
+
+    elif case.workload == "se_fwdbwd":
+        params = list(model.parameters())
+        cotangents = inputs()
+        for x in xs:
+            x.requires_grad_(True)
+
+        def step(i: int):
+            x = xs[i % slots]  # fresh gradients, as JAX's vjp returns (no .grad accumulation)
+            return torch.autograd.grad(call(x), [x, *params], cotangents[i % slots])
+
+    elif case.workload == "infer":
+        model.eval()
+
+        @torch.no_grad()
+        def step(i: int):
+            return call(xs[i % slots])
+
+    else:
+        labels = [torch.randint(0, 1000, (n,), generator=generator, device=dev) for _ in xs]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step(i: int):
+            return train_step(call, optimizer, xs[i % slots], labels[i % slots])
+
+    return Runner(step, _sync)

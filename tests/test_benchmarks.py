@@ -1,0 +1,223 @@
+"""The benchmark command: smoke runs on tiny shapes (record shape and completeness, never speed),
+argument errors, and the timing and floor arithmetic."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import _cli, _report
+from benchmarks._cases import MODES, QUICK_STAGES, plan
+from benchmarks._timing import Runner, measure
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = {
+    "workload": str,
+    "framework": str,
+    "mode": str,
+    "dtype": str,
+    "name": str,
+    "batch": int,
+    "shape": list,
+    "layout": str,
+    "median_s": float,
+    "iqr_s": float,
+    "min_s": float,
+    "throughput": float,
+    "compile_s": float,
+    "repeats": int,
+    "number": int,
+    "slots": int,
+    "case_s": float,
+}
+
+
+def run_benchmarks(tmp_path: Path, *args: str) -> tuple[dict, str]:
+    out = tmp_path / "bench"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "--quick",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+        *args,
+    ]
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads((out / "results.json").read_text()), result.stdout
+
+
+def check_results(results: dict, argv: list[str], out: Path) -> None:
+    args = _cli.parse_args(["--quick", *argv])
+    wanted = plan(
+        args.workloads,
+        args.modes,
+        args.dtypes,
+        args.stage_shapes,
+        args.se_batch,
+        args.sweep_stage,
+        args.sweep_batches,
+        args.models,
+        args.model_batch,
+        args.image_size,
+    )
+    got = [
+        tuple(r[k] for k in ("workload", "mode", "dtype", "name", "batch"))
+        for r in results["records"]
+    ]
+    assert sorted(got) == sorted(c.key() for c in wanted)  # every requested record, once
+    assert results["settings"]["threads"] == 1 and results["settings"]["quick"]
+    machine = results["machine"]
+    assert machine["threads"]["torch_intra_op"] == 1
+    assert "intra_op_parallelism_threads=1" in machine["threads"]["XLA_FLAGS"]
+    assert all(machine["versions"][p] for p in ("jax", "jaxlib", "flax", "torch", "numpy"))
+    assert machine["cpu"] and machine["memory_gib"] > 0
+    bandwidth = results["bandwidth"]["median_GBps"]
+    assert bandwidth > 0 and len(results["bandwidth"]["samples_GBps"]) >= 5
+    for r in results["records"]:
+        assert "error" not in r, r
+        for key, kind in FIELDS.items():
+            assert isinstance(r[key], kind), (key, r)
+        assert r["framework"] == MODES[r["mode"]][0]
+        assert r["median_s"] > 0 and r["iqr_s"] >= 0 and r["min_s"] <= r["median_s"]
+        assert r["compile_s"] > 0 and r["repeats"] == args.repeats and r["number"] >= 1
+        assert r["throughput"] == pytest.approx(r["batch"] / r["median_s"])
+        n, h, w, c = r["shape"]
+        assert n == r["batch"]
+        if r["workload"].startswith("se_"):
+            assert (h, w, c) == QUICK_STAGES[r["name"]]
+            itemsize = 4 if r["dtype"] == "float32" else 2
+            passes = {"se_fwd": 3, "se_fwdbwd": 4}[r["workload"]]
+            assert r["floor_bytes"] == passes * n * h * w * c * itemsize
+            assert r["floor_fraction"] == pytest.approx(
+                r["floor_bytes"] / r["median_s"] / 1e9 / bandwidth
+            )
+        else:
+            assert (h, w, c) == (args.image_size, args.image_size, 3)
+    text = (out / "results.md").read_text()
+    for workload in args.workloads:
+        assert f"| {workload} |" in text
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    expected_plots = {"se_block.png", "se_batch_sweep.png", "networks.png"}
+    if not {"infer", "train"} & set(args.workloads):
+        expected_plots.discard("networks.png")
+    if not {"se_fwd", "se_fwdbwd"} & set(args.workloads):
+        expected_plots -= {"se_block.png", "se_batch_sweep.png"}
+    assert {p.name for p in out.glob("*.png")} == expected_plots
+
+
+def test_quick_run_has_every_record(tmp_path):
+    results, stdout = run_benchmarks(tmp_path)
+    check_results(results, [], tmp_path / "bench")
+    assert {r["workload"] for r in results["records"]} == {"se_fwd", "se_fwdbwd", "infer", "train"}
+    assert {r["mode"] for r in results["records"]} == {
+        "jit",
+        "jit_donate",
+        "eager",
+        "channels_last",
+    }
+    targets = {t["target"] for t in results["targets"]}
+    assert {
+        "JAX SE / torch eager speed",
+        "JAX SE share of memory floor",
+        "SE/plain throughput",
+        "JAX / torch channels_last speed",
+    } <= targets
+    assert "records in" in stdout
+
+
+def test_quick_run_compile_and_bfloat16(tmp_path):
+    argv = [
+        "--workloads",
+        "se_fwd,se_fwdbwd,infer",
+        "--modes",
+        "jit_donate,eager,compile",
+        "--dtypes",
+        "bfloat16",
+        "--stages",
+        "stage4",
+        "--sweep-stage",
+        "none",
+        "--models",
+        "seresnet14",
+    ]
+    results, _ = run_benchmarks(tmp_path, *argv)
+    check_results(results, argv, tmp_path / "bench")
+    assert {r["dtype"] for r in results["records"]} == {"bfloat16"}
+    # infer has no donated variant: nothing to reuse, so it is not planned
+    assert not [
+        r for r in results["records"] if (r["workload"], r["mode"]) == ("infer", "jit_donate")
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--modes", "fast"], "argument --modes: expected a comma-separated subset of"),
+        (["--frameworks", "jax", "--modes", "eager"], "none of --modes belongs to"),
+        (["--dtypes", "float16"], "argument --dtypes: expected a comma-separated subset"),
+        (["--sweep-batches", "0,4"], "expected positive integers like 1,8,32, got '0,4'"),
+        (["--repeats", "0"], "argument --repeats: expected a value > 0, got 0"),
+        (["--threads", "100000"], "--threads 100000 exceeds the"),
+        (["--models", "resnet51"], "argument --models: expected a comma-separated subset"),
+    ],
+)
+def test_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        _cli.parse_args(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_measure_separates_first_call_and_refreshes_each_repeat():
+    events = []
+    runner = Runner(
+        step=lambda i: events.append(("step", i)) or i,
+        sync=lambda outputs: events.append(("sync", tuple(outputs))),
+        refresh=lambda: events.append(("refresh",)),
+        max_number=5,
+    )
+    result = measure(runner, repeats=4, min_time=10.0, warmup_time=0.0)
+    assert events[:3] == [("refresh",), ("step", 0), ("sync", (0,))]  # the first call, alone
+    assert result["number"] == 5  # min_time asks for more, max_number caps it
+    assert result["repeats"] == 4 and result["compile_s"] > 0
+    timed = events[[i for i, e in enumerate(events) if e == ("refresh",)][-4] :]
+    assert [e[0] for e in timed].count("refresh") == 4  # before each timed repeat
+    steps = [e[1] for e in timed if e[0] == "step"]
+    assert len(steps) == 4 * 5
+    assert [e for e in timed if e[0] == "sync"][-1][1] == tuple(steps[-5:])  # one sync per repeat
+    all_steps = [e[1] for e in events if e[0] == "step"]
+    assert all_steps == list(range(len(all_steps)))  # one counter: inputs rotate across all calls
+
+
+def test_floor_and_targets_arithmetic():
+    base = {
+        "framework": "jax",
+        "dtype": "bfloat16",
+        "name": "stage1",
+        "batch": 4,
+        "shape": [4, 8, 8, 16],
+    }
+    jit = _report.derive({**base, "workload": "se_fwd", "mode": "jit", "median_s": 1e-3}, 2.0)
+    assert jit["floor_bytes"] == 3 * 4 * 8 * 8 * 16 * 2
+    assert jit["floor_fraction"] == pytest.approx(jit["floor_bytes"] / 1e-3 / 1e9 / 2.0)
+    eager = _report.derive(
+        {**base, "framework": "torch", "workload": "se_fwd", "mode": "eager", "median_s": 4e-3}, 2.0
+    )
+    rows = _report.targets([jit, eager], {"gpu": None}, se_batch=4)
+    speed = next(r for r in rows if r["target"] == "JAX SE / torch eager speed")
+    assert speed["value"] == pytest.approx(4.0) and speed["goal"] == 1.5 and speed["met"]
+    floor = next(r for r in rows if r["target"] == "JAX SE share of memory floor")
+    assert floor["value"] == pytest.approx(jit["floor_fraction"])
+    assert floor["met"] == (jit["floor_fraction"] >= 0.5)
