@@ -171,7 +171,10 @@ def markdown(results: dict) -> str:
         f"- versions: python {v['python']}, jax {v['jax']}, jaxlib {v['jaxlib']}, "
         f"flax {v['flax']}, torch {v['torch']}, numpy {v['numpy']}, "
         f"se-flax {v['se-flax']} ({m['git_commit']})",
-        f"- memory bandwidth: {bw['median_GBps']:.1f} GB/s median ({bw['method']})",
+        f"- memory bandwidth: {bw['median_GBps']:.1f} GB/s (copy medians: "
+        f"{bw['start']['median_GBps']:.1f} at the start, "
+        f"{bw['end']['median_GBps']:.1f} at the end; "
+        f"{bw['end']['method']})",
         f"- date: {m['date']}; command: `{results['command']}`",
         "",
         "Times are medians per call over repeats (± interquartile range); each call's inputs "
