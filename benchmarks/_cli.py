@@ -26,6 +26,7 @@ from benchmarks._cases import (
     WORKLOADS,
     plan,
 )
+from se_common._cli import positive
 
 FULL = {
     "stages": RESNET50_STAGES,
@@ -81,19 +82,6 @@ def _positive_ints(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a value > 0, got {text}")
-        return value
-
-    return parse
-
-
 def _single(parse):
     def one(text: str):
         values = parse(text)
@@ -142,7 +130,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--se-batch",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help=f"batch of the per-stage SE cases (default {FULL['se_batch']})",
     )
@@ -168,31 +156,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--model-batch",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help=f"batch of the network cases (default {FULL['model_batch']})",
     )
     p.add_argument(
         "--image-size",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help=f"network input resolution (default {FULL['image_size']})",
     )
     p.add_argument(
         "--repeats",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help=f"timed repeats per case (default {FULL['repeats']})",
     )
     p.add_argument(
         "--min-time",
-        type=_positive(float),
+        type=positive(float),
         default=None,
         help=f"seconds per repeat at least (default {FULL['min_time']})",
     )
     p.add_argument(
         "--threads",
-        type=_positive(int),
+        type=positive(int),
         default=len(os.sched_getaffinity(0)),
         help="threads for both frameworks (default: every CPU this process may use)",
     )
@@ -268,6 +256,22 @@ def _slots(case, cache_bytes: int) -> int:
     return max(2, min(8, math.ceil(2 * cache_bytes / nbytes)))
 
 
+def planned(args: argparse.Namespace) -> list:
+    """The cases that parsed arguments ask for."""
+    return plan(
+        args.workloads,
+        args.modes,
+        args.dtypes,
+        args.stage_shapes,
+        args.se_batch,
+        args.sweep_stage,
+        args.sweep_batches,
+        args.models,
+        args.model_batch,
+        args.image_size,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _set_threads(args.threads)
@@ -280,18 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     defaults = QUICK if args.quick else FULL
-    cases = plan(
-        args.workloads,
-        args.modes,
-        args.dtypes,
-        args.stage_shapes,
-        args.se_batch,
-        args.sweep_stage,
-        args.sweep_batches,
-        args.models,
-        args.model_batch,
-        args.image_size,
-    )
+    cases = planned(args)
     args.out.mkdir(parents=True, exist_ok=True)
     machine = _machine.describe(args.threads)
     cache = _machine.last_level_cache_bytes() if machine["gpu"] is None else 0

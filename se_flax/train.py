@@ -20,29 +20,18 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from se_common._cli import positive
+
 MODEL = "SE-ResNet-10: ResNetConfig('basic', (1, 1, 1, 1), attn='se')"
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a value > 0, got {text}")
-        return value
-
-    return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m se_flax.train", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--epochs", type=_positive(int), default=12)
-    parser.add_argument("--batch-size", type=_positive(int), default=64)
-    parser.add_argument("--lr", type=_positive(float), default=0.05, help="peak learning rate")
+    parser.add_argument("--epochs", type=positive(int), default=12)
+    parser.add_argument("--batch-size", type=positive(int), default=64)
+    parser.add_argument("--lr", type=positive(float), default=0.05, help="peak learning rate")
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument(
         "--size",
@@ -52,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="image side: the 8x8 digits are upsampled by repetition",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-steps", type=_positive(int), help="stop early (smoke tests)")
+    parser.add_argument("--max-steps", type=positive(int), help="stop early (smoke tests)")
     parser.add_argument("--out", type=Path, default=Path("runs/digits"), help="output directory")
     args = parser.parse_args(argv)
     if args.weight_decay < 0:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import _cli, _report
-from benchmarks._cases import MODES, QUICK_STAGES, plan
+from benchmarks._cases import MODES, QUICK_STAGES
 from benchmarks._timing import Runner, measure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,18 +59,7 @@ def run_benchmarks(tmp_path: Path, *args: str) -> tuple[dict, str]:
 
 def check_results(results: dict, argv: list[str], out: Path) -> None:
     args = _cli.parse_args(["--quick", *argv])
-    wanted = plan(
-        args.workloads,
-        args.modes,
-        args.dtypes,
-        args.stage_shapes,
-        args.se_batch,
-        args.sweep_stage,
-        args.sweep_batches,
-        args.models,
-        args.model_batch,
-        args.image_size,
-    )
+    wanted = _cli.planned(args)
     got = [
         tuple(r[k] for k in ("workload", "mode", "dtype", "name", "batch"))
         for r in results["records"]
