@@ -177,8 +177,9 @@ def markdown(results: dict) -> str:
         f"{bw['end']['method']})",
         f"- date: {m['date']}; command: `{results['command']}`",
         "",
-        "Times are medians per call over repeats (± interquartile range); each call's inputs "
-        "rotate through buffers larger than the last-level cache together. Percentages are the "
+        "Times are medians per call over repeats (± interquartile range). Inputs rotate through "
+        "2-8 buffers (`slots`), enough to exceed twice the last-level cache unless 8 small "
+        "inputs fit in it. Percentages are the "
         "SE block's memory floor (forward: 2 reads + 1 write of the feature map; forward + "
         "backward: 3 reads + 1 write) over the measured copy bandwidth.",
         "",
