@@ -8,15 +8,21 @@ Importing this package does not import torch; NumPy / safetensors-style dicts co
 """
 
 from se_flax.convert._convert import ConversionError, flax_to_torch, torch_to_flax, update_nnx
+from se_flax.convert._files import FileError, Weights, convert_file, load, save
 from se_flax.convert._rules import RULES, Layout, Rule, Tensor
 
 __all__ = [
     "RULES",
     "ConversionError",
+    "FileError",
     "Layout",
     "Rule",
     "Tensor",
+    "Weights",
+    "convert_file",
     "flax_to_torch",
+    "load",
+    "save",
     "torch_to_flax",
     "update_nnx",
 ]

@@ -1,0 +1,3 @@
+from se_flax.convert._cli import main
+
+raise SystemExit(main())

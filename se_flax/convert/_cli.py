@@ -1,0 +1,94 @@
+"""``se-convert INPUT OUTPUT``: convert weight files between PyTorch and Flax, safely.
+
+Formats by extension: .pth/.pt/.bin (PyTorch), .safetensors (either layout), .msgpack
+(flax.serialization), no extension (an orbax checkpoint directory). Exit status 2 on any error,
+with one message and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from se_common import MODEL_CONFIGS
+from se_common._cli import positive
+from se_flax.convert._convert import ConversionError
+from se_flax.convert._files import SE_MODELS, FileError, convert_file
+
+EPILOG = """\
+examples:
+  se-convert seresnet18.pth seresnet18.msgpack --model seresnet18 --verify
+  se-convert se_block.pth se_block.safetensors          (a bare SE block needs no --model)
+  se-convert seresnet18.msgpack seresnet18.pth --model seresnet18
+PyTorch files are read with torch.load(weights_only=True): a pickle that would run code is
+refused, and nothing in it runs.
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="se-convert",
+        description="Convert SE block and SE-ResNet weights between PyTorch and Flax files.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", help="checkpoint to read")
+    p.add_argument("output", help="file (or orbax directory) to write")
+    p.add_argument(
+        "--model",
+        choices=sorted(MODEL_CONFIGS) + list(SE_MODELS),
+        metavar="NAME",
+        help="architecture: a create_model name (seresnet50, ...), or se / selayer for a bare "
+        "SE block (timm layout / classic recipe). Needed for Flax -> PyTorch and --verify",
+    )
+    p.add_argument(
+        "--layout",
+        choices=["torch", "flax"],
+        help="output layout for .safetensors (default: the other framework's)",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="run both frameworks on one random input and fail above --tolerance",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=positive(float),
+        default=1e-4,
+        help="max abs difference --verify accepts (default 1e-4, float32)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing OUTPUT")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = convert_file(
+            args.input,
+            args.output,
+            args.model,
+            layout=args.layout,
+            check=args.verify,
+            force=args.force,
+            tolerance=args.tolerance,
+            log=lambda message: print(f"note: {message}"),
+        )
+    except (FileError, ConversionError) as e:
+        print(f"se-convert: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # never a traceback for a bad file: one line, status 2
+        print(f"se-convert: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"{report['source']} -> {report['output']} ({report['direction']}"
+        f"{', ' + report['model'] if report['model'] else ''}): {report['tensors']} tensors, "
+        f"{report['parameters']:,} values, {'/'.join(report['dtypes'])}, "
+        f"{report['seconds']:.2f} s"
+    )
+    if "max_abs_diff" in report:
+        print(
+            f"verify: max |torch - flax| = {report['max_abs_diff']:.3g} "
+            f"(tolerance {report['tolerance']:g}) on one random input"
+        )
+    return 0

@@ -1,0 +1,297 @@
+"""Weight files and ``se-convert``: the format/dtype round-trip matrix, refused pickles, bad
+inputs (exit 2, one message, nothing written), --force, --verify, and Flax files without torch."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import se_torch
+from se_flax.convert import FileError, Weights, convert_file, load, save
+from se_flax.convert._cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+# (name, extension, layout it is written in)
+FORMATS = [
+    ("pth", ".pth", "torch"),
+    ("safetensors-torch", ".safetensors", "torch"),
+    ("safetensors-flax", ".safetensors", "flax"),
+    ("msgpack", ".msgpack", "flax"),
+    ("orbax", "", "flax"),
+]
+DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+
+
+def random_bits(shape, dtype, rng) -> np.ndarray:
+    """Random values with every bit pattern class: normals, subnormals, inf, NaN payloads."""
+    dtype = np.dtype(dtype)
+    bits = rng.integers(0, 2 ** (8 * dtype.itemsize), size=shape, dtype=np.uint64)
+    return bits.astype(f"u{dtype.itemsize}").view(dtype)
+
+
+def se_state(dtype, rng) -> dict[str, np.ndarray]:
+    module = se_torch.SqueezeExcite(48)
+    return {
+        k: random_bits(tuple(v.shape), DTYPES[dtype], rng) for k, v in module.state_dict().items()
+    }
+
+
+def bits(tensors: dict[str, np.ndarray]) -> dict[str, tuple]:
+    return {
+        k: (str(v.dtype), v.shape, v.view(f"u{v.dtype.itemsize}").tobytes())
+        for k, v in tensors.items()
+    }
+
+
+def write(tmp: Path, name: str, ext: str, weights: Weights) -> Path:
+    path = tmp / f"{name}{ext}"
+    save(weights, path)
+    return path
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_every_pair_of_formats_round_trips_bit_exactly(dtype, rng, tmp_path):
+    torch_state = se_state(dtype, rng)
+    flax_state = convert_file_weights(torch_state, tmp_path)
+    originals = {"torch": torch_state, "flax": flax_state}
+    for (a, ext_a, lay_a), (b, ext_b, lay_b) in itertools.permutations(FORMATS, 2):
+        case = tmp_path / f"{a}-{b}"
+        case.mkdir()
+        source = write(case, "source", ext_a, Weights(lay_a, originals[lay_a], "se"))
+        there = case / f"there{ext_b}"
+        report = convert_file(source, there, "se", layout=lay_b)
+        assert report["direction"] == f"{lay_a} -> {lay_b}"
+        back = case / f"back{ext_a}"
+        convert_file(there, back, "se", layout=lay_a)
+        loaded = load(back)
+        assert loaded.layout == lay_a
+        assert bits(loaded.tensors) == bits(originals[lay_a]), (a, b)
+        assert bits(load(there).tensors) == bits(originals[lay_b]), (a, b)
+
+
+def convert_file_weights(torch_state, tmp_path) -> dict[str, np.ndarray]:
+    """The Flax twin of a torch-layout state, through the API's own conversion."""
+    source = write(tmp_path, "reference", ".pth", Weights("torch", torch_state))
+    convert_file(source, tmp_path / "reference.msgpack", "se")
+    flax = load(tmp_path / "reference.msgpack").tensors
+    assert set(flax) == {
+        "params/fc1/kernel",
+        "params/fc1/bias",
+        "params/fc2/kernel",
+        "params/fc2/bias",
+    }
+    # the layouts differ by a transpose only: same bits
+    np.testing.assert_array_equal(
+        flax["params/fc2/kernel"].view(np.uint8),
+        torch_state["fc2.weight"][:, :, 0, 0].T.copy().view(np.uint8),
+    )
+    return flax
+
+
+class Payload:
+    """A pickle that creates a file when unpickled with weights_only=False."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"fc1.weight": torch.zeros(1), "payload": Payload(marker)}, evil)
+    # the payload is real: an unsafe load creates the file
+    probe = tmp_path / "probe.pth"
+    torch.save({"payload": Payload(tmp_path / "probe-ran")}, probe)
+    torch.load(probe, weights_only=False)
+    assert (tmp_path / "probe-ran").exists()
+
+    out = tmp_path / "out.msgpack"
+    assert main([str(evil), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and "weights_only=True" in err and "Traceback" not in err
+    assert not marker.exists() and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pth", "probe-ran", "probe.pth"]
+
+
+def seresnet18_pth(tmp_path: Path) -> tuple[Path, dict]:
+    state = se_torch.create_model("seresnet18").state_dict()
+    path = tmp_path / "seresnet18.pth"
+    torch.save(state, path)
+    return path, state
+
+
+@pytest.fixture
+def se_pth(tmp_path, rng) -> Path:
+    path = tmp_path / "se.pth"
+    torch.save(se_torch.SqueezeExcite(32).state_dict(), path)
+    return path
+
+
+def _bad_inputs(tmp: Path, se_pth: Path) -> dict[str, tuple[list[str], str]]:
+    data = se_pth.read_bytes()
+    (tmp / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (tmp / "garbage.pth").write_bytes(os.urandom(4096))
+    save(
+        Weights("flax", {"params/fc1/kernel": np.ones((4, 2), np.float32)}),
+        tmp / "good.safetensors",
+    )
+    st = (tmp / "good.safetensors").read_bytes()
+    (tmp / "truncated.safetensors").write_bytes(st[: len(st) - 7])
+    (tmp / "text.safetensors").write_text("not a safetensors file")
+    (tmp / "corrupt.msgpack").write_bytes(b"\xc1\xff\x00garbage")
+    (tmp / "empty_dir").mkdir()
+    (tmp / "weights.txt").write_text("hello")
+    torch.save([1, 2, 3], tmp / "list.pth")
+    state = se_torch.create_model("seresnet18").state_dict()
+    del state["layer1.0.bn1.weight"]
+    state["layer9.0.conv1.weight"] = torch.zeros(3)
+    state["fc.weight"] = torch.zeros(10, 512)
+    torch.save(state, tmp / "broken.pth")
+    return {
+        "truncated pth": (["truncated.pth", "o.msgpack"], "cannot read as torch"),
+        "random bytes": (["garbage.pth", "o.msgpack"], "cannot read as torch"),
+        "truncated safetensors": (["truncated.safetensors", "o.msgpack"], "cannot read"),
+        "not safetensors": (["text.safetensors", "o.msgpack"], "cannot read as safetensors"),
+        "corrupt msgpack": (["corrupt.msgpack", "o.safetensors"], "cannot read as msgpack"),
+        "empty orbax dir": (["empty_dir", "o.msgpack"], "cannot read as orbax"),
+        "wrong format": (["weights.txt", "o.msgpack"], "unknown extension '.txt'"),
+        "not a state_dict": (["list.pth", "o.msgpack"], "expected a state_dict, got list"),
+        "missing file": (["nope.pth", "o.msgpack"], "no such file"),
+        "keys": (
+            ["broken.pth", "o.msgpack", "--model", "seresnet18"],
+            "layer9.0.conv1.weight",
+        ),
+        "flax to torch without model": (["good.safetensors", "o.pth"], "needs --model"),
+        "layout a format cannot hold": (
+            ["se.pth", "o.msgpack", "--layout", "torch"],
+            "hold the flax layout, not torch",
+        ),
+    }
+
+
+def test_bad_inputs_exit_2_with_one_message_and_write_nothing(tmp_path, se_pth, capsys):
+    cases = _bad_inputs(tmp_path, se_pth)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for name, (argv, message) in cases.items():
+        code = main([str(tmp_path / a) if i < 2 else a for i, a in enumerate(argv)])
+        err = capsys.readouterr().err
+        assert code == 2, name
+        assert err.startswith("se-convert: error:") and message in err, (name, err)
+        assert "Traceback" not in err, name
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, name  # no output, no temp
+
+
+def test_key_errors_are_listed_together(tmp_path, se_pth, capsys):
+    _bad_inputs(tmp_path, se_pth)
+    assert (
+        main([str(tmp_path / "broken.pth"), str(tmp_path / "o.msgpack"), "--model", "seresnet18"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    for key in ("layer1_0/bn1/scale", "layer9.0.conv1.weight", "params/fc/kernel"):
+        assert key in err, err
+
+
+def test_unknown_architecture_is_a_usage_error(tmp_path, se_pth, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([str(se_pth), str(tmp_path / "o.msgpack"), "--model", "resnet51"])
+    assert info.value.code == 2
+    assert "invalid choice: 'resnet51'" in capsys.readouterr().err
+
+
+def test_existing_output_needs_force(tmp_path, se_pth, capsys):
+    out = tmp_path / "out.msgpack"
+    out.write_bytes(b"keep me")
+    assert main([str(se_pth), str(out)]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+    assert main([str(se_pth), str(out), "--force"]) == 0
+    assert load(out).layout == "flax"
+    ckpt = tmp_path / "ckpt"
+    assert main([str(se_pth), str(ckpt)]) == 0
+    assert main([str(out), str(ckpt)]) == 2  # directories too
+    assert main([str(out), str(ckpt), "--force"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out.msgpack", "se.pth"]
+
+
+def test_verify_seresnet18_both_directions(tmp_path):
+    pth, state = seresnet18_pth(tmp_path)
+    command = [sys.executable, "-m", "se_flax.convert"]
+    msgpack = tmp_path / "seresnet18.msgpack"
+    result = subprocess.run(
+        [*command, str(pth), str(msgpack), "--model", "seresnet18", "--verify"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "torch -> flax, seresnet18" in result.stdout and "154 tensors" in result.stdout
+    diff = float(result.stdout.split("max |torch - flax| = ")[1].split()[0])
+    assert diff <= 1e-4
+    back = tmp_path / "back.pth"
+    assert main([str(msgpack), str(back), "--model", "seresnet18", "--verify"]) == 0
+    reloaded = torch.load(back, weights_only=True)
+    assert reloaded.keys() == state.keys()
+    for k, v in state.items():  # counters (int64 -> int32 -> int64) included
+        assert reloaded[k].dtype == v.dtype and torch.equal(reloaded[k], v), k
+    # a tolerance no float32 run can meet: --verify fails, nothing is written
+    strict = tmp_path / "strict.msgpack"
+    assert (
+        main([str(pth), str(strict), "--model", "seresnet18", "--verify", "--tolerance", "1e-30"])
+        == 2
+    )
+    assert not strict.exists()
+
+
+NO_TORCH = textwrap.dedent(
+    """
+    import sys
+    sys.modules["torch"] = None  # importing torch now raises ImportError
+    import ml_dtypes, numpy as np
+    from pathlib import Path
+    from se_flax.convert import Weights, convert_file, load, save
+    tmp = Path(sys.argv[1])
+    rng = np.random.default_rng(0)
+    torch_state = {
+        "fc1.weight": rng.standard_normal((8, 32, 1, 1)).astype(ml_dtypes.bfloat16),
+        "fc1.bias": rng.standard_normal(8).astype(ml_dtypes.bfloat16),
+        "fc2.weight": rng.standard_normal((32, 8, 1, 1)).astype(ml_dtypes.bfloat16),
+        "fc2.bias": rng.standard_normal(32).astype(ml_dtypes.bfloat16),
+    }
+    save(Weights("torch", torch_state), tmp / "torch.safetensors")
+    convert_file(tmp / "torch.safetensors", tmp / "flax.msgpack")
+    convert_file(tmp / "flax.msgpack", tmp / "flax.safetensors", layout="flax")
+    flax = load(tmp / "flax.safetensors")
+    assert flax.layout == "flax" and flax.tensors["params/fc1/bias"].dtype == ml_dtypes.bfloat16
+    k = flax.tensors["params/fc2/kernel"]
+    assert (k.view(np.int16) == torch_state["fc2.weight"][:, :, 0, 0].T.view(np.int16)).all()
+    print("ok", sys.modules["torch"] is None)
+    """
+)
+
+
+def test_flax_files_need_no_torch(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(tmp_path)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok True"
+
+
+def test_api_raises_file_error(tmp_path):
+    with pytest.raises(FileError, match="unknown extension"):
+        load(tmp_path / "x.npz")
+    with pytest.raises(FileError, match="hold the Flax layout, not torch"):
+        save(Weights("torch", {"a": np.ones(2, np.float32)}), tmp_path / "x.msgpack")
