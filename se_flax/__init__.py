@@ -5,7 +5,14 @@ Linen modules live here; NNX twins in ``se_flax.nnx``; the weight converter in `
 
 from se_common import make_divisible, resolve_rd_channels
 from se_flax._batchnorm import BatchNorm
-from se_flax._resnet import ATTN_LAYERS, BasicBlock, Bottleneck, ResNet, create_model
+from se_flax._resnet import (
+    ATTN_LAYERS,
+    BasicBlock,
+    Bottleneck,
+    PointwiseConv,
+    ResNet,
+    create_model,
+)
 from se_flax._squeeze_excite import SqueezeExcite
 
 __all__ = [
@@ -13,6 +20,7 @@ __all__ = [
     "BasicBlock",
     "BatchNorm",
     "Bottleneck",
+    "PointwiseConv",
     "ResNet",
     "SqueezeExcite",
     "create_model",

@@ -14,7 +14,6 @@ import torch
 import se_flax
 import se_torch
 from se_common import MODEL_CONFIGS, ResNetConfig
-from se_flax._resnet import PointwiseConv
 from se_flax.convert import torch_to_flax
 from tests.helpers import assert_trees_close, nchw_to_nhwc
 
@@ -124,7 +123,7 @@ def test_pointwise_conv_is_nn_conv(strides, use_bias, rng):
     # be nn.Conv with padding 0 in parameters, initialisation and results, odd sizes included.
     x = jnp.asarray(rng.standard_normal((2, 7, 5, 12)))
     conv = nn.Conv(6, (1, 1), strides, padding=0, use_bias=use_bias, param_dtype=jnp.float64)
-    pointwise = PointwiseConv(6, strides, use_bias=use_bias, param_dtype=jnp.float64)
+    pointwise = se_flax.PointwiseConv(6, strides, use_bias=use_bias, param_dtype=jnp.float64)
     variables = pointwise.init(jax.random.key(3), x)
     assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
         jnp.shape, conv.init(jax.random.key(3), x)
@@ -136,7 +135,7 @@ def test_pointwise_conv_is_nn_conv(strides, use_bias, rng):
     assert_trees_close(pointwise.apply(variables, x), want, rtol=0, atol=1e-13)
     grad = jax.grad(lambda v, m: jnp.sum(jnp.sin(m.apply(v, x))))
     assert_trees_close(grad(variables, pointwise), grad(variables, conv), rtol=0, atol=1e-13)
-    low = PointwiseConv(6, strides, dtype=jnp.bfloat16).apply(variables, x)
+    low = se_flax.PointwiseConv(6, strides, dtype=jnp.bfloat16).apply(variables, x)
     assert low.dtype == jnp.bfloat16  # `dtype` casts input and kernel, as in nn.Conv
 
 
