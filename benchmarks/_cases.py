@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import asdict, dataclass
 
 from se_common import ResNetConfig
@@ -27,6 +28,7 @@ MODES = {
 # Donation has nothing to reuse at inference: the input is not the size of the output.
 NOT_APPLICABLE = {("infer", "jit_donate")}
 DTYPES = ("float32", "bfloat16")
+ITEMSIZE = {"float32": 4, "bfloat16": 2}
 
 # (H, W, C) of the feature map each ResNet-50 stage hands to its SE blocks (bottleneck outputs).
 RESNET50_STAGES = {
@@ -66,6 +68,10 @@ class Case:
         return {"jax": "NHWC", "channels_last": "NCHW (channels_last)"}.get(
             self.framework if self.framework == "jax" else self.mode, "NCHW"
         )
+
+    @property
+    def input_bytes(self) -> int:
+        return math.prod(self.shape) * ITEMSIZE[self.dtype]
 
     def key(self) -> tuple:
         return (self.workload, self.mode, self.dtype, self.name, self.batch)

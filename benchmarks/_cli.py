@@ -82,16 +82,6 @@ def _positive_ints(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def _single(parse):
-    def one(text: str):
-        values = parse(text)
-        if len(values) != 1:
-            raise argparse.ArgumentTypeError(f"expected one value, got {text!r}")
-        return values[0]
-
-    return one
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from se_common import MODEL_CONFIGS
 
@@ -251,9 +241,7 @@ def _set_threads(threads: int) -> None:
 
 def _slots(case, cache_bytes: int) -> int:
     """Input buffers to rotate through: together at least twice the last-level cache."""
-    n, h, w, c = case.shape
-    nbytes = n * h * w * c * (4 if case.dtype == "float32" else 2)
-    return max(2, min(8, math.ceil(2 * cache_bytes / nbytes)))
+    return max(2, min(8, math.ceil(2 * cache_bytes / case.input_bytes)))
 
 
 def planned(args: argparse.Namespace) -> list:

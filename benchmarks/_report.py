@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks._cases import MODES, SE_WORKLOADS
+from benchmarks._cases import ITEMSIZE, MODES, SE_WORKLOADS
 
 # Passes over the feature map that any SE implementation must make (the memory floor):
 # forward: read x to pool, read x again to scale, write y. Forward + backward (returning
 # dx and parameter gradients): read x and g once (pooling and sum(g * x) share a pass),
 # read g again and write dx.
 FLOOR_PASSES = {"se_fwd": 3, "se_fwdbwd": 4}
-ITEMSIZE = {"float32": 4, "bfloat16": 2}
 
 
 def derive(record: dict, bandwidth_GBps: float) -> dict:
@@ -249,6 +248,14 @@ def plots(results: dict, out: Path) -> list[Path]:
             ax.bar(xs, [y or 0 for y in ys], width, label=mode)
         ax.set_xticks(range(len(groups)), groups)
 
+    def finish(fig, axes, name: str) -> None:
+        if axes[0][0].get_legend_handles_labels()[0]:
+            axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        written.append(out / name)
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+
     index = _index(records)
     se_work = [w for w in SE_WORKLOADS if any(r["workload"] == w for r in records)]
     if se_work:
@@ -268,11 +275,7 @@ def plots(results: dict, out: Path) -> list[Path]:
                 ax.axhline(100, color="k", lw=0.8, ls="--")
                 ax.set_title(f"{w}, {dtype}, batch {se_batch}", fontsize=10)
                 ax.set_ylabel("% of copy bandwidth (floor)")
-        axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
-        written.append(out / "se_block.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        finish(fig, axes, "se_block.png")
 
         sweep = results["settings"]["sweep_stage"]
         fig, axes = grid(se_work)
@@ -293,12 +296,7 @@ def plots(results: dict, out: Path) -> list[Path]:
                 ax.set_xlabel("batch")
                 ax.set_ylabel("floor bytes / time (GB/s)")
                 ax.set_title(f"{w}, {dtype}, {sweep}", fontsize=10)
-        if axes[0][0].get_legend_handles_labels()[0]:
-            axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
-        written.append(out / "se_batch_sweep.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        finish(fig, axes, "se_batch_sweep.png")
 
     nets = [w for w in ("infer", "train") if any(r["workload"] == w for r in records)]
     if nets:
@@ -309,23 +307,11 @@ def plots(results: dict, out: Path) -> list[Path]:
                 names = sorted({r["name"] for r in records if r["workload"] == w})
 
                 def value(name, mode, w=w, dtype=dtype):
-                    r = next(
-                        (
-                            r
-                            for r in records
-                            if (r["workload"], r["mode"], r["dtype"], r["name"])
-                            == (w, mode, dtype, name)
-                        ),
-                        None,
-                    )
+                    r = index.get((w, mode, dtype, name, results["settings"]["model_batch"]))
                     return r and r["throughput"]
 
                 bars(ax, names, value)
                 ax.set_title(f"{w}, {dtype}", fontsize=10)
                 ax.set_ylabel("images / s")
-        axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
-        written.append(out / "networks.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        finish(fig, axes, "networks.png")
     return written

@@ -284,16 +284,21 @@ def _is_float(v: np.ndarray) -> bool:
     return v.dtype.kind == "f" or v.dtype.name == "bfloat16"
 
 
+def _float_dtype(weights: Weights) -> np.dtype | None:
+    """The one floating dtype of a checkpoint's tensors, None if it has several (or none)."""
+    floats = {v.dtype for v in weights.tensors.values() if _is_float(v)}
+    return floats.pop() if len(floats) == 1 else None
+
+
 def _match_dtypes(target: Any, weights: Weights) -> Any:
     """The target's shapes with the checkpoint's floating dtype (a bf16 file stays bf16)."""
     if target is None:
         return None
     import jax
 
-    floats = {v.dtype for v in weights.tensors.values() if _is_float(v)}
-    if len(floats) != 1:
+    dtype = _float_dtype(weights)
+    if dtype is None:
         return target
-    (dtype,) = floats
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, dtype if s.dtype == np.float32 else s.dtype),
         target,
@@ -309,11 +314,11 @@ def _to_torch(weights: Weights, model: str | None) -> Weights:
             f"architecture (one of the create_model names, or {', '.join(SE_MODELS)})"
         )
     module = torch_module(model, weights.tensors)
-    dtypes = {v.dtype for v in weights.tensors.values() if _is_float(v)}
-    if len(dtypes) == 1:
+    dtype = _float_dtype(weights)
+    if dtype is not None:
         import torch
 
-        module = module.to(getattr(torch, next(iter(dtypes)).name))
+        module = module.to(getattr(torch, dtype.name))
     flax_to_torch(weights.variables(), module)
     state = module.state_dict()
     return Weights("torch", {k: to_numpy(v) for k, v in state.items()}, model)
@@ -405,12 +410,9 @@ def convert_file(
     if check:
         if model is None:
             raise FileError("--verify needs --model (or a file that records its model)")
-        torch_side, flax_side = (
-            (weights, converted) if weights.layout == "torch" else (converted, weights)
-        )
-        if torch_side.layout != "torch" or flax_side.layout != "flax":
-            torch_side = _to_torch(flax_side, model) if flax_side.layout == "flax" else torch_side
-            flax_side = _to_flax(torch_side, model) if torch_side.layout == "torch" else flax_side
+        sides = {w.layout: w for w in (weights, converted)}  # a layout change gives both
+        torch_side = sides.get("torch") or _to_torch(weights, model)
+        flax_side = sides.get("flax") or _to_flax(weights, model)
         report["max_abs_diff"] = verify(torch_side, flax_side, model)
         report["tolerance"] = tolerance
         if not report["max_abs_diff"] <= tolerance:
