@@ -10,7 +10,14 @@ from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["MODEL_CONFIGS", "BlockSpec", "ResNetConfig", "get_config", "model_config"]
+__all__ = [
+    "MODEL_CONFIGS",
+    "BlockSpec",
+    "ResNetConfig",
+    "SelectiveKernelConfig",
+    "get_config",
+    "model_config",
+]
 
 STEM_CHANNELS = 64
 
@@ -29,6 +36,28 @@ class BlockSpec:
 
 
 @dataclass(frozen=True)
+class SelectiveKernelConfig:
+    """The Selective Kernel unit of SK-ResNets (timm's ``sk_kwargs``).
+
+    With it, a basic block's first 3x3 conv and a bottleneck's 3x3 conv become a
+    ``SelectiveKernel`` (paths of 3x3 convs with dilations 1 and 2, fused by softmax attention).
+
+    Attributes:
+        rd_ratio, rd_divisor: width of the attention's hidden layer,
+            ``make_divisible(out_channels * rd_ratio, rd_divisor)`` (timm's round_limit 0.9).
+        split_input: each path sees its own slice of the input channels (timm's SK-ResNets) rather
+            than all of them (SKNet's paper, ``skresnext50_32x4d``).
+        kernel_size: receptive field of each path; ``keep_3x3`` makes them 3x3 convs with dilation.
+    """
+
+    rd_ratio: float = 1.0 / 16
+    rd_divisor: int = 8
+    split_input: bool = True
+    kernel_size: tuple[int, ...] = (3, 5)
+    keep_3x3: bool = True
+
+
+@dataclass(frozen=True)
 class ResNetConfig:
     """A ResNet-family backbone.
 
@@ -40,7 +69,12 @@ class ResNetConfig:
         base_width: width per group; a stage with ``planes`` uses
             ``int(planes * base_width / 64) * cardinality`` channels inside its bottlenecks.
         attn: the attention layer placed in every block after the last BatchNorm, before the
-            residual sum (timm's ``attn_layer``), by name: ``"se"`` or ``None``.
+            residual sum (timm's ``attn_layer``), by name: ``"se"``, ``"eca"``, ``"cbam"``,
+            ``"ese"`` (effective SE) or ``None``.
+        sk: Selective Kernel options for SK-ResNets (timm's ``SelectiveKernelBasic`` /
+            ``SelectiveKernelBottleneck`` blocks), or ``None`` for plain blocks.
+        zero_init_last: the models' default for zeroing each block's last BatchNorm scale
+            (timm: on for ResNets, off for SK-ResNets).
     """
 
     block: Literal["basic", "bottleneck"]
@@ -48,6 +82,8 @@ class ResNetConfig:
     cardinality: int = 1
     base_width: int = 64
     attn: str | None = None
+    sk: SelectiveKernelConfig | None = None
+    zero_init_last: bool = True
 
     def __post_init__(self) -> None:
         if self.block not in ("basic", "bottleneck"):
@@ -103,6 +139,24 @@ MODEL_CONFIGS: dict[str, ResNetConfig] = {
     "resnext50_32x4d": ResNetConfig("bottleneck", (3, 4, 6, 3), 32, 4),
     "seresnext50_32x4d": ResNetConfig("bottleneck", (3, 4, 6, 3), 32, 4, "se"),
     "seresnext101_32x4d": ResNetConfig("bottleneck", (3, 4, 23, 3), 32, 4, "se"),
+    # timm's sknet.py: SK units in place of the 3x3 convs, no zero-init of the last BatchNorm.
+    "skresnet18": ResNetConfig(
+        "basic", (2, 2, 2, 2), sk=SelectiveKernelConfig(1 / 8, 16), zero_init_last=False
+    ),
+    "skresnet34": ResNetConfig(
+        "basic", (3, 4, 6, 3), sk=SelectiveKernelConfig(1 / 8, 16), zero_init_last=False
+    ),
+    "skresnet50": ResNetConfig(
+        "bottleneck", (3, 4, 6, 3), sk=SelectiveKernelConfig(), zero_init_last=False
+    ),
+    "skresnext50_32x4d": ResNetConfig(
+        "bottleneck",
+        (3, 4, 6, 3),
+        32,
+        4,
+        sk=SelectiveKernelConfig(1 / 16, 32, split_input=False),
+        zero_init_last=False,
+    ),
 }
 
 
@@ -120,7 +174,8 @@ def model_config(name: str, kwargs: dict[str, Any], attn_layers: Container[str])
     """The config for ``create_model(name, **kwargs)``; pops ``attn`` from ``kwargs``, applies it.
 
     ``attn`` names the attention layer (one of ``attn_layers``) or ``None`` for none, so
-    ``create_model("resnet50", attn="se")`` builds the same network as ``"seresnet50"``.
+    ``create_model("resnet50", attn="se")`` builds the same network as ``"seresnet50"``, and
+    ``attn="eca"``, ``"cbam"`` or ``"ese"`` its ECA, CBAM or effective-SE variant.
     """
     config = get_config(name)
     if "attn" in kwargs:

@@ -39,13 +39,19 @@ def resolve_rd_channels(
     rd_ratio: float | None = None,
     rd_channels: int | None = None,
     rd_divisor: int | None = None,
+    *,
+    default_ratio: float = DEFAULT_RD_RATIO,
+    default_divisor: int = DEFAULT_RD_DIVISOR,
+    round_limit: float = 0.0,
 ) -> int:
-    """Returns the SE hidden width for ``channels`` input channels.
+    """Returns the hidden (reduced) width of an attention layer for ``channels`` channels.
 
     Either ``rd_channels`` is given explicitly, or the width is
-    ``make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.)`` with defaults
-    ``rd_ratio=1/16`` and ``rd_divisor=8``, exactly timm's ``SEModule``. Giving ``rd_channels``
-    together with ``rd_ratio`` or ``rd_divisor`` is an error rather than a silent preference.
+    ``make_divisible(channels * rd_ratio, rd_divisor, round_limit=round_limit)``. The defaults
+    (``rd_ratio=1/16``, ``rd_divisor=8``, ``round_limit=0.``) are timm's ``SEModule``; the other
+    layers pass their own (CBAM: divisor 1; Selective Kernel: ``round_limit=0.9``). Giving
+    ``rd_channels`` together with ``rd_ratio`` or ``rd_divisor`` is an error rather than a
+    silent preference.
 
     Raises:
         ValueError: naming the offending value, for a non-positive or non-integer ``channels``,
@@ -65,7 +71,7 @@ def resolve_rd_channels(
                 f"{rd_channels!r}, rd_ratio={rd_ratio!r}, rd_divisor={rd_divisor!r}"
             )
         return _check_positive_int("rd_channels", rd_channels)
-    rd_ratio = DEFAULT_RD_RATIO if rd_ratio is None else rd_ratio
+    rd_ratio = default_ratio if rd_ratio is None else rd_ratio
     if (
         isinstance(rd_ratio, bool)
         or not isinstance(rd_ratio, numbers.Real)
@@ -74,6 +80,6 @@ def resolve_rd_channels(
     ):
         raise ValueError(f"rd_ratio must be a finite number > 0, got {rd_ratio!r}")
     rd_divisor = _check_positive_int(
-        "rd_divisor", DEFAULT_RD_DIVISOR if rd_divisor is None else rd_divisor
+        "rd_divisor", default_divisor if rd_divisor is None else rd_divisor
     )
-    return make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
+    return make_divisible(channels * rd_ratio, rd_divisor, round_limit=round_limit)

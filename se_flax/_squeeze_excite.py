@@ -117,7 +117,8 @@ class SqueezeExcite(nn.Module):
     bias_init: nn.initializers.Initializer = default_bias_init
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        """``train`` has no effect (no statistics); every attention layer takes it."""
         channels = x.shape[-1] if x.ndim else 0
         if self.has_variable("params", "fc1"):
             channels = self.variables["params"]["fc1"]["kernel"].shape[0]

@@ -1,16 +1,43 @@
-"""PyTorch Squeeze-and-Excitation modules (NCHW), twins of the Flax modules in ``se_flax``."""
+"""PyTorch Squeeze-and-Excitation modules and relatives (NCHW), twins of ``se_flax``'s."""
 
 from se_common import make_divisible, resolve_rd_channels
-from se_torch._resnet import ATTN_LAYERS, BasicBlock, Bottleneck, ResNet, create_model
+from se_torch._attention import (
+    CbamModule,
+    ChannelAttn,
+    ConvNormAct,
+    EcaModule,
+    EffectiveSEModule,
+    SpatialAttn,
+)
+from se_torch._resnet import (
+    ATTN_LAYERS,
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    SelectiveKernelBasic,
+    SelectiveKernelBottleneck,
+    create_model,
+)
+from se_torch._selective_kernel import SelectiveKernel, SelectiveKernelAttn
 from se_torch._squeeze_excite import SELayer, SElayer, SqueezeExcite
 
 __all__ = [
     "ATTN_LAYERS",
     "BasicBlock",
     "Bottleneck",
+    "CbamModule",
+    "ChannelAttn",
+    "ConvNormAct",
+    "EcaModule",
+    "EffectiveSEModule",
     "ResNet",
     "SELayer",
     "SElayer",
+    "SelectiveKernel",
+    "SelectiveKernelAttn",
+    "SelectiveKernelBasic",
+    "SelectiveKernelBottleneck",
+    "SpatialAttn",
     "SqueezeExcite",
     "create_model",
     "make_divisible",

@@ -1,8 +1,8 @@
-"""ResNet, ResNeXt and their SE variants in PyTorch, key for key the models of timm's names.
+"""ResNet, ResNeXt, SK-ResNet and their attention variants in PyTorch, key for key timm's models.
 
 The architecture is data (:class:`se_common.ResNetConfig`); the attention layer of the residual
-blocks is pluggable (``attn_layer``), placed as timm places it: after the last BatchNorm of a
-block, before the residual sum.
+blocks is pluggable (``attn_layer``: SE, ECA, CBAM, effective SE, or your own), placed as timm
+places it: after the last BatchNorm of a block, before the residual sum.
 """
 
 from __future__ import annotations
@@ -13,15 +13,38 @@ from typing import Any
 import torch
 from torch import nn
 
-from se_common import BlockSpec, ResNetConfig, check_feature_map, check_head_options, model_config
+from se_common import (
+    BlockSpec,
+    ResNetConfig,
+    SelectiveKernelConfig,
+    check_feature_map,
+    check_head_options,
+    model_config,
+)
+from se_torch._attention import CbamModule, ConvNormAct, EcaModule, EffectiveSEModule
+from se_torch._selective_kernel import SelectiveKernel
 from se_torch._squeeze_excite import SqueezeExcite
 
-__all__ = ["ATTN_LAYERS", "BasicBlock", "Bottleneck", "ResNet", "create_model"]
+__all__ = [
+    "ATTN_LAYERS",
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "SelectiveKernelBasic",
+    "SelectiveKernelBottleneck",
+    "create_model",
+]
 
 ModuleFactory = Callable[..., nn.Module]
 
-# Attention layers by the names used in model configs; each is called as factory(channels).
-ATTN_LAYERS: dict[str, ModuleFactory] = {"se": SqueezeExcite}
+# Attention layers by the names used in model configs (timm's ``create_attn`` names); each is
+# called as factory(channels).
+ATTN_LAYERS: dict[str, ModuleFactory] = {
+    "se": SqueezeExcite,
+    "eca": EcaModule,
+    "cbam": CbamModule,
+    "ese": EffectiveSEModule,
+}
 
 
 class _ResidualBlock(nn.Module):
@@ -107,6 +130,79 @@ class Bottleneck(_ResidualBlock):
         return self.act3(self.residual(self.bn3(self.conv3(y)), x))
 
 
+class SelectiveKernelBasic(_ResidualBlock):
+    """timm's SK basic block: SelectiveKernel (stride here), ConvNormAct 3x3, attention, sum."""
+
+    def __init__(
+        self,
+        spec: BlockSpec,
+        sk: SelectiveKernelConfig,
+        attn_layer: ModuleFactory | None = None,
+        act_layer: ModuleFactory = nn.ReLU,
+        norm_layer: ModuleFactory = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.conv1 = SelectiveKernel(
+            spec.in_channels,
+            spec.width,
+            **_sk_options(sk),
+            stride=spec.stride,
+            act_layer=act_layer,
+            norm_layer=norm_layer,
+        )
+        self.conv2 = ConvNormAct(
+            spec.width, spec.out_channels, 3, apply_act=False, norm_layer=norm_layer
+        )
+        self._build_tail(spec, attn_layer, norm_layer)
+        self.act = act_layer()
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv2.bn.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.residual(self.conv2(self.conv1(x)), x))
+
+
+class SelectiveKernelBottleneck(_ResidualBlock):
+    """timm's SK bottleneck: 1x1 reduce, SelectiveKernel (grouped, stride here), 1x1 expand."""
+
+    def __init__(
+        self,
+        spec: BlockSpec,
+        sk: SelectiveKernelConfig,
+        cardinality: int = 1,
+        attn_layer: ModuleFactory | None = None,
+        act_layer: ModuleFactory = nn.ReLU,
+        norm_layer: ModuleFactory = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        w = spec.width
+        norms = {"act_layer": act_layer, "norm_layer": norm_layer}
+        self.conv1 = ConvNormAct(spec.in_channels, w, 1, **norms)
+        self.conv2 = SelectiveKernel(
+            w, w, **_sk_options(sk), stride=spec.stride, groups=cardinality, **norms
+        )
+        self.conv3 = ConvNormAct(w, spec.out_channels, 1, apply_act=False, **norms)
+        self._build_tail(spec, attn_layer, norm_layer)
+        self.act = act_layer()
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv3.bn.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.residual(self.conv3(self.conv2(self.conv1(x))), x))
+
+
+def _sk_options(sk: SelectiveKernelConfig) -> dict[str, Any]:
+    return {
+        "kernel_size": list(sk.kernel_size),
+        "rd_ratio": sk.rd_ratio,
+        "rd_divisor": sk.rd_divisor,
+        "keep_3x3": sk.keep_3x3,
+        "split_input": sk.split_input,
+    }
+
+
 class ResNet(nn.Module):
     """A ResNet-family network described by a :class:`se_common.ResNetConfig`. NCHW.
 
@@ -120,7 +216,8 @@ class ResNet(nn.Module):
         attn_layer: overrides the config's attention layer: a factory ``f(channels)``, e.g.
             ``functools.partial(SqueezeExcite, rd_ratio=0.25)``.
         act_layer, norm_layer: factories of the activation and of the BatchNorm.
-        zero_init_last: initialise each block's last BatchNorm scale to zero (timm's default).
+        zero_init_last: initialise each block's last BatchNorm scale to zero; ``None`` takes the
+            config's default (timm's: on for ResNets, off for SK-ResNets).
 
     Shapes:
         input ``(N, in_chans, H, W)``; logits ``(N, num_classes)``, or a list of
@@ -142,7 +239,7 @@ class ResNet(nn.Module):
         attn_layer: ModuleFactory | None = None,
         act_layer: ModuleFactory = nn.ReLU,
         norm_layer: ModuleFactory = nn.BatchNorm2d,
-        zero_init_last: bool = True,
+        zero_init_last: bool | None = None,
     ) -> None:
         super().__init__()
         check_head_options(num_classes, in_chans, out_indices)
@@ -155,18 +252,23 @@ class ResNet(nn.Module):
         self.act1 = act_layer()
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         stages: list[list[nn.Module]] = [[], [], [], []]
+        layers = (attn_layer, act_layer, norm_layer)
         for spec in config.blocks():
-            if config.block == "basic":
-                block = BasicBlock(spec, attn_layer, act_layer, norm_layer)
+            if config.block == "basic" and config.sk is not None:
+                block = SelectiveKernelBasic(spec, config.sk, *layers)
+            elif config.block == "basic":
+                block = BasicBlock(spec, *layers)
+            elif config.sk is not None:
+                block = SelectiveKernelBottleneck(spec, config.sk, config.cardinality, *layers)
             else:
-                block = Bottleneck(spec, config.cardinality, attn_layer, act_layer, norm_layer)
+                block = Bottleneck(spec, config.cardinality, *layers)
             stages[spec.stage - 1].append(block)
         for i, blocks in enumerate(stages):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         self.num_features = config.feature_channels[-1]
         if not features_only:
             self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        self._init_weights(zero_init_last)
+        self._init_weights(config.zero_init_last if zero_init_last is None else zero_init_last)
 
     def _init_weights(self, zero_init_last: bool) -> None:
         for m in self.modules():  # timm's ResNet init
@@ -201,12 +303,14 @@ def create_model(name: str, **kwargs: Any) -> ResNet:
     """Builds a model by timm's name (see ``se_common.MODEL_CONFIGS``).
 
     Args:
-        name: e.g. ``"seresnet50"``, ``"seresnext50_32x4d"``, ``"resnet18"``.
+        name: e.g. ``"seresnet50"``, ``"seresnext50_32x4d"``, ``"resnet18"``, ``"skresnet18"``.
         **kwargs: options of :class:`ResNet` (``num_classes``, ``in_chans``, ``features_only``,
-            ``out_indices``, ``attn_layer``, ...), or ``attn=None``/``"se"`` to change the
-            config's attention layer by name.
+            ``out_indices``, ``attn_layer``, ...), or ``attn=`` one of :data:`ATTN_LAYERS`'
+            names (``"se"``, ``"eca"``, ``"cbam"``, ``"ese"``) or ``None`` to change the config's
+            attention layer by name.
 
     Example:
         >>> model = create_model("resnet50", attn="se")   # the same network as seresnet50
+        >>> model = create_model("resnet50", attn="eca")  # ECA-ResNet-50
     """
     return ResNet(model_config(name, kwargs, ATTN_LAYERS), **kwargs)

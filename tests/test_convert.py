@@ -261,7 +261,9 @@ class LinearNamedLikeConv(nn.Module):
 
 
 def test_module_types_are_checked():
-    with pytest.raises(ConversionError, match=r"fc1: is a Linear, rule 'se-fc .*' expects Conv2d"):
+    with pytest.raises(
+        ConversionError, match=r"fc1: is a Linear, rules named so \['se-fc .*'\] expect Conv2d"
+    ):
         torch_to_flax(LinearNamedLikeConv())
     variables = torch_to_flax(se_torch.SqueezeExcite(32))
     with pytest.raises(ConversionError, match=r"fc1: is a Linear"):
@@ -307,15 +309,39 @@ def test_nnx_both_ways(rng):
 
 
 @pytest.mark.parametrize(
-    "path,rule",
+    "path,module_type,rule",
     [
-        ("fc1", "se-fc (1x1 conv)"),
-        ("layer1.0.se.fc2", "se-fc (1x1 conv)"),
-        ("fc.0", "classic se fc.0 (Linear)"),
-        ("stage.fc.2", "classic se fc.2 (Linear)"),
+        ("fc1", None, "se-fc (1x1 conv)"),
+        ("layer1.0.se.fc2", nn.Conv2d, "se-fc (1x1 conv)"),
+        ("fc.0", None, "classic se fc.0 (Linear)"),
+        ("stage.fc.2", nn.Linear, "classic se fc.2 (Linear)"),
+        # name and type: the classifier and a bare effective SE are both `fc`
+        ("fc", None, "classifier (Linear)"),
+        ("fc", nn.Linear, "classifier (Linear)"),
+        ("fc", nn.Conv2d, "effective-se fc (1x1 conv, bare module)"),
+        # the longer name wins: `se.fc` / `se.conv` over the classifier's `fc` / the backbone's
+        # `conv`, with or without the module
+        ("layer2.1.se.fc", None, "effective-se fc (1x1 conv)"),
+        ("layer2.1.se.fc", nn.Conv2d, "effective-se fc (1x1 conv)"),
+        ("layer2.1.se.conv", None, "eca conv (Conv1d)"),
+        ("layer2.1.se.conv", nn.Conv1d, "eca conv (Conv1d)"),
+        ("conv", nn.Conv1d, "eca conv (Conv1d, bare module)"),
+        ("conv", None, "conv"),
+        # ...but the module's type outranks the name: a Conv2d at se.conv is a conv
+        ("layer2.1.se.conv", nn.Conv2d, "conv"),
+        ("layer1.0.conv1.paths.1.conv", nn.Conv2d, "conv"),
+        ("layer1.0.conv1.attn.fc_select", None, "sk attention fc (1x1 conv)"),
     ],
 )
-def test_rule_lookup_is_by_name(path, rule):
-    found = _find_rule(path)
-    assert not isinstance(found, str) and found[0].name == rule
-    assert isinstance(_find_rule(path + "x"), str)
+def test_rule_lookup_is_by_name_and_type(path, module_type, rule):
+    found = _find_rule(path, module_type)
+    assert isinstance(found, tuple) and found[0].name == rule
+    assert not isinstance(_find_rule(path + "x", module_type), tuple)
+
+
+def test_a_type_no_rule_of_that_name_takes_is_a_mismatch():
+    found = _find_rule("layer1.0.conv1.attn.fc_select", nn.Linear)
+    assert not isinstance(found, tuple) and found.wrong_type
+    assert "is a Linear" in found.reason and "expect Conv2d" in found.reason
+    found = _find_rule("layer1.0.conv1.attn.fc_select", None)
+    assert isinstance(found, tuple)  # without the module, the name alone decides

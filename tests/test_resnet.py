@@ -32,6 +32,23 @@ TIMM_PARAMS = {
     "resnext50_32x4d": 25_028_904,
     "seresnext50_32x4d": 27_559_896,
     "seresnext101_32x4d": 48_955_416,
+    "skresnet18": 11_958_056,
+    "skresnet34": 22_282_376,
+    "skresnet50": 25_803_160,
+    "skresnext50_32x4d": 27_479_784,
+}
+# timm 1.0.31's ResNet(block, layers, block_args=dict(attn_layer=attn)): the attention variants
+# of the existing ResNets, built here by configuration (create_model(name, attn=attn)).
+TIMM_ATTN_PARAMS = {
+    ("resnet18", "eca"): 11_689_548,
+    ("resnet50", "eca"): 25_557_118,
+    ("resnext50_32x4d", "eca"): 25_028_990,
+    ("resnet18", "cbam"): 11_777_352,
+    ("resnet50", "cbam"): 28_073_576,
+    ("resnext50_32x4d", "cbam"): 27_545_448,
+    ("resnet18", "ese"): 12_387_752,
+    ("resnet50", "ese"): 45_691_688,
+    ("resnext50_32x4d", "ese"): 45_163_560,
 }
 
 
@@ -45,13 +62,37 @@ def test_torch_parameter_counts_match_timm(name):
     assert sum(p.numel() for p in model.parameters()) == TIMM_PARAMS[name]
 
 
+@pytest.mark.parametrize("name,attn", TIMM_ATTN_PARAMS)
+def test_attention_variants_match_timm_counts_in_both_frameworks(name, attn):
+    model = se_torch.create_model(name, attn=attn)
+    assert sum(p.numel() for p in model.parameters()) == TIMM_ATTN_PARAMS[name, attn]
+    blocks = [m for m in model.modules() if isinstance(m, se_torch._resnet._ResidualBlock)]
+    assert blocks and all(type(b.se) is se_torch.ATTN_LAYERS[attn] for b in blocks)
+    shapes = flax_shapes(name, attn=attn)
+    count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes["params"]))
+    assert count == TIMM_ATTN_PARAMS[name, attn]
+    variables = torch_to_flax(model.state_dict(), target=shapes)  # no module: names decide
+    assert jax.tree.structure(variables) == jax.tree.structure(shapes)
+
+
 def flax_shapes(name, **kwargs):
     model = se_flax.create_model(name, **kwargs)
     x = jax.ShapeDtypeStruct((1, 64, 64, kwargs.get("in_chans", 3)), jnp.float32)
     return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "seresnet34", "seresnet50", "seresnext50_32x4d"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet18",
+        "seresnet34",
+        "seresnet50",
+        "seresnext50_32x4d",
+        "skresnet18",
+        "skresnet50",
+        "skresnext50_32x4d",
+    ],
+)
 def test_flax_twin_has_every_torch_tensor(name):
     """Every PyTorch tensor maps onto the Flax model's own variables: names, shapes, dtypes."""
     shapes = flax_shapes(name)
@@ -87,6 +128,31 @@ def test_attention_is_configuration():
     assert flax_wide["params"]["layer1_0"]["se"]["fc1"]["kernel"].shape == (64, 16)
     torch_to_flax(wide, target=flax_wide)
     assert "se" not in flax_shapes("seresnet18", attn=None)["params"]["layer1_0"]
+
+
+def test_zero_init_last_follows_the_config_unless_given():
+    """timm zero-inits each block's last BatchNorm scale in ResNets, not in SK-ResNets."""
+    last = {
+        "resnet18": lambda m: m.layer1[0].bn2.weight,
+        "skresnet18": lambda m: m.layer1[0].conv2.bn.weight,
+        "skresnet50": lambda m: m.layer1[0].conv3.bn.weight,
+    }
+    flax_last = {
+        "resnet18": ("layer1_0", "bn2"),
+        "skresnet18": ("layer1_0", "conv2", "bn"),
+        "skresnet50": ("layer1_0", "conv3", "bn"),
+    }
+    x = jnp.ones((1, 32, 32, 3), jnp.float32)
+    for name, zeroed in (("resnet18", True), ("skresnet18", False), ("skresnet50", False)):
+        for override in (None, not zeroed):
+            want_zero = zeroed if override is None else override
+            weight = last[name](se_torch.create_model(name, zero_init_last=override))
+            assert bool(torch.all(weight == 0)) == want_zero, (name, override)
+            params = se_flax.create_model(name, zero_init_last=override).init(jax.random.key(0), x)[
+                "params"
+            ]
+            scale = functools.reduce(lambda t, k: t[k], flax_last[name], params)["scale"]
+            assert bool(jnp.all(scale == 0)) == want_zero, (name, override)
 
 
 def test_features_only_and_heads(rng):
@@ -158,7 +224,7 @@ def test_train_mode_updates_only_batch_stats(rng):
 def test_bad_model_options(create):
     with pytest.raises(ValueError, match=r"unknown model 'seresnet51'; known models: .*seresnet50"):
         create("seresnet51")
-    with pytest.raises(ValueError, match=r"unknown attn 'sk'; known: se"):
+    with pytest.raises(ValueError, match=r"unknown attn 'sk'; known: cbam, eca, ese, se$"):
         create("resnet18", attn="sk")
     with pytest.raises(ValueError, match=r"num_classes must be an integer >= 0, got -1"):
         create("resnet18", num_classes=-1)
@@ -208,22 +274,60 @@ def test_batchnorm_needs_two_values_per_channel_in_training():
 # ---------------------------------------------------------------- the real timm (skipped in CI)
 
 
-@pytest.mark.parametrize("name", ["seresnet18", "seresnet50", "seresnext50_32x4d", "resnet34"])
+def _timm_model(timm, name: str):
+    """timm's model of a name, or ``"base+attn"`` for timm's ResNet with that attention layer."""
+    base, _, attn = name.partition("+")
+    if not attn:
+        return timm.create_model(name), se_torch.create_model(name)
+    from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    config = MODEL_CONFIGS[base]
+    block = BasicBlock if config.block == "basic" else Bottleneck
+    reference = ResNet(
+        block=block,
+        layers=list(config.layers),
+        cardinality=config.cardinality,
+        base_width=config.base_width,
+        block_args={"attn_layer": attn},
+    )
+    return reference, se_torch.create_model(base, attn=attn)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "seresnet18",
+        "seresnet50",
+        "seresnext50_32x4d",
+        "resnet34",
+        "skresnet18",
+        "skresnet50",
+        "skresnext50_32x4d",
+        "resnet18+eca",
+        "resnet50+cbam",
+        "resnext50_32x4d+ese",
+    ],
+)
 def test_real_timm_checkpoints_load_and_match(name, rng):
     timm = pytest.importorskip("timm")
-    reference = timm.create_model(name).double().eval()
-    with torch.no_grad():  # non-trivial statistics so eval mode tests something
+    reference, ours = _timm_model(timm, name)
+    reference = reference.double().eval()
+    with torch.no_grad():  # non-trivial statistics and scales (no zero-init) so all paths count
         for m in reference.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.normal_(1.0, 0.2)
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 2.0)
-    ours = se_torch.create_model(name).double().eval()
+    ours = ours.double().eval()
+    assert list(ours.state_dict()) == list(reference.state_dict())  # same keys, same order
     ours.load_state_dict(reference.state_dict(), strict=True)
     x = torch.from_numpy(rng.standard_normal((2, 3, 64, 64)))
     with torch.no_grad():
         expected = reference(x)
         assert torch.equal(ours(x), expected)
-    flax_logits = se_flax.create_model(name, param_dtype=jnp.float64).apply(
-        torch_to_flax(reference), nchw_to_nhwc(x.numpy())
+    base, _, attn = name.partition("+")
+    flax_model = se_flax.create_model(
+        base, param_dtype=jnp.float64, **({"attn": attn} if attn else {})
     )
+    flax_logits = flax_model.apply(torch_to_flax(reference), nchw_to_nhwc(x.numpy()))
     assert_trees_close(flax_logits, expected, rtol=1e-10, atol=1e-12, what=name)

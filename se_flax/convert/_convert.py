@@ -81,22 +81,44 @@ _PATTERNS = [
 ]
 
 
-def _find_rule(module_path: str) -> tuple[Rule, str, str] | str:
-    """(rule, prefix, local name) for a PyTorch module path, or the reason there is none."""
-    found = []
+@dataclass(frozen=True)
+class _NoRule:
+    reason: str
+    wrong_type: bool  # a rule has the name but not the module's type: a mismatch, not a stray key
+
+
+def _find_rule(module_path: str, module_type: type | None) -> tuple[Rule, str, str] | _NoRule:
+    """(rule, prefix, local name) for a PyTorch module, or why there is none.
+
+    ``module_type`` is the module's class, or ``None`` when only a state_dict is at hand; see
+    :mod:`se_flax.convert._rules` for how a rule is chosen.
+    """
+    named = []
     for rule, pattern in _PATTERNS:
         match = pattern.fullmatch(module_path)
         if match:
-            found.append((rule, match["_prefix"] or "", match["_local"]))
+            named.append((rule, match["_prefix"] or "", match["_local"]))
+    if not named:
+        return _NoRule(f"no conversion rule for module {module_path!r}", False)
+    if module_type is None:
+        found = [f for f in named if not f[0].by_type_only]
+    else:
+        types = {cls.__name__ for cls in module_type.__mro__}
+        found = [f for f in named if types & set(f[0].torch_types)]
+        if not found:
+            kinds = " or ".join(sorted({t for rule, _, _ in named for t in rule.torch_types}))
+            return _NoRule(
+                f"{module_path}: is a {module_type.__name__}, rules named so "
+                f"{[r.name for r, _, _ in named]} expect {kinds}",
+                True,
+            )
+    longest = max(local.count(".") for _, _, local in found)
+    found = [f for f in found if f[2].count(".") == longest]
     if len(found) == 1:
         return found[0]
-    if not found:
-        return f"no conversion rule for module {module_path!r}"
-    return f"module {module_path!r} matches several rules: {[r.name for r, _, _ in found]}"
-
-
-def _type_names(module: Any) -> set[str]:
-    return {cls.__name__ for cls in type(module).__mro__}
+    return _NoRule(
+        f"module {module_path!r} matches several rules: {[r.name for r, _, _ in found]}", False
+    )
 
 
 def _plan(
@@ -116,19 +138,15 @@ def _plan(
     plan = {}
     for module_path, tensors in groups.items():
         prefix = f"{module_path}." if module_path else ""
-        found = _find_rule(module_path)
-        if isinstance(found, str):
-            problems.unexpected.extend(f"{prefix}{t}: {found}" for t in tensors)
+        module_type = None if module is None else type(module.get_submodule(module_path))
+        found = _find_rule(module_path, module_type)
+        if isinstance(found, _NoRule):
+            if found.wrong_type:
+                problems.mismatched.append(found.reason)
+            else:
+                problems.unexpected.extend(f"{prefix}{t}: {found.reason}" for t in tensors)
             continue
         rule, torch_prefix, local = found
-        if module is not None:
-            sub = module.get_submodule(module_path)
-            if not _type_names(sub) & set(rule.torch_types):
-                problems.mismatched.append(
-                    f"{module_path}: is a {type(sub).__name__}, rule {rule.name!r} expects "
-                    f"{' or '.join(rule.torch_types)}"
-                )
-                continue
         flax_module = flax_names(torch_prefix) + (
             (rule.flax_module,) if rule.flax_module else flax_names(local)
         )

@@ -1,9 +1,17 @@
 """The conversion rule table: which PyTorch modules map to which Flax modules, tensor by tensor.
 
 A rule is chosen by the PyTorch module's *name* (the last segments of its path in the
-state_dict) and, when a module object is at hand, checked against the module's *type*. A
-tensor's rank is only ever checked against what the rule declares, never used to choose a rule.
-Supporting a new layer kind means adding a row here, not a code path in the engine.
+state_dict) and its *type*:
+
+1. the rules whose name pattern matches the end of the module path are the candidates;
+2. when the module object is at hand (converting a ``torch.nn.Module``, or any Flax -> PyTorch
+   conversion), only the rules that accept its type stay; without it (a bare state_dict), rules
+   marked ``by_type_only`` drop out, since their name alone is shared with another kind;
+3. of those left, the rule naming more path segments wins (``se.conv`` over ``conv``);
+4. anything still tied is an error, never a guess.
+
+A tensor's rank is only ever checked against what the rule declares, never used to choose a
+rule. Supporting a new layer kind means adding a row here, not a code path in the engine.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import numpy as np
 
 __all__ = [
     "CONV",
+    "CONV1D",
     "CONV1X1_AS_DENSE",
     "COUNTER",
     "IDENTITY",
@@ -93,6 +102,14 @@ CONV = Layout(
     lambda a: a.transpose(3, 2, 0, 1),
 )
 
+# nn.Conv1d weight (O, I/groups, k) <-> 1-D Conv kernel (k, I/groups, O) (ECA's conv).
+CONV1D = Layout(
+    "Conv1d weight (O, I, k)",
+    (None, None, None),
+    lambda a: a.transpose(2, 1, 0),
+    lambda a: a.transpose(2, 1, 0),
+)
+
 
 @dataclass(frozen=True)
 class Tensor:
@@ -122,6 +139,10 @@ class Rule:
             module object is given.
         tensors: PyTorch tensor name (``weight``, ``bias``, ...) -> its Flax place.
         flax_module: the Flax module name; ``None`` keeps the PyTorch name.
+        by_type_only: applies only when the module's type is known, because its name alone is
+            another rule's too (a bare ``EffectiveSEModule``'s ``fc`` is a ResNet's classifier
+            name); without the module such a key is left to the other rule, whose layout check
+            then reports it.
     """
 
     name: str
@@ -129,6 +150,7 @@ class Rule:
     torch_types: tuple[str, ...]
     tensors: Mapping[str, Tensor] = field(default_factory=dict)
     flax_module: str | None = None
+    by_type_only: bool = False
 
 
 _DENSE_FROM_CONV1X1 = {
@@ -142,6 +164,10 @@ _DENSE_FROM_LINEAR = {
 
 _CONV = {
     "weight": Tensor("params", "kernel", CONV),
+    "bias": Tensor("params", "bias", required=False),
+}
+_CONV1D = {
+    "weight": Tensor("params", "kernel", CONV1D),
     "bias": Tensor("params", "bias", required=False),
 }
 _BATCHNORM = {
@@ -160,7 +186,24 @@ RULES: tuple[Rule, ...] = (
     Rule("classic se fc.0 (Linear)", r"fc\.0", ("Linear",), _DENSE_FROM_LINEAR, "fc1"),
     Rule("classic se fc.2 (Linear)", r"fc\.2", ("Linear",), _DENSE_FROM_LINEAR, "fc2"),
     # Backbones (timm / torchvision ResNet names): convolutions, BatchNorms, the classifier.
+    # timm's ConvNormAct (SK paths, SK blocks' convs, CBAM's spatial conv) is `conv` + `bn` too.
     Rule("conv", r"conv\d*|downsample\.0", ("Conv2d",), _CONV),
     Rule("batchnorm", r"bn\d*|downsample\.1", ("BatchNorm2d",), _BATCHNORM),
     Rule("classifier (Linear)", r"fc", ("Linear",), _DENSE_FROM_LINEAR),
+    # Selective Kernel attention (timm's SelectiveKernelAttn): 1x1 convolutions without bias.
+    Rule("sk attention fc (1x1 conv)", r"fc_reduce|fc_select", ("Conv2d",), _DENSE_FROM_CONV1X1),
+    # ECA (timm's EcaModule): a Conv1d named conv. In blocks it sits at `se.conv`, which outranks
+    # the backbone's `conv`; a bare EcaModule's `conv` is told apart by its type only.
+    Rule("eca conv (Conv1d)", r"se\.conv", ("Conv1d",), _CONV1D),
+    Rule("eca conv (Conv1d, bare module)", r"conv", ("Conv1d",), _CONV1D, by_type_only=True),
+    # Effective SE (timm's EffectiveSEModule): one 1x1 conv with bias named fc: `se.fc` in blocks;
+    # a bare module's `fc` shares the classifier's name and is told apart by its type only.
+    Rule("effective-se fc (1x1 conv)", r"se\.fc", ("Conv2d",), _DENSE_FROM_CONV1X1),
+    Rule(
+        "effective-se fc (1x1 conv, bare module)",
+        r"fc",
+        ("Conv2d",),
+        _DENSE_FROM_CONV1X1,
+        by_type_only=True,
+    ),
 )

@@ -1,0 +1,145 @@
+"""Convolution building blocks shared by the backbones and the SE family's Flax modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from se_common import conv_padding
+from se_flax._batchnorm import BatchNorm
+
+__all__ = ["ConvNormAct", "PointwiseConv", "conv", "conv_kernel_init", "pad"]
+
+# PyTorch's kaiming_normal_(mode="fan_out", nonlinearity="relu"), as timm initialises convs.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    # Explicit symmetric padding as PyTorch's; "SAME" pads stride-2 convs asymmetrically.
+    return ((k // 2, k // 2), (k // 2, k // 2))
+
+
+class PointwiseConv(nn.Module):
+    """A 1x1 convolution (any stride, no padding) computed as one matmul over ``(N*H*W, C)``.
+
+    Parameters, initialisation and results are those of ``nn.Conv(features, (1, 1), strides)``
+    (``kernel`` of shape ``(1, 1, C_in, features)``), so checkpoints and the converter see no
+    difference. On XLA's CPU backend the matmul runs the forward pass 1.5-3x and the gradients
+    up to 5x faster than the convolution does (measured at ResNet-50's 1x1 shapes, batch 8).
+    """
+
+    features: int
+    strides: tuple[int, int] = (1, 1)
+    use_bias: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (1, 1, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x = x[:, :: self.strides[0], :: self.strides[1], :]
+        y = jnp.matmul(x.reshape(-1, x.shape[-1]), kernel[0, 0], precision=self.precision)
+        y = y.reshape(*x.shape[:-1], self.features)
+        return y if bias is None else y + bias
+
+
+def conv(
+    features: int,
+    kernel_size: tuple[int, int],
+    strides: tuple[int, int],
+    padding: Any,
+    *,
+    kernel_dilation: tuple[int, int] = (1, 1),
+    feature_group_count: int = 1,
+    name: str,
+    **options: Any,
+) -> nn.Module:
+    """``nn.Conv``, or its faster twin :class:`PointwiseConv` for ungrouped 1x1 kernels."""
+    if tuple(kernel_size) == (1, 1) and feature_group_count == 1 and padding == pad(1):
+        return PointwiseConv(features, tuple(strides), name=name, **options)
+    return nn.Conv(
+        features,
+        kernel_size,
+        strides,
+        padding,
+        kernel_dilation=kernel_dilation,
+        feature_group_count=feature_group_count,
+        name=name,
+        **options,
+    )
+
+
+class ConvNormAct(nn.Module):
+    """Conv (no bias) -> :class:`BatchNorm` -> activation, the twin of ``se_torch.ConvNormAct``.
+
+    Parameters ``conv/kernel`` ``(k, k, C_in / groups, features)`` and ``bn/*``, mirroring
+    timm's ``ConvNormAct`` keys ``conv.weight`` and ``bn.*``. Padding is PyTorch's symmetric
+    ``((stride - 1) + dilation * (k - 1)) // 2``; ungrouped 1x1 convs run as
+    :class:`PointwiseConv`.
+
+    Attributes:
+        features: output channels.
+        kernel_size, stride, dilation, groups: of the convolution.
+        apply_act: whether ``act_fn`` follows the BatchNorm.
+        act_fn: the activation (default ``nn.relu``).
+        bn_momentum, bn_epsilon: BatchNorm options, Flax convention (PyTorch's 0.1 is 0.9).
+        dtype, param_dtype, precision: as in ``nn.Conv``.
+        kernel_init: the conv's initializer; bn_scale_init: the BatchNorm scale's.
+
+    Call as ``module.apply(variables, x, train=False)`` (``mutable=["batch_stats"]`` in training).
+    """
+
+    features: int
+    kernel_size: int = 1
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+    apply_act: bool = True
+    act_fn: Callable[[jax.Array], jax.Array] = nn.relu
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bn_scale_init: nn.initializers.Initializer = nn.initializers.ones_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        k, s, d = self.kernel_size, self.stride, self.dilation
+        p = conv_padding(k, s, d)
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        y = conv(
+            self.features,
+            (k, k),
+            (s, s),
+            ((p, p), (p, p)),
+            kernel_dilation=(d, d),
+            feature_group_count=self.groups,
+            use_bias=False,
+            precision=self.precision,
+            kernel_init=self.kernel_init,
+            name="conv",
+            **dtypes,
+        )(x)
+        y = BatchNorm(
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            scale_init=self.bn_scale_init,
+            name="bn",
+            **dtypes,
+        )(y)
+        return self.act_fn(y) if self.apply_act else y

@@ -1,0 +1,163 @@
+"""Selective Kernel unit (Li et al., CVPR 2019) in Flax linen (NHWC), twin of ``se_torch``'s.
+
+Parameter paths mirror timm's ``SelectiveKernel`` keys: ``paths_{i}/conv``, ``paths_{i}/bn``,
+``attn/fc_reduce``, ``attn/bn``, ``attn/fc_select``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from se_common import resolve_rd_channels, selective_kernel_paths
+from se_flax._attention import check_image
+from se_flax._batchnorm import BatchNorm
+from se_flax._layers import ConvNormAct
+from se_flax._squeeze_excite import accumulation_dtype, compute_dtype, default_kernel_init
+
+__all__ = ["SelectiveKernel", "SelectiveKernelAttn"]
+
+Array = jax.Array
+
+
+class SelectiveKernelAttn(nn.Module):
+    """Fuse and select: ``(N, P, H, W, C)`` -> softmax weights over P, ``(N, P, 1, 1, C)``.
+
+    Its BatchNorm keeps PyTorch's defaults (momentum 0.1, eps 1e-5), as timm's does.
+    """
+
+    num_paths: int
+    attn_channels: int
+    act_fn: Callable[[Array], Array] = nn.relu
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: nn.initializers.Initializer = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        n, _, _, _, c = x.shape
+        dtype = compute_dtype(x, self.dtype, self.param_dtype)
+        acc = accumulation_dtype(dtype)
+        s = jnp.sum(x.astype(dtype), axis=1)
+        s = jnp.mean(s.astype(acc), axis=(1, 2), keepdims=True).astype(dtype)
+        dense = dict(
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            kernel_init=self.kernel_init,
+        )
+        s = nn.Dense(self.attn_channels, name="fc_reduce", **dense)(s)
+        s = BatchNorm(
+            use_running_average=not train,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="bn",
+        )(s)
+        s = nn.Dense(c * self.num_paths, name="fc_select", **dense)(self.act_fn(s))
+        s = s.reshape(n, self.num_paths, 1, 1, c)  # PyTorch's view(N, P, C, 1, 1)
+        return jax.nn.softmax(s.astype(acc), axis=1).astype(dtype)
+
+
+class SelectiveKernel(nn.Module):
+    """Selective Kernel convolution (linen), the twin of ``se_torch.SelectiveKernel``.
+
+    Split: one conv + BatchNorm + ReLU per path, by default a 3x3 and a 3x3 with dilation 2.
+    Fuse: sum the paths, pool, reduce. Select: a softmax over the paths, per channel, weights
+    their sum. ``C_in`` comes from the input.
+
+    Attributes:
+        out_channels: output channels (default: the input's).
+        kernel_size: receptive field of each path (default ``(3, 5)``).
+        stride, dilation, groups: of every path's conv (``groups`` capped at ``out_channels``).
+        rd_ratio, rd_channels, rd_divisor: width of the attention's hidden layer, by default
+            timm's ``make_divisible(out_channels / 16, 8)`` (round_limit 0.9).
+        keep_3x3: make every path a 3x3 conv, dilated to reach its kernel size.
+        split_input: each path sees its own ``C_in / paths`` slice of the input.
+        act_fn: the paths' activation (the attention keeps ReLU, as timm's).
+        bn_momentum, bn_epsilon: the paths' BatchNorm options, Flax convention.
+        dtype, param_dtype, precision, kernel_init: of the layers.
+
+    Call as ``module.apply(variables, x, train=False)``; in training pass ``train=True,
+    mutable=["batch_stats"]``.
+
+    Shapes:
+        input ``(N, H, W, C_in)``; output ``(N, H / stride, W / stride, out_channels)``.
+
+    Example:
+        >>> sk = SelectiveKernel(out_channels=128, stride=2)
+        >>> x = jnp.ones((2, 8, 8, 64))
+        >>> sk.apply(sk.init(jax.random.key(0), x), x).shape
+        (2, 4, 4, 128)
+    """
+
+    out_channels: int | None = None
+    kernel_size: int | Sequence[int] | None = None
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+    rd_ratio: float | None = None
+    rd_channels: int | None = None
+    rd_divisor: int | None = None
+    keep_3x3: bool = True
+    split_input: bool = True
+    act_fn: Callable[[Array], Array] = nn.relu
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: nn.initializers.Initializer = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        check_image(x)
+        in_channels = x.shape[-1]
+        kernel_size = self.kernel_size
+        if isinstance(kernel_size, tuple):  # linen may hand a list attribute back as a tuple
+            kernel_size = list(kernel_size)
+        paths = selective_kernel_paths(kernel_size, self.dilation, self.keep_3x3)
+        out = self.out_channels or in_channels
+        if self.split_input:
+            if in_channels % len(paths):
+                raise ValueError(
+                    f"split_input needs in_channels divisible by the {len(paths)} paths, got "
+                    f"in_channels={in_channels}"
+                )
+            inputs = jnp.split(x, len(paths), axis=-1)
+        else:
+            inputs = [x] * len(paths)
+        options = dict(
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            kernel_init=self.kernel_init,
+        )
+        y = jnp.stack(
+            [
+                ConvNormAct(
+                    out,
+                    k,
+                    self.stride,
+                    d,
+                    min(out, self.groups),
+                    act_fn=self.act_fn,
+                    bn_momentum=self.bn_momentum,
+                    bn_epsilon=self.bn_epsilon,
+                    name=f"paths_{i}",
+                    **options,
+                )(xi, train)
+                for i, ((k, d), xi) in enumerate(zip(paths, inputs, strict=True))
+            ],
+            axis=1,
+        )
+        rd = resolve_rd_channels(
+            out, self.rd_ratio, self.rd_channels, self.rd_divisor, round_limit=0.9
+        )
+        attn = SelectiveKernelAttn(len(paths), rd, name="attn", **options)(y, train)
+        return jnp.sum(y * attn, axis=1)
