@@ -1,4 +1,4 @@
-"""Cross-framework benchmarks of se-flax: SE block and SE-ResNets, JAX vs PyTorch.
+"""Cross-framework benchmarks of se-flax: SE and SK blocks, SE-/SK-ResNets, JAX vs PyTorch.
 
 Run ``python -m benchmarks --help``. Results: ``benchmarks/results/``.
 """

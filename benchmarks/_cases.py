@@ -5,27 +5,36 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from se_common import ResNetConfig
+from se_common import MODEL_CONFIGS, ResNetConfig, SelectiveKernelConfig
 
 WORKLOADS = {
     "se_fwd": "SE block forward",
     "se_fwdbwd": "SE block forward + backward (input and parameter gradients)",
+    "sk_fwd": "SK block forward, eval mode (BatchNorm running statistics)",
+    "sk_fwdbwd": "SK block forward + backward (input and parameter gradients), train mode "
+    "(batch statistics; running statistics updated)",
     "infer": "whole network, eval-mode forward",
     "train": "whole network, one SGD training step (forward, loss, backward, update)",
 }
 SE_WORKLOADS = ("se_fwd", "se_fwdbwd")
+SK_WORKLOADS = ("sk_fwd", "sk_fwdbwd")
+BLOCK_WORKLOADS = SE_WORKLOADS + SK_WORKLOADS
 MODEL_WORKLOADS = ("infer", "train")
+# Forward-only workloads run in eval mode, the others in train mode (matters for BatchNorm).
+EVAL_WORKLOADS = ("se_fwd", "sk_fwd", "infer")
 
 # mode -> (framework, description). Mode names are unique, so a mode implies its framework.
 MODES = {
     "jit": ("jax", "jax.jit, NHWC"),
-    "jit_donate": ("jax", "jax.jit, NHWC, input (se) or train state (train) donated"),
+    "jit_donate": ("jax", "jax.jit, NHWC, input (se_*, sk_*) or train state (train) donated"),
     "eager": ("torch", "PyTorch eager, NCHW"),
     "channels_last": ("torch", "PyTorch eager, channels_last"),
     "compile": ("torch", "torch.compile (inductor), NCHW"),
 }
-# Donation has nothing to reuse at inference: the input is not the size of the output.
+# Donation has nothing to reuse at inference: the input is not the size of the output. (A
+# block's input is: SE's always, SK's at stride 1 with in = out channels, as benchmarked.)
 NOT_APPLICABLE = {("infer", "jit_donate")}
 DTYPES = ("float32", "bfloat16")
 ITEMSIZE = {"float32": 4, "bfloat16": 2}
@@ -44,11 +53,49 @@ QUICK_STAGES = {
     "stage3": (2, 2, 128),
     "stage4": (1, 1, 256),
 }
-# --quick models: ResNet-50's bottleneck design with one block per stage (14 layers).
+# (H, W, C) of the feature map each ResNet-18 stage hands to the SK unit of its stride-1 blocks
+# (SK-ResNet-18's first conv of every basic block but the strided ones; in = out channels).
+RESNET18_STAGES = {
+    "stage1": (56, 56, 64),
+    "stage2": (28, 28, 128),
+    "stage3": (14, 14, 256),
+    "stage4": (7, 7, 512),
+}
+# --quick: the same four stages, 4x smaller in channels and 7-8x in resolution.
+QUICK_SK_STAGES = {
+    "stage1": (8, 8, 16),
+    "stage2": (4, 4, 32),
+    "stage3": (2, 2, 64),
+    "stage4": (1, 1, 128),
+}
+# The SK unit as skresnet18 builds it (timm's sk_kwargs: rd_ratio 1/8, rd_divisor 16, split input).
+SK_CONFIG: SelectiveKernelConfig = MODEL_CONFIGS["skresnet18"].sk
+# --quick models: ResNet-50's bottleneck design and ResNet-18's basic design, one block per stage
+# (14 and 10 layers), each with its attention twin.
 EXTRA_MODELS = {
     "resnet14": ResNetConfig("bottleneck", (1, 1, 1, 1)),
     "seresnet14": ResNetConfig("bottleneck", (1, 1, 1, 1), attn="se"),
+    "resnet10": ResNetConfig("basic", (1, 1, 1, 1)),
+    "skresnet10": ResNetConfig("basic", (1, 1, 1, 1), sk=SK_CONFIG, zero_init_last=False),
 }
+# Model-name prefix of an attention network -> its label; "<prefix><plain>" is <plain>'s twin.
+ATTENTION_PREFIXES = {"se": "SE", "sk": "SK"}
+
+
+def sk_options() -> dict[str, Any]:
+    """Keyword arguments of both frameworks' ``SelectiveKernel``: skresnet18's SK unit."""
+    return asdict(SK_CONFIG)
+
+
+def attention_pairs(models: list[str]) -> list[tuple[str, str, str]]:
+    """(attention model, its plain twin, label) for each attention model whose twin is listed."""
+    pairs = []
+    for model in models:
+        for prefix, label in ATTENTION_PREFIXES.items():
+            plain = model.removeprefix(prefix)
+            if plain != model and plain in models:
+                pairs.append((model, plain, label))
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -59,7 +106,7 @@ class Case:
     framework: str
     mode: str
     dtype: str
-    name: str  # "stage1".."stage4" for SE workloads, the model name otherwise
+    name: str  # "stage1".."stage4" for block workloads, the model name otherwise
     batch: int
     shape: tuple[int, int, int, int]
 
@@ -88,6 +135,8 @@ def plan(
     se_batch: int,
     sweep_stage: str | None,
     sweep_batches: list[int],
+    sk_stages: dict[str, tuple[int, int, int]],
+    sk_batch: int,
     models: list[str],
     model_batch: int,
     image_size: int,
@@ -101,6 +150,9 @@ def plan(
                 points += [(sweep_stage, b) for b in sweep_batches]
             for name, batch in dict.fromkeys(points):
                 settings.append((workload, name, batch, (batch, *stages[name])))
+        elif workload in SK_WORKLOADS:
+            for name, hwc in sk_stages.items():
+                settings.append((workload, name, sk_batch, (sk_batch, *hwc)))
         else:
             for model in models:
                 shape = (model_batch, image_size, image_size, 3)

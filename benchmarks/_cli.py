@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: SE block and SE-ResNet throughput, JAX vs PyTorch, one run.
+"""``python -m benchmarks``: SE and SK blocks, SE-/SK-ResNet throughput, JAX vs PyTorch, one run.
 
 Writes ``DIR/results.json`` (one record per measurement, plus machine, versions, settings and
 the measured memory bandwidth), ``DIR/results.md`` and PNG plots.
@@ -21,7 +21,9 @@ from benchmarks._cases import (
     DTYPES,
     EXTRA_MODELS,
     MODES,
+    QUICK_SK_STAGES,
     QUICK_STAGES,
+    RESNET18_STAGES,
     RESNET50_STAGES,
     WORKLOADS,
     plan,
@@ -32,7 +34,9 @@ FULL = {
     "stages": RESNET50_STAGES,
     "se_batch": 32,
     "sweep_batches": [1, 4, 16, 64, 256],
-    "models": ["resnet50", "seresnet50"],
+    "sk_stages": RESNET18_STAGES,
+    "sk_batch": 32,
+    "models": ["resnet50", "seresnet50", "resnet18", "skresnet18"],
     "model_batch": 8,
     "image_size": 224,
     "repeats": 7,
@@ -46,7 +50,9 @@ QUICK = {
     "stages": QUICK_STAGES,
     "se_batch": 2,
     "sweep_batches": [1, 4],
-    "models": ["resnet14", "seresnet14"],
+    "sk_stages": QUICK_SK_STAGES,
+    "sk_batch": 2,
+    "models": ["resnet14", "seresnet14", "resnet10", "skresnet10"],
     "model_batch": 2,
     "image_size": 32,
     "repeats": 3,
@@ -116,7 +122,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--stages",
         type=_list(list(RESNET50_STAGES)),
         default=None,
-        help="ResNet-50 stages whose SE shapes to run (default: all four)",
+        help="stages whose block shapes to run: SE at ResNet-50's feature maps, SK at "
+        "ResNet-18's (default: all four)",
     )
     p.add_argument(
         "--se-batch",
@@ -136,13 +143,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"batches of the SE sweep (default {FULL['sweep_batches']})",
     )
+    p.add_argument(
+        "--sk-batch",
+        type=positive(int),
+        default=None,
+        help=f"batch of the per-stage SK cases (default {FULL['sk_batch']})",
+    )
     names = sorted(MODEL_CONFIGS) + sorted(EXTRA_MODELS)
     p.add_argument(
         "--models",
         type=_list(names),
         default=None,
-        help="networks for infer/train; an SE model next to its plain twin gives the "
-        "SE/plain ratio (default resnet50,seresnet50)",
+        help="networks for infer/train; an SE or SK model next to its plain twin gives the "
+        "SE/plain or SK/plain throughput ratio (default " + ",".join(FULL["models"]) + ")",
     )
     p.add_argument(
         "--model-batch",
@@ -178,7 +191,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="tiny shapes and models (resnet14/seresnet14), few repeats: a smoke run",
+        help="tiny shapes and models (resnet14/seresnet14, resnet10/skresnet10), few repeats: "
+        "a smoke run",
     )
     p.add_argument(
         "--out",
@@ -192,6 +206,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in (
         "se_batch",
         "sweep_batches",
+        "sk_batch",
         "models",
         "model_batch",
         "image_size",
@@ -204,6 +219,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, name, defaults[name])
     all_stages = defaults["stages"]
     args.stage_shapes = {s: all_stages[s] for s in (args.stages or all_stages)}
+    args.sk_stage_shapes = {s: defaults["sk_stages"][s] for s in args.stage_shapes}
     args.sweep_stage = None if args.sweep_stage == "none" else args.sweep_stage
     args.modes = [m for m in args.modes if MODES[m][0] in args.frameworks]
     if not args.modes:
@@ -254,6 +270,8 @@ def planned(args: argparse.Namespace) -> list:
         args.se_batch,
         args.sweep_stage,
         args.sweep_batches,
+        args.sk_stage_shapes,
+        args.sk_batch,
         args.models,
         args.model_batch,
         args.image_size,
@@ -294,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             "sweep_stage": args.sweep_stage,
             "sweep_batches": args.sweep_batches,
             "stages": args.stage_shapes,
+            "sk_batch": args.sk_batch,
+            "sk_stages": args.sk_stage_shapes,
             "models": args.models,
             "model_batch": args.model_batch,
             "image_size": args.image_size,
@@ -345,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for record in results["records"]:
         _report.derive(record, bandwidth["median_GBps"])
-    results["targets"] = _report.targets(results["records"], machine, args.se_batch)
+    results["targets"] = _report.targets(results["records"], machine, args.se_batch, args.sk_batch)
     _write_json(results, args.out)
     (args.out / "results.md").write_text(_report.markdown(results))
     written = _report.plots(results, args.out)

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import se_flax
 from benchmarks import _torch
-from benchmarks._cases import EXTRA_MODELS, Case
+from benchmarks._cases import (
+    BLOCK_WORKLOADS,
+    EVAL_WORKLOADS,
+    EXTRA_MODELS,
+    SE_WORKLOADS,
+    Case,
+    sk_options,
+)
 from benchmarks._timing import Runner
 from se_flax.convert import torch_to_flax
 from se_flax.optim import sgd
 from se_flax.training import TrainState, train_step
 
-CHAIN = 32  # a donated SE input is chained through at most this many calls, then refilled
+CHAIN = 32  # a donated block input is chained through at most this many calls, then refilled
+
+
+def _block(case: Case, dtype: jnp.dtype) -> nn.Module:
+    if case.workload in SE_WORKLOADS:
+        return se_flax.SqueezeExcite(dtype=dtype, param_dtype=dtype)
+    return se_flax.SelectiveKernel(**sk_options(), dtype=dtype, param_dtype=dtype)
 
 
 def _model(case: Case, dtype: jnp.dtype) -> se_flax.ResNet:
@@ -42,17 +58,23 @@ def runner(case: Case, slots: int, seed: int) -> Runner:
             for _ in range(slots)
         ]
 
-    if case.workload in ("se_fwd", "se_fwdbwd"):
-        module = se_flax.SqueezeExcite(dtype=dtype, param_dtype=dtype)
+    if case.workload in BLOCK_WORKLOADS:
+        module = _block(case, dtype)
         pristine = inputs()
-        if case.workload == "se_fwd":
-            fn = jax.jit(module.apply, donate_argnums=(1,) if donate else ())
+        if case.workload in EVAL_WORKLOADS:
+            apply = functools.partial(module.apply, train=False)
+            fn = jax.jit(apply, donate_argnums=(1,) if donate else ())
             cotangents = None
         else:
 
             def fwdbwd(variables, x, g):
-                _, vjp = jax.vjp(module.apply, variables, x)
-                return vjp(g)  # (parameter gradients, input gradient)
+                def forward(params, x):  # train mode: SK's BatchNorms use batch statistics
+                    variables_ = {**variables, "params": params}
+                    return module.apply(variables_, x, train=True, mutable=["batch_stats"])
+
+                _, vjp, updates = jax.vjp(forward, variables["params"], x, has_aux=True)
+                grads, dx = vjp(g)
+                return (grads, updates), dx  # updates: new running statistics ({} for SE)
 
             fn = jax.jit(fwdbwd, donate_argnums=(1,) if donate else ())
             cotangents = inputs()
@@ -67,7 +89,7 @@ def runner(case: Case, slots: int, seed: int) -> Runner:
             if not donate:
                 return out
             # The input's buffer now holds the output (y, or dx): chain it to the slot's next
-            # call, and wait on what is not donated (parameter gradients, the slots).
+            # call, and wait on what is not donated (parameter gradients and statistics).
             xs[k] = out if cotangents is None else out[1]
             return None if cotangents is None else out[0]
 

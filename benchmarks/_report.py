@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks._cases import ITEMSIZE, MODES, SE_WORKLOADS
+from benchmarks._cases import (
+    BLOCK_WORKLOADS,
+    ITEMSIZE,
+    MODEL_WORKLOADS,
+    MODES,
+    SE_WORKLOADS,
+    SK_WORKLOADS,
+    attention_pairs,
+)
 
 # Passes over the feature map that any SE implementation must make (the memory floor):
 # forward: read x to pool, read x again to scale, write y. Forward + backward (returning
@@ -15,7 +23,8 @@ FLOOR_PASSES = {"se_fwd": 3, "se_fwdbwd": 4}
 
 
 def derive(record: dict, bandwidth_GBps: float) -> dict:
-    """Adds throughput (images per second) and, for SE blocks, the memory-floor numbers."""
+    """Adds throughput (images per second) and, for SE blocks, the memory-floor numbers (SK
+    blocks and networks are compute-bound: no floor)."""
     if record.get("median_s") is None:
         return record
     record["throughput"] = record["batch"] / record["median_s"]
@@ -36,13 +45,37 @@ def _index(records: list[dict]) -> dict:
     }
 
 
-def targets(records: list[dict], machine: dict, se_batch: int) -> list[dict]:
+def attention_ratios(records: list[dict]) -> list[dict]:
+    """Throughput of each attention network over its plain twin's (same workload, mode, dtype
+    and batch), one row per pair measured on both sides, shaped like a record for ``_pivot``."""
+    index = _index(records)
+    nets = [r for r in index.values() if r["workload"] in MODEL_WORKLOADS]
+    rows = []
+    for model, plain, label in attention_pairs(sorted({r["name"] for r in nets})):
+        for r in nets:
+            base = index.get((r["workload"], r["mode"], r["dtype"], plain, r["batch"]))
+            if r["name"] == model and base is not None:
+                keep = ("workload", "mode", "dtype", "batch", "shape")
+                rows.append(
+                    {
+                        **{k: r[k] for k in keep},
+                        "name": f"{model}/{plain}",
+                        "label": label,
+                        "ratio": base["median_s"] / r["median_s"],
+                    }
+                )
+    return rows
+
+
+def targets(
+    records: list[dict], machine: dict, se_batch: int, sk_batch: int | None = None
+) -> list[dict]:
     """The issue's targets, evaluated on this run's records (ratios within one run).
 
     CPU: JAX SE block >= 1.5x PyTorch eager and >= 50% of the memory floor at every stage;
     JAX SE-ResNet inference >= PyTorch eager channels_last. GPU: SE block >= 85% of the
-    memory floor, JAX SE/plain >= 0.90, JAX within 10% of torch.compile. Other ratios are
-    listed with no goal.
+    memory floor, JAX SE/plain >= 0.90, JAX within 10% of torch.compile. Other ratios (the SK
+    block's speed, SK/plain) are listed with no goal.
     """
     gpu = machine.get("gpu") is not None
     index, rows = _index(records), []
@@ -51,22 +84,27 @@ def targets(records: list[dict], machine: dict, se_batch: int) -> list[dict]:
         met = None if goal is None else bool(value >= goal)
         rows.append({"target": target, "case": case, "value": value, "goal": goal, "met": met})
 
-    stages = sorted({r["name"] for r in records if r["workload"] in SE_WORKLOADS})
-    models = sorted({r["name"] for r in records if r["workload"] not in SE_WORKLOADS})
+    models = sorted({r["name"] for r in records if r["workload"] in MODEL_WORKLOADS})
     dtypes = sorted({r["dtype"] for r in records})
     jax_modes = ("jit", "jit_donate")
-    for workload in SE_WORKLOADS:
+    for workload in BLOCK_WORKLOADS:
+        se = workload in SE_WORKLOADS
+        block, batch = ("SE", se_batch) if se else ("SK", sk_batch)
+        stages = sorted({r["name"] for r in records if r["workload"] == workload})
         for dtype in dtypes:
             for stage in stages:
-                eager = index.get((workload, "eager", dtype, stage, se_batch))
+                eager = index.get((workload, "eager", dtype, stage, batch))
                 for mode in jax_modes:
-                    jax_ = index.get((workload, mode, dtype, stage, se_batch))
+                    jax_ = index.get((workload, mode, dtype, stage, batch))
                     if jax_ is None:
                         continue
-                    case = f"{workload} {stage} b{se_batch} {dtype} {mode}"
+                    case = f"{workload} {stage} b{batch} {dtype} {mode}"
                     if eager is not None:
                         ratio = eager["median_s"] / jax_["median_s"]
-                        add("JAX SE / torch eager speed", case, ratio, None if gpu else 1.5)
+                        goal = 1.5 if se and not gpu else None
+                        add(f"JAX {block} / torch eager speed", case, ratio, goal)
+                    if not se:
+                        continue
                     goal = 0.85 if gpu else 0.5
                     add(
                         "JAX SE share of memory floor",
@@ -74,10 +112,14 @@ def targets(records: list[dict], machine: dict, se_batch: int) -> list[dict]:
                         jax_["floor_fraction"],
                         goal if workload == "se_fwd" else None,
                     )
-    for workload in ("infer", "train"):
+    for workload in MODEL_WORKLOADS:
         for dtype in dtypes:
             for model in models:
-                batch = next(r["batch"] for r in records if r["name"] == model)
+                batch = next(
+                    r["batch"]
+                    for r in records
+                    if r["name"] == model and r["workload"] in MODEL_WORKLOADS
+                )
                 for mode in jax_modes:
                     jax_ = index.get((workload, mode, dtype, model, batch))
                     if jax_ is None:
@@ -100,20 +142,14 @@ def targets(records: list[dict], machine: dict, se_batch: int) -> list[dict]:
                             compiled["median_s"] / jax_["median_s"],
                             0.9 if gpu else None,
                         )
-                plain = model.removeprefix("se")
-                if not model.startswith("se") or plain not in models:
-                    continue
-                for mode in MODES:
-                    se = index.get((workload, mode, dtype, model, batch))
-                    base = index.get((workload, mode, dtype, plain, batch))
-                    if se is not None and base is not None:
-                        goal = 0.9 if gpu and mode in jax_modes else None
-                        add(
-                            "SE/plain throughput",
-                            f"{workload} {model}/{plain} {dtype} {mode}",
-                            base["median_s"] / se["median_s"],
-                            goal,
-                        )
+    for row in attention_ratios(records):
+        goal = 0.9 if gpu and row["mode"] in jax_modes and row["label"] == "SE" else None
+        add(
+            f"{row['label']}/plain throughput",
+            f"{row['workload']} {row['name']} {row['dtype']} {row['mode']}",
+            row["ratio"],
+            goal,
+        )
     return rows
 
 
@@ -142,6 +178,12 @@ def _se_cell(r: dict) -> str:
     if r.get("median_s") is None:
         return "error"
     return f"{r['median_s'] * 1e3:.3g} ms ±{r['iqr_s'] * 1e3:.2g}, {r['floor_fraction']:.0%}"
+
+
+def _time_cell(r: dict) -> str:
+    if r.get("median_s") is None:
+        return "error"
+    return f"{r['median_s'] * 1e3:.3g} ms ±{r['iqr_s'] * 1e3:.2g}"
 
 
 def _model_cell(r: dict) -> str:
@@ -187,10 +229,28 @@ def markdown(results: dict) -> str:
     if se:
         lines += ["## SE block: time per call, share of the memory floor", ""]
         lines += [*_pivot(se, SE_WORKLOADS, _se_cell), ""]
-    nets = [r for r in records if r["workload"] not in SE_WORKLOADS]
+    sk = [r for r in records if r["workload"] in SK_WORKLOADS]
+    if sk:
+        lines += [
+            "## SK block: time per call (compute-bound: no memory floor)",
+            "",
+            "skresnet18's Selective Kernel unit at stride 1 (in = out channels) on each ResNet-18 "
+            "stage's feature map. Forward in eval mode; forward + backward in train mode (batch "
+            "statistics, running statistics updated).",
+            "",
+        ]
+        lines += [*_pivot(sk, SK_WORKLOADS, _time_cell), ""]
+    nets = [r for r in records if r["workload"] in MODEL_WORKLOADS]
     if nets:
         lines += ["## Networks: images per second (± relative IQR)", ""]
-        lines += [*_pivot(nets, ("infer", "train"), _model_cell), ""]
+        lines += [*_pivot(nets, MODEL_WORKLOADS, _model_cell), ""]
+    ratios = attention_ratios(records)
+    if ratios:
+        lines += [
+            "## Attention networks: throughput over the plain twin's (SE/plain, SK/plain)",
+            "",
+        ]
+        lines += [*_pivot(ratios, MODEL_WORKLOADS, lambda r: f"{r['ratio']:.2f}"), ""]
     lines += ["## First call (compile) in seconds", ""]
     lines += [*_pivot(records, [r["workload"] for r in records], _compile_cell), ""]
     rows = results["targets"]
@@ -219,7 +279,8 @@ def markdown(results: dict) -> str:
 
 
 def plots(results: dict, out: Path) -> list[Path]:
-    """PNG plots: SE floor share per stage, SE batch sweep, network throughput."""
+    """PNG plots: SE floor share per stage, SE batch sweep, SK time per stage, network
+    throughput, attention networks' throughput over their plain twins'."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,7 +359,25 @@ def plots(results: dict, out: Path) -> list[Path]:
                 ax.set_title(f"{w}, {dtype}, {sweep}", fontsize=10)
         finish(fig, axes, "se_batch_sweep.png")
 
-    nets = [w for w in ("infer", "train") if any(r["workload"] == w for r in records)]
+    sk_work = [w for w in SK_WORKLOADS if any(r["workload"] == w for r in records)]
+    if sk_work:
+        sk_batch = results["settings"]["sk_batch"]
+        fig, axes = grid(sk_work)
+        for i, w in enumerate(sk_work):
+            for j, dtype in enumerate(dtypes):
+                ax = axes[i][j]
+                stages = sorted({r["name"] for r in records if r["workload"] == w})
+
+                def value(stage, mode, w=w, dtype=dtype):
+                    r = index.get((w, mode, dtype, stage, sk_batch))
+                    return r and 1e3 * r["median_s"]
+
+                bars(ax, stages, value)
+                ax.set_title(f"{w}, {dtype}, batch {sk_batch}", fontsize=10)
+                ax.set_ylabel("ms per call")
+        finish(fig, axes, "sk_block.png")
+
+    nets = [w for w in MODEL_WORKLOADS if any(r["workload"] == w for r in records)]
     if nets:
         fig, axes = grid(nets)
         for i, w in enumerate(nets):
@@ -314,4 +393,25 @@ def plots(results: dict, out: Path) -> list[Path]:
                 ax.set_title(f"{w}, {dtype}", fontsize=10)
                 ax.set_ylabel("images / s")
         finish(fig, axes, "networks.png")
+
+    ratios = {
+        (r["workload"], r["mode"], r["dtype"], r["name"]): r for r in attention_ratios(records)
+    }
+    ratio_work = [w for w in MODEL_WORKLOADS if any(k[0] == w for k in ratios)]
+    if ratio_work:
+        fig, axes = grid(ratio_work)
+        for i, w in enumerate(ratio_work):
+            for j, dtype in enumerate(dtypes):
+                ax = axes[i][j]
+                pairs = sorted({k[3] for k in ratios if k[0] == w})
+
+                def value(pair, mode, w=w, dtype=dtype):
+                    r = ratios.get((w, mode, dtype, pair))
+                    return r and r["ratio"]
+
+                bars(ax, pairs, value)
+                ax.axhline(1, color="k", lw=0.8, ls="--")
+                ax.set_title(f"{w}, {dtype}", fontsize=10)
+                ax.set_ylabel("throughput / plain twin's")
+        finish(fig, axes, "attention.png")
     return written

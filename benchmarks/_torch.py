@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 
 import se_torch
-from benchmarks._cases import EXTRA_MODELS, Case
+from benchmarks._cases import (
+    BLOCK_WORKLOADS,
+    EVAL_WORKLOADS,
+    EXTRA_MODELS,
+    SE_WORKLOADS,
+    SK_WORKLOADS,
+    Case,
+    sk_options,
+)
 from benchmarks._timing import Runner
 from se_torch.training import train_step
 
@@ -20,13 +28,15 @@ def _sync(outputs: list) -> None:
 
 
 def module(case: Case, seed: int) -> torch.nn.Module:
-    """The case's SE block or network, initialised from ``seed``, in the case's dtype (CPU).
+    """The case's SE or SK block or network, from ``seed``, in the case's dtype (CPU).
 
     Both frameworks run these weights: the JAX runner converts them with ``se_flax.convert``.
     """
     torch.manual_seed(seed)
-    if case.workload in ("se_fwd", "se_fwdbwd"):
+    if case.workload in SE_WORKLOADS:
         built = se_torch.SqueezeExcite(case.shape[-1])
+    elif case.workload in SK_WORKLOADS:
+        built = se_torch.SelectiveKernel(case.shape[-1], **sk_options())
     elif case.name in EXTRA_MODELS:
         built = se_torch.ResNet(EXTRA_MODELS[case.name])
     else:
@@ -51,16 +61,17 @@ def runner(case: Case, slots: int, seed: int) -> Runner:
         ]
 
     model = module(case, seed).to(dev, memory_format=memory_format)
+    model.train(case.workload not in EVAL_WORKLOADS)  # BatchNorm: running or batch statistics
     call = torch.compile(model) if case.mode == "compile" else model
     xs = inputs()
 
-    if case.workload == "se_fwd":
+    if case.workload in EVAL_WORKLOADS:
 
         @torch.no_grad()
         def step(i: int):
             return call(xs[i % slots])
 
-    elif case.workload == "se_fwdbwd":
+    elif case.workload in BLOCK_WORKLOADS:  # forward + backward
         params = list(model.parameters())
         cotangents = inputs()
         for x in xs:
@@ -69,13 +80,6 @@ def runner(case: Case, slots: int, seed: int) -> Runner:
         def step(i: int):
             x = xs[i % slots]  # fresh gradients, as JAX's vjp returns (no .grad accumulation)
             return torch.autograd.grad(call(x), [x, *params], cotangents[i % slots])
-
-    elif case.workload == "infer":
-        model.eval()
-
-        @torch.no_grad()
-        def step(i: int):
-            return call(xs[i % slots])
 
     else:
         labels = [torch.randint(0, 1000, (n,), generator=generator, device=dev) for _ in xs]

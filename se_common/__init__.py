@@ -16,6 +16,7 @@ from se_common._layers import (
     conv_padding,
     eca_kernel_size,
     odd_kernel_size,
+    out_channels_or,
     selective_kernel_paths,
 )
 from se_common._widths import make_divisible, resolve_rd_channels
@@ -33,6 +34,7 @@ __all__ = [
     "make_divisible",
     "model_config",
     "odd_kernel_size",
+    "out_channels_or",
     "resolve_rd_channels",
     "selective_kernel_paths",
 ]

@@ -6,7 +6,13 @@ import math
 import numbers
 from collections.abc import Sequence
 
-__all__ = ["conv_padding", "eca_kernel_size", "odd_kernel_size", "selective_kernel_paths"]
+__all__ = [
+    "conv_padding",
+    "eca_kernel_size",
+    "odd_kernel_size",
+    "out_channels_or",
+    "selective_kernel_paths",
+]
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -50,11 +56,6 @@ def eca_kernel_size(
         >>> eca_kernel_size(256), eca_kernel_size(2048), eca_kernel_size(64, kernel_size=7)
         (5, 7, 7)
     """
-    if kernel_size is not None:
-        return odd_kernel_size("kernel_size", kernel_size)
-    if channels is None:
-        raise ValueError("give channels (for the adaptive kernel size) or kernel_size")
-    channels = _positive_int("channels", channels)
     for name, value in (("gamma", gamma), ("beta", beta)):
         if (
             isinstance(value, bool)
@@ -64,8 +65,18 @@ def eca_kernel_size(
             raise ValueError(f"{name} must be a finite number, got {value!r}")
     if gamma <= 0:
         raise ValueError(f"gamma must be > 0, got {gamma!r}")
+    if kernel_size is not None:
+        return odd_kernel_size("kernel_size", kernel_size)
+    if channels is None:
+        raise ValueError("give channels (for the adaptive kernel size) or kernel_size")
+    channels = _positive_int("channels", channels)
     t = int(abs(math.log(channels, 2) + beta) / gamma)
     return max(t if t % 2 else t + 1, 3)
+
+
+def out_channels_or(out_channels: object, in_channels: int) -> int:
+    """``out_channels`` checked (an int >= 1), or ``in_channels`` when it is ``None``."""
+    return in_channels if out_channels is None else _positive_int("out_channels", out_channels)
 
 
 def selective_kernel_paths(

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from se_common import resolve_rd_channels, selective_kernel_paths
+from se_common import out_channels_or, resolve_rd_channels, selective_kernel_paths
 from se_flax._attention import check_image
 from se_flax._batchnorm import BatchNorm
 from se_flax._layers import ConvNormAct
@@ -122,7 +122,7 @@ class SelectiveKernel(nn.Module):
         if isinstance(kernel_size, tuple):  # linen may hand a list attribute back as a tuple
             kernel_size = list(kernel_size)
         paths = selective_kernel_paths(kernel_size, self.dilation, self.keep_3x3)
-        out = self.out_channels or in_channels
+        out = out_channels_or(self.out_channels, in_channels)
         if self.split_input:
             if in_channels % len(paths):
                 raise ValueError(

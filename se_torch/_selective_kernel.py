@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from se_common import resolve_rd_channels, selective_kernel_paths
+from se_common import out_channels_or, resolve_rd_channels, selective_kernel_paths
 from se_torch._attention import ConvNormAct, check_image
 
 __all__ = ["SelectiveKernel", "SelectiveKernelAttn"]
@@ -100,7 +100,7 @@ class SelectiveKernel(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        out_channels = out_channels or in_channels
+        out_channels = out_channels_or(out_channels, in_channels)
         paths = selective_kernel_paths(kernel_size, dilation, keep_3x3)
         self.num_paths = len(paths)
         self.in_channels, self.out_channels = in_channels, out_channels

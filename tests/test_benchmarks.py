@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import _cli, _report
-from benchmarks._cases import MODES, QUICK_STAGES
+from benchmarks._cases import MODES, QUICK_SK_STAGES, QUICK_STAGES, attention_pairs
 from benchmarks._timing import Runner, measure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +35,7 @@ FIELDS = {
     "slots": int,
     "case_s": float,
 }
+FLOOR_FIELDS = {"floor_bytes", "achieved_GBps", "floor_fraction"}
 
 
 def run_benchmarks(tmp_path: Path, *args: str) -> tuple[dict, str]:
@@ -59,12 +60,11 @@ def run_benchmarks(tmp_path: Path, *args: str) -> tuple[dict, str]:
 
 def check_results(results: dict, argv: list[str], out: Path) -> None:
     args = _cli.parse_args(["--quick", *argv])
-    wanted = _cli.planned(args)
-    got = [
-        tuple(r[k] for k in ("workload", "mode", "dtype", "name", "batch"))
-        for r in results["records"]
-    ]
-    assert sorted(got) == sorted(c.key() for c in wanted)  # every requested record, once
+    fields = ("workload", "framework", "mode", "dtype", "name", "batch", "shape")
+    wanted = [tuple(getattr(c, k) for k in fields) for c in _cli.planned(args)]
+    got = [(*(r[k] for k in fields[:-1]), tuple(r["shape"])) for r in results["records"]]
+    assert len(set(wanted)) == len(wanted)
+    assert sorted(got) == sorted(wanted)  # every requested record, once
     assert results["settings"]["threads"] == 1 and results["settings"]["quick"]
     machine = results["machine"]
     assert machine["threads"]["torch_intra_op"] == 1
@@ -93,25 +93,58 @@ def check_results(results: dict, argv: list[str], out: Path) -> None:
             assert r["floor_fraction"] == pytest.approx(
                 r["floor_bytes"] / r["median_s"] / 1e9 / bandwidth
             )
+        elif r["workload"].startswith("sk_"):
+            assert (h, w, c) == QUICK_SK_STAGES[r["name"]] and n == args.sk_batch
+            assert not FLOOR_FIELDS & r.keys()  # compute-bound: no floor, as for networks
         else:
             assert (h, w, c) == (args.image_size, args.image_size, 3)
+            assert not FLOOR_FIELDS & r.keys()
     text = (out / "results.md").read_text()
     for workload in args.workloads:
         assert f"| {workload} |" in text
+    if {"sk_fwd", "sk_fwdbwd"} & set(args.workloads):
+        assert "## SK block: time per call" in text
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    expected_plots = {"se_block.png", "se_batch_sweep.png", "networks.png"}
+    expected_plots = {
+        "se_block.png",
+        "se_batch_sweep.png",
+        "sk_block.png",
+        "networks.png",
+        "attention.png",
+    }
     if not {"infer", "train"} & set(args.workloads):
-        expected_plots.discard("networks.png")
+        expected_plots -= {"networks.png", "attention.png"}
+    if not attention_pairs(args.models):  # no SE or SK model next to its plain twin
+        expected_plots.discard("attention.png")
     if not {"se_fwd", "se_fwdbwd"} & set(args.workloads):
         expected_plots -= {"se_block.png", "se_batch_sweep.png"}
+    if not {"sk_fwd", "sk_fwdbwd"} & set(args.workloads):
+        expected_plots.discard("sk_block.png")
     assert {p.name for p in out.glob("*.png")} == expected_plots
 
 
 def test_quick_run_has_every_record(tmp_path):
     results, stdout = run_benchmarks(tmp_path)
     check_results(results, [], tmp_path / "bench")
-    assert {r["workload"] for r in results["records"]} == {"se_fwd", "se_fwdbwd", "infer", "train"}
+    records = results["records"]
+    assert {r["workload"] for r in records} == {
+        "se_fwd",
+        "se_fwdbwd",
+        "sk_fwd",
+        "sk_fwdbwd",
+        "infer",
+        "train",
+    }
+    # SK blocks: every stage in every quick mode; models: skresnet10 next to its plain twin
+    sk = {(r["workload"], r["name"], r["mode"]) for r in records if r["workload"].startswith("sk")}
+    assert len(sk) == 2 * len(QUICK_SK_STAGES) * len(_cli.QUICK["modes"])
+    assert {r["name"] for r in records if r["workload"] in ("infer", "train")} == {
+        "resnet14",
+        "seresnet14",
+        "resnet10",
+        "skresnet10",
+    }
     assert {r["mode"] for r in results["records"]} == {
         "jit",
         "jit_donate",
@@ -124,14 +157,28 @@ def test_quick_run_has_every_record(tmp_path):
         "JAX SE share of memory floor",
         "SE/plain throughput",
         "JAX / torch channels_last speed",
+        "JAX SK / torch eager speed",
+        "SK/plain throughput",
     } <= targets
+    # SK/plain: skresnet10's throughput over resnet10's, per workload and mode, in the report
+    by_key = {(r["workload"], r["mode"], r["name"]): r for r in records}
+    ratios = [t for t in results["targets"] if t["target"] == "SK/plain throughput"]
+    assert len(ratios) == 3 + 4  # infer: jit, eager, channels_last; train: and jit_donate
+    text = (tmp_path / "bench" / "results.md").read_text()
+    assert "## Attention networks: throughput over the plain twin's" in text
+    for row in ratios:
+        workload, pair, _, mode = row["case"].split()
+        assert pair == "skresnet10/resnet10" and row["goal"] is None
+        sk_, plain = by_key[workload, mode, "skresnet10"], by_key[workload, mode, "resnet10"]
+        assert row["value"] == pytest.approx(plain["median_s"] / sk_["median_s"])
+        assert f"| {workload} | skresnet10/resnet10 |" in text
     assert "records in" in stdout
 
 
 def test_quick_run_compile_and_bfloat16(tmp_path):
     argv = [
         "--workloads",
-        "se_fwd,se_fwdbwd,infer",
+        "se_fwd,se_fwdbwd,sk_fwd,infer",
         "--modes",
         "jit_donate,eager,compile",
         "--dtypes",
@@ -212,3 +259,22 @@ def test_floor_and_targets_arithmetic():
     floor = next(r for r in rows if r["target"] == "JAX SE share of memory floor")
     assert floor["value"] == pytest.approx(jit["floor_fraction"])
     assert floor["met"] == (jit["floor_fraction"] >= 0.5)
+
+
+def test_sk_records_have_no_floor_and_give_speed_and_ratio_targets():
+    sk = {"workload": "sk_fwd", "dtype": "float32", "name": "stage2", "batch": 2}
+    sk = {**sk, "shape": [2, 4, 4, 32], "median_s": 2e-3}
+    jit = _report.derive({**sk, "framework": "jax", "mode": "jit"}, 2.0)
+    eager = _report.derive({**sk, "framework": "torch", "mode": "eager", "median_s": 3e-3}, 2.0)
+    assert jit["throughput"] == pytest.approx(1000) and not FLOOR_FIELDS & jit.keys()
+    net = {"workload": "train", "framework": "torch", "mode": "eager", "dtype": "float32"}
+    net = {**net, "batch": 2, "shape": [2, 32, 32, 3]}
+    plain = _report.derive({**net, "name": "resnet10", "median_s": 1.0}, 2.0)
+    skresnet = _report.derive({**net, "name": "skresnet10", "median_s": 1.25}, 2.0)
+    rows = _report.targets([jit, eager, plain, skresnet], {"gpu": None}, se_batch=4, sk_batch=2)
+    assert [(r["target"], r["case"]) for r in rows] == [
+        ("JAX SK / torch eager speed", "sk_fwd stage2 b2 float32 jit"),
+        ("SK/plain throughput", "train skresnet10/resnet10 float32 eager"),
+    ]
+    assert rows[0]["value"] == pytest.approx(1.5) and rows[1]["value"] == pytest.approx(0.8)
+    assert all(r["goal"] is None and r["met"] is None for r in rows)

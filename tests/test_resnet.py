@@ -13,7 +13,7 @@ import torch
 
 import se_flax
 import se_torch
-from se_common import MODEL_CONFIGS, ResNetConfig
+from se_common import MODEL_CONFIGS, ResNetConfig, SelectiveKernelConfig
 from se_flax.convert import torch_to_flax
 from tests.helpers import assert_trees_close, nchw_to_nhwc
 
@@ -132,27 +132,31 @@ def test_attention_is_configuration():
 
 def test_zero_init_last_follows_the_config_unless_given():
     """timm zero-inits each block's last BatchNorm scale in ResNets, not in SK-ResNets."""
-    last = {
+    torch_last = {
         "resnet18": lambda m: m.layer1[0].bn2.weight,
         "skresnet18": lambda m: m.layer1[0].conv2.bn.weight,
         "skresnet50": lambda m: m.layer1[0].conv3.bn.weight,
     }
-    flax_last = {
-        "resnet18": ("layer1_0", "bn2"),
-        "skresnet18": ("layer1_0", "conv2", "bn"),
-        "skresnet50": ("layer1_0", "conv3", "bn"),
-    }
-    x = jnp.ones((1, 32, 32, 3), jnp.float32)
     for name, zeroed in (("resnet18", True), ("skresnet18", False), ("skresnet50", False)):
+        assert MODEL_CONFIGS[name].zero_init_last == zeroed
         for override in (None, not zeroed):
-            want_zero = zeroed if override is None else override
-            weight = last[name](se_torch.create_model(name, zero_init_last=override))
-            assert bool(torch.all(weight == 0)) == want_zero, (name, override)
-            params = se_flax.create_model(name, zero_init_last=override).init(jax.random.key(0), x)[
-                "params"
-            ]
-            scale = functools.reduce(lambda t, k: t[k], flax_last[name], params)["scale"]
-            assert bool(jnp.all(scale == 0)) == want_zero, (name, override)
+            weight = torch_last[name](se_torch.create_model(name, zero_init_last=override))
+            assert bool(torch.all(weight == 0)) == (zeroed if override is None else override)
+    # Flax: the same rule on one-block-per-stage twins (SK basic and bottleneck), to stay quick.
+    x = jnp.ones((1, 8, 8, 3), jnp.float32)
+    sk = SelectiveKernelConfig()
+    for block, last, config_zero, override in (
+        ("basic", "conv2", False, None),
+        ("basic", "conv2", False, True),
+        ("bottleneck", "conv3", True, None),
+        ("bottleneck", "conv3", True, False),
+    ):
+        config = ResNetConfig(block, (1, 1, 1, 1), sk=sk, zero_init_last=config_zero)
+        model = se_flax.ResNet(config, num_classes=2, zero_init_last=override)
+        init = model.init(jax.random.key(0), x)["params"]
+        scale = init["layer1_0"][last]["bn"]["scale"]
+        want = config_zero if override is None else override
+        assert bool(jnp.all(scale == 0)) == want, (block, config_zero, override)
 
 
 def test_features_only_and_heads(rng):
