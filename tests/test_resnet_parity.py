@@ -57,9 +57,16 @@ class Case:
 #   seresnext50_32x4d: 1.99e-2 both; seresnet18: 2.5e-6 and 3.6e-6). PyTorch's CPU kernels
 #   accumulate these sums in float64 and are sometimes far closer; XLA accumulates in float32
 #   (as PyTorch does on GPUs). The bound per case is the measured level with margin.
+# * how ill-conditioned a gradient is depends on the data and on the CPU's kernels: on an Intel
+#   Sapphire Rapids, skresnet18's third train pass measured Flax 2.3e-3 against PyTorch's 1.2e-4
+#   (float64 sums); perturbing the input and every weight of the float64 twin by one float32
+#   rounding moves its gradients by 2.3e-3 there (a ReLU input near 0 flips: the change does not
+#   shrink with the perturbation). So a gradient within F32_SENSITIVITY_RATIO x that sensitivity
+#   (computed only when the other bounds fail) is as accurate as float32 data allows.
 F64 = {"out": (1e-12, 1e-12), "grad": 1e-11}
 F32 = {"out": (1e-3, 1e-4), "eval_grad_l2": 1e-4}
 F32_GRAD_RATIO = 5.0
+F32_SENSITIVITY_RATIO = 5.0
 # BatchNorm eps and momentum are carried over, never assumed: a non-default pair on one model.
 ODD_BN = {
     "torch_kwargs": {"norm_layer": functools.partial(nn.BatchNorm2d, eps=1e-3, momentum=0.3)},
@@ -169,6 +176,27 @@ def relative_errors(actual: dict, expected: dict) -> dict[str, float]:
     return errors
 
 
+def float32_sensitivity(
+    truth: nn.Module, x: np.ndarray, cot: np.ndarray, train: bool, grads: dict, seed: int
+) -> float:
+    """Relative L2 change of the float64 twin's gradients ``grads`` when its input and every
+    floating parameter and statistic are perturbed by one float32 rounding (uniform relative
+    noise of float32's unit roundoff): the condition of the problem at float32 precision."""
+    rng = np.random.default_rng(seed)
+    u = np.finfo(np.float32).eps / 2
+
+    def perturbed(a: np.ndarray) -> np.ndarray:
+        return a * (1 + rng.uniform(-u, u, a.shape))
+
+    twin = copy.deepcopy(truth)
+    with torch.no_grad():
+        for tensor in twin.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.from_numpy(perturbed(tensor.numpy())))
+    _, moved = torch_pass(twin, perturbed(np.asarray(x, np.float64)), cot.astype(np.float64), train)
+    return relative_l2_error(moved, grads)
+
+
 def relative_l2_error(actual: dict, expected: dict) -> float:
     """||actual - expected|| / ||expected|| over all tensors together."""
     num = den = 0.0
@@ -211,8 +239,12 @@ def test_eval_train_statistics_and_gradients(case, rng):
         cot = rng.standard_normal((case.shape[0], 7)).astype(case.dtype)
         t_eval, t_eval_grads = torch_pass(tmodel, x, cot, train=False)
         if float32:  # the reference: Flax's own weights and running statistics, in float64
-            truth = flax_to_torch({"params": params, "batch_stats": stats}, copy.deepcopy(tmodel))
-            truth.double()
+
+            def float64_twin(stats=stats):
+                twin = copy.deepcopy(tmodel)
+                return flax_to_torch({"params": params, "batch_stats": stats}, twin).double()
+
+            truth = float64_twin()
             _, t_eval_grads = torch_pass(truth, x, cot, train=False)
         t_train, t_train_grads = torch_pass(tmodel, x, cot, train=True)
         f_eval, f_eval_grads, f_train, stats, f_train_grads = flax_pass(
@@ -249,9 +281,16 @@ def test_eval_train_statistics_and_gradients(case, rng):
             ):
                 flax_l2 = relative_l2_error(flax_grads, truth_grads)
                 torch_l2 = relative_l2_error(torch_grads, truth_grads)
-                assert flax_l2 <= max(bound, F32_GRAD_RATIO * torch_l2), (
+                allowed = max(bound, F32_GRAD_RATIO * torch_l2)
+                sensitivity = None
+                if flax_l2 > allowed:  # ill-conditioned data? (costs one more float64 pass)
+                    sensitivity = float32_sensitivity(
+                        float64_twin(), x, cot, mode == "train", truth_grads, step
+                    )
+                    allowed = max(allowed, F32_SENSITIVITY_RATIO * sensitivity)
+                assert flax_l2 <= allowed, (
                     f"{what}: {mode} grads relative L2 error {flax_l2:.3g} (PyTorch float32: "
-                    f"{torch_l2:.3g})"
+                    f"{torch_l2:.3g}, float32 sensitivity of the float64 twin: {sensitivity})"
                 )
 
 
