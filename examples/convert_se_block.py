@@ -22,17 +22,8 @@ import torch  # noqa: E402
 import se_flax  # noqa: E402
 import se_torch  # noqa: E402
 from se_common import MODEL_CONFIGS  # noqa: E402
+from se_common._cli import positive  # noqa: E402
 from se_flax.convert import flax_to_torch, torch_to_flax  # noqa: E402
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def layers(channels: int):
@@ -42,9 +33,7 @@ def layers(channels: int):
         (
             f"classic SELayer({channels}, 16)",
             lambda: se_torch.SELayer(channels, 16),
-            lambda dt: se_flax.SqueezeExcite(
-                rd_channels=channels // 16, use_bias=False, param_dtype=dt
-            ),
+            lambda dt: se_flax.SELayer(16, param_dtype=dt),
         ),
         (
             f"SqueezeExcite({channels}) (timm SEModule)",
@@ -83,9 +72,9 @@ def compare(name, make_torch, make_flax, x: np.ndarray) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--channels", type=positive_int, default=256)
-    parser.add_argument("--batch", type=positive_int, default=8)
-    parser.add_argument("--size", type=positive_int, default=14, help="height and width")
+    parser.add_argument("--channels", type=positive(int), default=256)
+    parser.add_argument("--batch", type=positive(int), default=8)
+    parser.add_argument("--size", type=positive(int), default=14, help="height and width")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--model",

@@ -1,8 +1,40 @@
-"""Input checks with the same messages in both frameworks."""
+"""Checks with the same messages in both frameworks."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
+
+__all__ = ["check_feature_map", "check_head_options", "lookup", "positive_int"]
+
+T = TypeVar("T")
+
+
+def positive_int(name: str, value: object) -> int:
+    """``value`` as an ``int`` if it is an integer >= 1 (not a bool), else a ``ValueError``
+    naming ``name`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def lookup(registry: Mapping[str, T], name: str, what: str, where: str) -> T:
+    """``registry[name]``, or a ``KeyError``-free ``ValueError`` that says where to register it.
+
+    Args:
+        registry: a framework's table, e.g. ``se_torch.BLOCKS``.
+        name: a name ``se_common`` knows (configs validate names before any lookup).
+        what: what the name is, for the message (``"block"``, ``"attn"``).
+        where: the table's public name, for the message (``"se_torch.BLOCKS"``).
+    """
+    try:
+        return registry[name]
+    except KeyError:
+        raise ValueError(
+            f"{what} {name!r} has no entry in {where} (it has {', '.join(sorted(registry))}); "
+            f"register this framework's class there"
+        ) from None
 
 
 def check_feature_map(

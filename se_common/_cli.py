@@ -1,4 +1,4 @@
-"""Argument types shared by the project's commands (``python -m se_flax.train``, benchmarks)."""
+"""Argument types shared by the project's commands (examples, benchmarks)."""
 
 from __future__ import annotations
 

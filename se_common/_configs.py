@@ -1,18 +1,27 @@
 """Backbones described as data, shared by the PyTorch and Flax builders.
 
 Every name, depth and width follows timm's model of the same name, so state_dicts match key for key.
+Three registries make the design extensible by rows, not code paths:
+
+* :data:`BLOCK_TYPES`: residual block types by name; each framework maps the name to its class
+  (``se_torch.BLOCKS``, ``se_flax.BLOCKS``).
+* :data:`ATTENTION`: attention layers by name (timm's ``create_attn`` names); each framework maps
+  the name to its factory (``se_torch.ATTN_LAYERS``, ``se_flax.ATTN_LAYERS``).
+* :data:`MODEL_CONFIGS`: models by timm's names.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Container
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 __all__ = [
+    "ATTENTION",
+    "BLOCK_TYPES",
     "MODEL_CONFIGS",
     "BlockSpec",
+    "BlockType",
     "ResNetConfig",
     "SelectiveKernelConfig",
     "get_config",
@@ -21,18 +30,40 @@ __all__ = [
 
 STEM_CHANNELS = 64
 
+# Attention layers a config can name (timm's create_attn names) -> what they are. Each placed in
+# every block after the last BatchNorm, before the residual sum, as timm's attn_layer.
+ATTENTION: dict[str, str] = {
+    "se": "Squeeze-and-Excitation (Hu et al., CVPR 2018), timm's SEModule",
+    "eca": "Efficient Channel Attention (Wang et al., CVPR 2020)",
+    "cbam": "CBAM: channel then spatial attention (Woo et al., ECCV 2018)",
+    "ese": "effective SE: one C -> C layer, hard-sigmoid gate (CenterMask, CVPR 2020)",
+}
+
 
 @dataclass(frozen=True)
-class BlockSpec:
-    """One residual block, fully planned: PyTorch name ``layer{stage}.{index}``."""
+class BlockType:
+    """What the planner needs to know of a residual block type (its layers are each framework's).
 
-    stage: int  # 1..4
-    index: int
-    in_channels: int
-    width: int  # channels of the 3x3 convolution(s)
-    out_channels: int
-    stride: int
-    downsample: bool  # whether the shortcut needs a strided 1x1 conv + BatchNorm
+    Attributes:
+        expansion: a stage with ``planes`` outputs ``planes * expansion`` channels.
+        grouped: the inner width is ResNeXt's ``int(planes * base_width / 64) * cardinality``
+            and the 3x3 convolution has ``cardinality`` groups; otherwise the inner width is
+            ``planes`` and only ``cardinality=1, base_width=64`` are accepted.
+        selective_kernel: its 3x3 convolution is a Selective Kernel unit, configured by the
+            config's ``sk`` (timm's ``sk_kwargs``).
+    """
+
+    expansion: int
+    grouped: bool
+    selective_kernel: bool = False
+
+
+BLOCK_TYPES: dict[str, BlockType] = {
+    "basic": BlockType(expansion=1, grouped=False),  # two 3x3 convs
+    "bottleneck": BlockType(expansion=4, grouped=True),  # 1x1, 3x3 (stride, groups), 1x1
+    "sk_basic": BlockType(expansion=1, grouped=False, selective_kernel=True),  # timm's sknet.py
+    "sk_bottleneck": BlockType(expansion=4, grouped=True, selective_kernel=True),
+}
 
 
 @dataclass(frozen=True)
@@ -58,26 +89,48 @@ class SelectiveKernelConfig:
 
 
 @dataclass(frozen=True)
+class BlockSpec:
+    """One residual block, fully planned: PyTorch name ``layer{stage}.{index}``.
+
+    A block class builds its layers from its spec alone (and the layer factories it is given),
+    so every block type has the same constructor.
+    """
+
+    stage: int  # 1..4
+    index: int
+    in_channels: int
+    width: int  # channels of the 3x3 convolution(s)
+    out_channels: int
+    stride: int
+    downsample: bool  # whether the shortcut needs a strided 1x1 conv + BatchNorm
+    groups: int = 1  # of the 3x3 convolution (ResNeXt's cardinality for grouped types)
+    sk: SelectiveKernelConfig | None = None  # the Selective Kernel unit's options, if any
+
+
+@dataclass(frozen=True)
 class ResNetConfig:
     """A ResNet-family backbone.
 
     Attributes:
-        block: ``"basic"`` (two 3x3 convs, expansion 1) or ``"bottleneck"`` (1x1, 3x3, 1x1,
-            expansion 4; the stride sits on the 3x3 conv, "ResNet v1.5", as in timm).
+        block: a name in :data:`BLOCK_TYPES`: ``"basic"`` (two 3x3 convs, expansion 1),
+            ``"bottleneck"`` (1x1, 3x3, 1x1, expansion 4; the stride sits on the 3x3 conv,
+            "ResNet v1.5", as in timm), or their Selective Kernel variants ``"sk_basic"`` and
+            ``"sk_bottleneck"`` (timm's ``SelectiveKernelBasic`` / ``SelectiveKernelBottleneck``).
         layers: number of blocks in each of the four stages.
         cardinality: groups of the 3x3 conv in bottlenecks (ResNeXt's C).
         base_width: width per group; a stage with ``planes`` uses
             ``int(planes * base_width / 64) * cardinality`` channels inside its bottlenecks.
         attn: the attention layer placed in every block after the last BatchNorm, before the
-            residual sum (timm's ``attn_layer``), by name: ``"se"``, ``"eca"``, ``"cbam"``,
-            ``"ese"`` (effective SE) or ``None``.
-        sk: Selective Kernel options for SK-ResNets (timm's ``SelectiveKernelBasic`` /
-            ``SelectiveKernelBottleneck`` blocks), or ``None`` for plain blocks.
+            residual sum (timm's ``attn_layer``), by its name in :data:`ATTENTION` (``"se"``,
+            ``"eca"``, ``"cbam"``, ``"ese"``), or ``None``.
+        sk: the Selective Kernel options of SK block types (default ``SelectiveKernelConfig()``).
+            Giving ``sk`` with ``"basic"`` or ``"bottleneck"`` means their SK variant: the config
+            then holds ``"sk_basic"`` or ``"sk_bottleneck"``.
         zero_init_last: the models' default for zeroing each block's last BatchNorm scale
             (timm: on for ResNets, off for SK-ResNets).
     """
 
-    block: Literal["basic", "bottleneck"]
+    block: str
     layers: tuple[int, int, int, int]
     cardinality: int = 1
     base_width: int = 64
@@ -86,17 +139,35 @@ class ResNetConfig:
     zero_init_last: bool = True
 
     def __post_init__(self) -> None:
-        if self.block not in ("basic", "bottleneck"):
-            raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
-        if self.block == "basic" and (self.cardinality, self.base_width) != (1, 64):
+        if self.block not in BLOCK_TYPES:
             raise ValueError(
-                f"basic blocks support only cardinality=1 and base_width=64, got "
-                f"cardinality={self.cardinality}, base_width={self.base_width}"
+                f"unknown block {self.block!r}; known: {', '.join(sorted(BLOCK_TYPES))}"
+            )
+        if self.attn is not None and self.attn not in ATTENTION:
+            raise ValueError(f"unknown attn {self.attn!r}; known: {', '.join(sorted(ATTENTION))}")
+        if self.sk is not None and not self.block_type.selective_kernel:
+            variant = f"sk_{self.block}"
+            if variant not in BLOCK_TYPES or not BLOCK_TYPES[variant].selective_kernel:
+                raise ValueError(
+                    f"block {self.block!r} has no Selective Kernel variant, but sk={self.sk!r} "
+                    f"was given"
+                )
+            object.__setattr__(self, "block", variant)  # frozen: set once, while constructing
+        if self.block_type.selective_kernel and self.sk is None:
+            object.__setattr__(self, "sk", SelectiveKernelConfig())
+        if not self.block_type.grouped and (self.cardinality, self.base_width) != (1, 64):
+            raise ValueError(
+                f"{self.block} blocks support only cardinality=1 and "
+                f"base_width=64, got cardinality={self.cardinality}, base_width={self.base_width}"
             )
 
     @property
+    def block_type(self) -> BlockType:
+        return BLOCK_TYPES[self.block]
+
+    @property
     def expansion(self) -> int:
-        return 1 if self.block == "basic" else 4
+        return self.block_type.expansion
 
     @property
     def feature_channels(self) -> tuple[int, ...]:
@@ -105,19 +176,28 @@ class ResNetConfig:
 
     def blocks(self) -> list[BlockSpec]:
         """Every residual block in order, as timm's ResNet builds them."""
+        kind = self.block_type
+        groups = self.cardinality if kind.grouped else 1
         specs, in_channels = [], STEM_CHANNELS
         for s, depth in enumerate(self.layers):
             planes = 64 * 2**s
-            if self.block == "basic":
-                width = planes
-            else:
-                width = int(planes * self.base_width / 64) * self.cardinality
-            out_channels = planes * self.expansion
+            width = int(planes * self.base_width / 64) * groups if kind.grouped else planes
+            out_channels = planes * kind.expansion
             for i in range(depth):
                 stride = 2 if s > 0 and i == 0 else 1
                 downsample = i == 0 and (stride != 1 or in_channels != out_channels)
                 specs.append(
-                    BlockSpec(s + 1, i, in_channels, width, out_channels, stride, downsample)
+                    BlockSpec(
+                        s + 1,
+                        i,
+                        in_channels,
+                        width,
+                        out_channels,
+                        stride,
+                        downsample,
+                        groups,
+                        self.sk,
+                    )
                 )
                 in_channels = out_channels
         return specs
@@ -141,16 +221,16 @@ MODEL_CONFIGS: dict[str, ResNetConfig] = {
     "seresnext101_32x4d": ResNetConfig("bottleneck", (3, 4, 23, 3), 32, 4, "se"),
     # timm's sknet.py: SK units in place of the 3x3 convs, no zero-init of the last BatchNorm.
     "skresnet18": ResNetConfig(
-        "basic", (2, 2, 2, 2), sk=SelectiveKernelConfig(1 / 8, 16), zero_init_last=False
+        "sk_basic", (2, 2, 2, 2), sk=SelectiveKernelConfig(1 / 8, 16), zero_init_last=False
     ),
     "skresnet34": ResNetConfig(
-        "basic", (3, 4, 6, 3), sk=SelectiveKernelConfig(1 / 8, 16), zero_init_last=False
+        "sk_basic", (3, 4, 6, 3), sk=SelectiveKernelConfig(1 / 8, 16), zero_init_last=False
     ),
     "skresnet50": ResNetConfig(
-        "bottleneck", (3, 4, 6, 3), sk=SelectiveKernelConfig(), zero_init_last=False
+        "sk_bottleneck", (3, 4, 6, 3), sk=SelectiveKernelConfig(), zero_init_last=False
     ),
     "skresnext50_32x4d": ResNetConfig(
-        "bottleneck",
+        "sk_bottleneck",
         (3, 4, 6, 3),
         32,
         4,
@@ -170,17 +250,14 @@ def get_config(name: str) -> ResNetConfig:
         ) from None
 
 
-def model_config(name: str, kwargs: dict[str, Any], attn_layers: Container[str]) -> ResNetConfig:
+def model_config(name: str, kwargs: dict[str, Any]) -> ResNetConfig:
     """The config for ``create_model(name, **kwargs)``; pops ``attn`` from ``kwargs``, applies it.
 
-    ``attn`` names the attention layer (one of ``attn_layers``) or ``None`` for none, so
+    ``attn`` names the attention layer (a name in :data:`ATTENTION`) or ``None`` for none, so
     ``create_model("resnet50", attn="se")`` builds the same network as ``"seresnet50"``, and
     ``attn="eca"``, ``"cbam"`` or ``"ese"`` its ECA, CBAM or effective-SE variant.
     """
     config = get_config(name)
     if "attn" in kwargs:
-        attn = kwargs.pop("attn")
-        if attn is not None and attn not in attn_layers:
-            raise ValueError(f"unknown attn {attn!r}; known: {', '.join(sorted(attn_layers))}")
-        config = dataclasses.replace(config, attn=attn)
+        config = dataclasses.replace(config, attn=kwargs.pop("attn"))
     return config

@@ -6,6 +6,8 @@ import math
 import numbers
 from collections.abc import Sequence
 
+from se_common._checks import positive_int
+
 __all__ = [
     "conv_padding",
     "eca_kernel_size",
@@ -15,16 +17,10 @@ __all__ = [
 ]
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
 def odd_kernel_size(name: str, value: object) -> int:
     """``value`` as an int if it is an odd kernel size >= 1 (one that keeps the size), else an
     error naming ``name`` and the value."""
-    k = _positive_int(name, value)
+    k = positive_int(name, value)
     if k % 2 == 0:
         raise ValueError(f"{name} must be odd (so the output keeps its size), got {value!r}")
     return k
@@ -69,14 +65,15 @@ def eca_kernel_size(
         return odd_kernel_size("kernel_size", kernel_size)
     if channels is None:
         raise ValueError("give channels (for the adaptive kernel size) or kernel_size")
-    channels = _positive_int("channels", channels)
+    channels = positive_int("channels", channels)
     t = int(abs(math.log(channels, 2) + beta) / gamma)
     return max(t if t % 2 else t + 1, 3)
 
 
-def out_channels_or(out_channels: object, in_channels: int) -> int:
-    """``out_channels`` checked (an int >= 1), or ``in_channels`` when it is ``None``."""
-    return in_channels if out_channels is None else _positive_int("out_channels", out_channels)
+def out_channels_or(out_channels: object, in_channels: int, name: str = "out_channels") -> int:
+    """``out_channels`` checked (an int >= 1; errors call it ``name``), or ``in_channels`` when it
+    is ``None``."""
+    return in_channels if out_channels is None else positive_int(name, out_channels)
 
 
 def selective_kernel_paths(
@@ -107,7 +104,7 @@ def selective_kernel_paths(
     for k in sizes:
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 3 or k % 2 == 0:
             raise ValueError(f"every kernel size must be an odd integer >= 3, got {kernel_size!r}")
-    dilation = _positive_int("dilation", dilation)
+    dilation = positive_int("dilation", dilation)
     if keep_3x3:
         return [(3, dilation * (int(k) - 1) // 2) for k in sizes]
     return [(int(k), dilation) for k in sizes]

@@ -5,14 +5,10 @@ from __future__ import annotations
 import math
 import numbers
 
+from se_common._checks import positive_int
+
 DEFAULT_RD_RATIO = 1.0 / 16
 DEFAULT_RD_DIVISOR = 8
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def make_divisible(
@@ -63,14 +59,14 @@ def resolve_rd_channels(
         >>> resolve_rd_channels(64, rd_channels=4)
         4
     """
-    channels = _check_positive_int("channels", channels)
+    channels = positive_int("channels", channels)
     if rd_channels is not None:
         if rd_ratio is not None or rd_divisor is not None:
             raise ValueError(
                 f"give either rd_channels or rd_ratio/rd_divisor, not both: got rd_channels="
                 f"{rd_channels!r}, rd_ratio={rd_ratio!r}, rd_divisor={rd_divisor!r}"
             )
-        return _check_positive_int("rd_channels", rd_channels)
+        return positive_int("rd_channels", rd_channels)
     rd_ratio = default_ratio if rd_ratio is None else rd_ratio
     if (
         isinstance(rd_ratio, bool)
@@ -79,7 +75,27 @@ def resolve_rd_channels(
         or rd_ratio <= 0
     ):
         raise ValueError(f"rd_ratio must be a finite number > 0, got {rd_ratio!r}")
-    rd_divisor = _check_positive_int(
-        "rd_divisor", default_divisor if rd_divisor is None else rd_divisor
-    )
+    rd_divisor = positive_int("rd_divisor", default_divisor if rd_divisor is None else rd_divisor)
     return make_divisible(channels * rd_ratio, rd_divisor, round_limit=round_limit)
+
+
+def classic_rd_channels(
+    channels: int, reduction: int = 16, *, channels_name: str = "channels"
+) -> int:
+    """The classic recipe's hidden width ``channels // reduction``, which must be >= 1.
+
+    Raises:
+        ValueError: naming the value, for a non-integer or non-positive ``channels`` or
+            ``reduction``, or a reduction larger than ``channels``.
+
+    Example:
+        >>> classic_rd_channels(256, 16)
+        16
+    """
+    channels = positive_int(channels_name, channels)
+    reduction = positive_int("reduction", reduction)
+    if channels // reduction < 1:
+        raise ValueError(
+            f"{channels_name} // reduction must be >= 1, got {channels} // {reduction} = 0"
+        )
+    return channels // reduction

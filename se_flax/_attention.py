@@ -15,42 +15,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from se_common import check_feature_map, eca_kernel_size, odd_kernel_size, resolve_rd_channels
-from se_flax._layers import ConvNormAct
-from se_flax._squeeze_excite import (
-    accumulation_dtype,
-    compute_dtype,
+from se_common import eca_kernel_size, odd_kernel_size, resolve_rd_channels
+from se_flax._batchnorm import BatchNorm
+from se_flax._dtypes import Dtype, apply_accumulated, compute_dtype, mean
+from se_flax._layers import (
+    ConvNormAct,
+    ModuleDef,
+    check_input,
     default_bias_init,
     default_kernel_init,
+    dense,
 )
 
 __all__ = ["CbamModule", "ChannelAttn", "EcaModule", "EffectiveSEModule", "SpatialAttn"]
 
 Array = jax.Array
-Dtype = Any
-
-
-def check_image(x: Array) -> None:
-    """Clear errors for an input that is not a floating-point ``(N, H, W, C)`` feature map."""
-    channels = x.shape[-1] if x.ndim else 0
-    check_feature_map(
-        x.shape,
-        x.dtype,
-        jnp.issubdtype(x.dtype, jnp.floating),
-        channels,
-        channels_last=True,
-        spatial_dims=2,
-    )
-
-
-def _mean_hw(x: Array, dtype: jnp.dtype, **kwargs: Any) -> Array:
-    """Mean over H and W, accumulated in float32 for 16-bit dtypes, rounded to ``dtype``."""
-    acc = accumulation_dtype(dtype)
-    return jnp.mean(x.astype(acc), axis=(1, 2), **kwargs).astype(dtype)
-
-
-def _gate(fn: Callable[[Array], Array], v: Array, dtype: jnp.dtype) -> Array:
-    return fn(v.astype(accumulation_dtype(dtype))).astype(dtype)
 
 
 class EcaModule(nn.Module):
@@ -89,7 +68,7 @@ class EcaModule(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """``train`` has no effect (no statistics); every attention layer takes it."""
-        check_image(x)
+        check_input(x)
         k = eca_kernel_size(x.shape[-1], self.kernel_size, self.gamma, self.beta)
         dtype = compute_dtype(x, self.dtype, self.param_dtype)
         y = nn.Conv(
@@ -102,8 +81,8 @@ class EcaModule(nn.Module):
             precision=self.precision,
             kernel_init=self.kernel_init,
             name="conv",
-        )(_mean_hw(x, dtype)[..., None])
-        return x.astype(dtype) * _gate(self.gate_fn, y[:, None, None, :, 0], dtype)
+        )(mean(x, (1, 2), dtype)[..., None])
+        return x.astype(dtype) * apply_accumulated(self.gate_fn, y[:, None, None, :, 0], dtype)
 
 
 class EffectiveSEModule(nn.Module):
@@ -138,22 +117,14 @@ class EffectiveSEModule(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """``train`` has no effect (no statistics); every attention layer takes it."""
-        check_image(x)
+        check_input(x)
         dtype = compute_dtype(x, self.dtype, self.param_dtype)
         x = x.astype(dtype)
-        s = _mean_hw(x, dtype, keepdims=True)
+        s = mean(x, (1, 2), dtype, keepdims=True)
         if self.add_maxpool:
             s = 0.5 * s + 0.5 * jnp.max(x, axis=(1, 2), keepdims=True)
-        s = nn.Dense(
-            x.shape[-1],
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            kernel_init=self.kernel_init,
-            bias_init=self.bias_init,
-            name="fc",
-        )(s)
-        return x * _gate(self.gate_fn, s, dtype)
+        s = dense(self, x.shape[-1], name="fc")(s)
+        return x * apply_accumulated(self.gate_fn, s, dtype)
 
 
 class ChannelAttn(nn.Module):
@@ -179,18 +150,11 @@ class ChannelAttn(nn.Module):
         )
         dtype = compute_dtype(x, self.dtype, self.param_dtype)
         x = x.astype(dtype)
-        dense = dict(
-            use_bias=self.mlp_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            kernel_init=self.kernel_init,
-            bias_init=self.bias_init,
-        )
-        fc1, fc2 = nn.Dense(rd, name="fc1", **dense), nn.Dense(c, name="fc2", **dense)
+        fc1 = dense(self, rd, name="fc1", use_bias=self.mlp_bias)
+        fc2 = dense(self, c, name="fc2", use_bias=self.mlp_bias)
         mlp = lambda v: fc2(self.act_fn(fc1(v)))  # noqa: E731
-        s = mlp(_mean_hw(x, dtype, keepdims=True)) + mlp(jnp.max(x, axis=(1, 2), keepdims=True))
-        return x * _gate(self.gate_fn, s, dtype)
+        s = mlp(mean(x, (1, 2), dtype, keepdims=True)) + mlp(jnp.max(x, axis=(1, 2), keepdims=True))
+        return x * apply_accumulated(self.gate_fn, s, dtype)
 
 
 class SpatialAttn(nn.Module):
@@ -198,8 +162,7 @@ class SpatialAttn(nn.Module):
 
     kernel_size: int = 7
     gate_fn: Callable[[Array], Array] = nn.sigmoid
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
+    norm_layer: ModuleDef = BatchNorm
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     precision: Any = None
@@ -210,21 +173,21 @@ class SpatialAttn(nn.Module):
         k = odd_kernel_size("spatial_kernel_size", self.kernel_size)
         dtype = compute_dtype(x, self.dtype, self.param_dtype)
         x = x.astype(dtype)
-        mean = jnp.mean(x.astype(accumulation_dtype(dtype)), axis=-1, keepdims=True)
-        s = jnp.concatenate([mean.astype(dtype), jnp.max(x, axis=-1, keepdims=True)], axis=-1)
+        s = jnp.concatenate(
+            [mean(x, -1, dtype, keepdims=True), jnp.max(x, axis=-1, keepdims=True)], axis=-1
+        )
         s = ConvNormAct(
             1,
             k,
             apply_act=False,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
+            norm_layer=self.norm_layer,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             precision=self.precision,
             kernel_init=self.kernel_init,
             name="conv",
         )(s, train)
-        return x * _gate(self.gate_fn, s, dtype)
+        return x * apply_accumulated(self.gate_fn, s, dtype)
 
 
 class CbamModule(nn.Module):
@@ -240,7 +203,8 @@ class CbamModule(nn.Module):
         spatial_kernel_size: the spatial conv's kernel size (odd, default 7).
         act_fn, gate_fn: the MLP activation and both gates.
         mlp_bias: whether the MLP's dense layers have biases (timm: no).
-        bn_momentum, bn_epsilon: the spatial BatchNorm's, Flax convention.
+        norm_layer: factory of the spatial attention's norm (default :class:`BatchNorm`), as
+            in :class:`ConvNormAct`.
         dtype, param_dtype, precision, kernel_init, bias_init: of the layers.
 
     Call as ``module.apply(variables, x, train=False)``; in training pass ``train=True,
@@ -263,8 +227,7 @@ class CbamModule(nn.Module):
     act_fn: Callable[[Array], Array] = nn.relu
     gate_fn: Callable[[Array], Array] = nn.sigmoid
     mlp_bias: bool = False
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
+    norm_layer: ModuleDef = BatchNorm
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     precision: Any = None
@@ -273,8 +236,8 @@ class CbamModule(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        check_image(x)
-        dtypes = dict(
+        check_input(x)
+        options = dict(
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             precision=self.precision,
@@ -289,13 +252,8 @@ class CbamModule(nn.Module):
             self.mlp_bias,
             bias_init=self.bias_init,
             name="channel",
-            **dtypes,
+            **options,
         )(x)
         return SpatialAttn(
-            self.spatial_kernel_size,
-            self.gate_fn,
-            self.bn_momentum,
-            self.bn_epsilon,
-            name="spatial",
-            **dtypes,
+            self.spatial_kernel_size, self.gate_fn, self.norm_layer, name="spatial", **options
         )(x, train)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from se_flax._squeeze_excite import accumulation_dtype, compute_dtype
+from se_flax._dtypes import Dtype, accumulation_dtype, compute_dtype
 
 __all__ = ["BatchNorm"]
 
@@ -44,8 +43,8 @@ class BatchNorm(nn.Module):
     use_running_average: bool = False
     momentum: float = 0.9
     epsilon: float = 1e-5
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
     scale_init: nn.initializers.Initializer = nn.initializers.ones_init()
     bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
 

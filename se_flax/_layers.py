@@ -1,4 +1,5 @@
-"""Convolution building blocks shared by the backbones and the SE family's Flax modules."""
+"""Building blocks shared by the Flax modules: initialisers, the input check, dense layers with
+their owner's options, convolutions (``PointwiseConv`` for 1x1) and ``ConvNormAct``."""
 
 from __future__ import annotations
 
@@ -9,13 +10,64 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from se_common import conv_padding
+from se_common import check_feature_map, conv_padding
 from se_flax._batchnorm import BatchNorm
+from se_flax._dtypes import Dtype
 
-__all__ = ["ConvNormAct", "PointwiseConv", "conv", "conv_kernel_init", "pad"]
+__all__ = [
+    "ConvNormAct",
+    "ModuleDef",
+    "PointwiseConv",
+    "check_input",
+    "conv",
+    "conv_kernel_init",
+    "default_bias_init",
+    "default_kernel_init",
+    "dense",
+    "pad",
+]
 
+ModuleDef = Callable[..., nn.Module]  # a linen module class, or a functools.partial of one
+
+default_kernel_init = nn.initializers.lecun_normal()  # nn.Dense's and nn.Conv's defaults
+default_bias_init = nn.initializers.zeros_init()
 # PyTorch's kaiming_normal_(mode="fan_out", nonlinearity="relu"), as timm initialises convs.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def check_input(x: jax.Array, *, channels: int | None = None, spatial_dims: int | None = 2) -> None:
+    """Clear errors unless ``x`` is a floating ``(N, *spatial, C)`` map.
+
+    Args:
+        channels: the C the module's weights are for; ``None`` accepts any.
+        spatial_dims: the exact number of spatial axes; ``None`` accepts any >= 1.
+    """
+    if channels is None:
+        channels = x.shape[-1] if x.ndim else 0
+    check_feature_map(
+        x.shape,
+        x.dtype,
+        jnp.issubdtype(x.dtype, jnp.floating),
+        channels,
+        channels_last=True,
+        spatial_dims=spatial_dims,
+    )
+
+
+def dense(owner: nn.Module, features: int, *, name: str, use_bias: bool = True) -> nn.Dense:
+    """``nn.Dense`` with its owner's ``dtype``, ``param_dtype``, ``precision``, ``kernel_init``
+    and ``bias_init`` (the default bias init if the owner has none): the one place where the
+    attention layers' options meet their dense layers."""
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=owner.dtype,
+        param_dtype=owner.param_dtype,
+        precision=owner.precision,
+        kernel_init=owner.kernel_init,
+        bias_init=getattr(owner, "bias_init", default_bias_init),
+        name=name,
+    )
 
 
 def pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -35,11 +87,11 @@ class PointwiseConv(nn.Module):
     features: int
     strides: tuple[int, int] = (1, 1)
     use_bias: bool = False
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
     precision: Any = None
-    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+    kernel_init: nn.initializers.Initializer = default_kernel_init
+    bias_init: nn.initializers.Initializer = default_bias_init
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -82,7 +134,7 @@ def conv(
 
 
 class ConvNormAct(nn.Module):
-    """Conv (no bias) -> :class:`BatchNorm` -> activation, the twin of ``se_torch.ConvNormAct``.
+    """Conv (no bias) -> BatchNorm -> activation, the twin of ``se_torch.ConvNormAct``.
 
     Parameters ``conv/kernel`` ``(k, k, C_in / groups, features)`` and ``bn/*``, mirroring
     timm's ``ConvNormAct`` keys ``conv.weight`` and ``bn.*``. Padding is PyTorch's symmetric
@@ -94,11 +146,21 @@ class ConvNormAct(nn.Module):
         kernel_size, stride, dilation, groups: of the convolution.
         apply_act: whether ``act_fn`` follows the BatchNorm.
         act_fn: the activation (default ``nn.relu``).
-        bn_momentum, bn_epsilon: BatchNorm options, Flax convention (PyTorch's 0.1 is 0.9).
-        dtype, param_dtype, precision: as in ``nn.Conv``.
-        kernel_init: the conv's initializer; bn_scale_init: the BatchNorm scale's.
+        norm_layer: factory of the norm, called with ``use_running_average``, ``dtype``,
+            ``param_dtype`` and ``name`` (default :class:`BatchNorm`; for other options,
+            ``functools.partial(BatchNorm, momentum=0.7, epsilon=1e-3)``).
+        dtype, param_dtype, precision, kernel_init: of the convolution (and the norm's dtypes).
 
     Call as ``module.apply(variables, x, train=False)`` (``mutable=["batch_stats"]`` in training).
+
+    Shapes:
+        input ``(N, H, W, C_in)``; output ``(N, H / stride, W / stride, features)``.
+
+    Example:
+        >>> cna = ConvNormAct(32, 3, stride=2)
+        >>> x = jnp.ones((2, 8, 8, 16))
+        >>> cna.apply(cna.init(jax.random.key(0), x), x).shape
+        (2, 4, 4, 32)
     """
 
     features: int
@@ -108,13 +170,11 @@ class ConvNormAct(nn.Module):
     groups: int = 1
     apply_act: bool = True
     act_fn: Callable[[jax.Array], jax.Array] = nn.relu
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
+    norm_layer: ModuleDef = BatchNorm
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
     precision: Any = None
-    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-    bn_scale_init: nn.initializers.Initializer = nn.initializers.ones_init()
+    kernel_init: nn.initializers.Initializer = default_kernel_init
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -134,12 +194,5 @@ class ConvNormAct(nn.Module):
             name="conv",
             **dtypes,
         )(x)
-        y = BatchNorm(
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            scale_init=self.bn_scale_init,
-            name="bn",
-            **dtypes,
-        )(y)
+        y = self.norm_layer(use_running_average=not train, name="bn", **dtypes)(y)
         return self.act_fn(y) if self.apply_act else y

@@ -1,12 +1,18 @@
 """ResNet, ResNeXt, SK-ResNet and their attention variants in Flax linen (NHWC), twins of
 ``se_torch``'s.
 
-Submodule names mirror PyTorch's state_dict keys (``layer1.0.conv1`` is ``layer1_0/conv1``,
-``downsample.0`` is ``downsample_0``), so :mod:`se_flax.convert` maps them one to one.
+The architecture is data (:class:`se_common.ResNetConfig`). Two registries turn its names into
+modules: :data:`BLOCKS` maps a block type to its class, :data:`ATTN_LAYERS` an attention name to
+its factory (``se_common`` holds the names). Every option of the layers lives once, in the
+:class:`BlockLayers` the backbone hands to each block; the mode reaches a block once, as its
+``train`` argument. Submodule names mirror PyTorch's state_dict keys (``layer1.0.conv1`` is
+``layer1_0/conv1``, ``downsample.0`` is ``downsample_0``), so :mod:`se_flax.convert` maps them one
+to one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,36 +21,32 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from se_common import (
-    BlockSpec,
-    ResNetConfig,
-    SelectiveKernelConfig,
-    check_feature_map,
-    check_head_options,
-    model_config,
-)
+from se_common import BlockSpec, ResNetConfig, check_head_options, lookup, model_config
 from se_flax._attention import CbamModule, EcaModule, EffectiveSEModule
 from se_flax._batchnorm import BatchNorm
-from se_flax._layers import ConvNormAct, conv_kernel_init, pad
-from se_flax._layers import conv as _conv
+from se_flax._dtypes import Dtype, compute_dtype, mean
+from se_flax._layers import ConvNormAct, ModuleDef, check_input, conv, conv_kernel_init, pad
 from se_flax._selective_kernel import SelectiveKernel
-from se_flax._squeeze_excite import SqueezeExcite, accumulation_dtype, compute_dtype
+from se_flax._squeeze_excite import SqueezeExcite
 
 __all__ = [
     "ATTN_LAYERS",
+    "BLOCKS",
     "BasicBlock",
+    "BlockLayers",
     "Bottleneck",
     "ResNet",
+    "ResidualBlock",
     "SelectiveKernelBasic",
     "SelectiveKernelBottleneck",
     "create_model",
 ]
 
-ModuleDef = Callable[..., nn.Module]
+Activation = Callable[[jax.Array], jax.Array]
 
-# Attention layers by the names used in model configs (timm's ``create_attn`` names). Each is a
-# linen module factory called as factory(name="se", dtype=..., param_dtype=...) and applied as
-# layer(x, train=...); channels come from its input.
+# Attention layers by their se_common.ATTENTION names. Each is a linen module factory called as
+# factory(name="se", dtype=..., param_dtype=...) and applied as layer(x, train=...); channels
+# come from its input.
 ATTN_LAYERS: dict[str, ModuleDef] = {
     "se": SqueezeExcite,
     "eca": EcaModule,
@@ -53,138 +55,205 @@ ATTN_LAYERS: dict[str, ModuleDef] = {
 }
 
 
-class _ResidualBlock(nn.Module):
-    """What all block types share: options, and the tail attention -> + shortcut -> act."""
+@dataclasses.dataclass(frozen=True)
+class BlockLayers:
+    """How a backbone builds its layers: each option is a field here, applied in one method per
+    kind of layer. :class:`ResNet` makes one and hands it to every block (and its stem).
 
-    spec: BlockSpec
-    conv: ModuleDef
-    norm: ModuleDef
-    act: Callable[[jax.Array], jax.Array]
+    Attributes:
+        act_fn: the activation.
+        norm_layer: factory of the norms, called with ``use_running_average``, ``dtype``,
+            ``param_dtype``, ``name`` (and ``scale_init`` for a block's last norm when
+            ``zero_init_last``), as ``flax.linen.BatchNorm`` takes them; its own options
+            (momentum, epsilon) are bound in it, e.g. ``partial(BatchNorm, epsilon=1e-3)``.
+        attn_layer: factory of the blocks' attention layer, or ``None``.
+        zero_init_last: initialise each block's last norm scale to zero.
+        dtype, param_dtype, precision, kernel_init: of every convolution (and the norms' and
+            attention layers' dtypes).
+    """
+
+    act_fn: Activation = nn.relu
+    norm_layer: ModuleDef = BatchNorm
     attn_layer: ModuleDef | None = None
     zero_init_last: bool = True
-    train: bool = False
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+    kernel_init: nn.initializers.Initializer = conv_kernel_init
 
-    def last_scale_init(self) -> nn.initializers.Initializer:
-        """The last BatchNorm's scale initialiser: zeros with ``zero_init_last``, else ones."""
-        return nn.initializers.zeros_init() if self.zero_init_last else nn.initializers.ones_init()
+    def conv(self, features: int, kernel_size: int, stride: int = 1, *, groups: int = 1, name: str):
+        """A bias-free convolution with PyTorch's symmetric padding ``kernel_size // 2``."""
+        return conv(
+            features,
+            (kernel_size, kernel_size),
+            (stride, stride),
+            pad(kernel_size),
+            feature_group_count=groups,
+            use_bias=False,
+            kernel_init=self.kernel_init,
+            precision=self.precision,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
 
-    def last_norm(self, name: str) -> nn.Module:
-        return self.norm(name=name, scale_init=self.last_scale_init())
+    def _norm_layer(self, last: bool) -> ModuleDef:
+        if last and self.zero_init_last:
+            return functools.partial(self.norm_layer, scale_init=nn.initializers.zeros_init())
+        return self.norm_layer
 
-    def residual(self, y: jax.Array, x: jax.Array) -> jax.Array:
-        s = self.spec
-        if self.attn_layer is not None:
-            y = self.attn_layer(name="se")(y, train=self.train)
-        if s.downsample:
-            x = self.conv(
-                s.out_channels, (1, 1), (s.stride, s.stride), pad(1), name="downsample_0"
-            )(x)
-            x = self.norm(name="downsample_1")(x)
-        return self.act(y + x)
+    def norm(self, train: bool, *, name: str, last: bool = False) -> nn.Module:
+        """A norm in the mode ``train``; ``last`` marks a block's last one (``zero_init_last``)."""
+        return self._norm_layer(last)(
+            use_running_average=not train,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
 
-
-class BasicBlock(_ResidualBlock):
-    """Two 3x3 convolutions (stride on the first), attention, residual sum. NHWC."""
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        s = self.spec
-        y = self.conv(s.width, (3, 3), (s.stride, s.stride), pad(3), name="conv1")(x)
-        y = self.act(self.norm(name="bn1")(y))
-        y = self.conv(s.out_channels, (3, 3), (1, 1), pad(3), name="conv2")(y)
-        return self.residual(self.last_norm("bn2")(y), x)
-
-
-class Bottleneck(_ResidualBlock):
-    """1x1 reduce, 3x3 grouped (stride here, "v1.5"), 1x1 expand, attention, residual sum."""
-
-    cardinality: int = 1
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        s = self.spec
-        y = self.conv(s.width, (1, 1), (1, 1), pad(1), name="conv1")(x)
-        y = self.act(self.norm(name="bn1")(y))
-        y = self.conv(
-            s.width,
-            (3, 3),
-            (s.stride, s.stride),
-            pad(3),
-            feature_group_count=self.cardinality,
-            name="conv2",
-        )(y)
-        y = self.act(self.norm(name="bn2")(y))
-        y = self.conv(s.out_channels, (1, 1), (1, 1), pad(1), name="conv3")(y)
-        return self.residual(self.last_norm("bn3")(y), x)
-
-
-class _SelectiveKernelBlock(_ResidualBlock):
-    """The options SK blocks add: the SK unit's and the layers' (dtype, BatchNorm, init)."""
-
-    sk: SelectiveKernelConfig = SelectiveKernelConfig()
-    layer: Any = None  # dict of ConvNormAct / SelectiveKernel options
-
-    def conv_norm_act(self, features: int, kernel_size: int, name: str) -> nn.Module:
-        return ConvNormAct(features, kernel_size, act_fn=self.act, name=name, **self.layer)
-
-    def last_conv_norm(self, features: int, kernel_size: int, name: str) -> nn.Module:
-        """The block's last conv + BatchNorm, no activation (it follows the residual sum)."""
+    def conv_norm_act(
+        self,
+        features: int,
+        kernel_size: int,
+        *,
+        apply_act: bool = True,
+        last: bool = False,
+        name: str,
+    ) -> ConvNormAct:
+        """timm's ``ConvNormAct`` (SK blocks), applied as ``layer(x, train)``."""
         return ConvNormAct(
             features,
             kernel_size,
-            apply_act=False,
-            bn_scale_init=self.last_scale_init(),
+            apply_act=apply_act,
+            act_fn=self.act_fn,
+            norm_layer=self._norm_layer(last),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            kernel_init=self.kernel_init,
             name=name,
-            **self.layer,
         )
 
-    def selective_kernel(self, features: int, name: str, groups: int = 1) -> nn.Module:
-        sk = self.sk
+    def selective_kernel(self, spec: BlockSpec, *, name: str) -> SelectiveKernel:
+        """The block's Selective Kernel unit, from ``spec.sk`` (stride and groups of its 3x3)."""
+        sk = spec.sk
         return SelectiveKernel(
-            features,
+            spec.width,
             sk.kernel_size,
-            self.spec.stride,
-            groups=groups,
+            spec.stride,
+            groups=spec.groups,
             rd_ratio=sk.rd_ratio,
             rd_divisor=sk.rd_divisor,
             keep_3x3=sk.keep_3x3,
             split_input=sk.split_input,
-            act_fn=self.act,
+            act_fn=self.act_fn,
+            norm_layer=self.norm_layer,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            kernel_init=self.kernel_init,
             name=name,
-            **self.layer,
         )
 
+    def attn(self, *, name: str = "se") -> nn.Module | None:
+        """The attention layer, applied as ``layer(y, train=...)``, or ``None``."""
+        if self.attn_layer is None:
+            return None
+        return self.attn_layer(name=name, dtype=self.dtype, param_dtype=self.param_dtype)
 
-class SelectiveKernelBasic(_SelectiveKernelBlock):
+
+class ResidualBlock(nn.Module):
+    """Base of the residual blocks. A block type is a subclass registered in :data:`BLOCKS`.
+
+    Every block is built as ``Block(spec, layers)`` (a :class:`se_common.BlockSpec` and the
+    backbone's :class:`BlockLayers`) and applied as ``block(x, train)``. A subclass computes its
+    branch ``y`` with ``layers`` (its last norm with ``last=True``) and returns
+    ``self.residual(y, x, train)``.
+    """
+
+    spec: BlockSpec
+    layers: BlockLayers = BlockLayers()
+
+    def residual(self, y: jax.Array, x: jax.Array, train: bool) -> jax.Array:
+        """Attention on the branch ``y``, plus the (downsampled) shortcut ``x``, activated."""
+        s, layers = self.spec, self.layers
+        attn = layers.attn(name="se")
+        if attn is not None:
+            y = attn(y, train=train)
+        if s.downsample:
+            x = layers.conv(s.out_channels, 1, s.stride, name="downsample_0")(x)
+            x = layers.norm(train, name="downsample_1")(x)
+        return layers.act_fn(y + x)
+
+
+class BasicBlock(ResidualBlock):
+    """Two 3x3 convolutions (stride on the first), attention, residual sum. NHWC."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        s, layers = self.spec, self.layers
+        y = layers.conv(s.width, 3, s.stride, name="conv1")(x)
+        y = layers.act_fn(layers.norm(train, name="bn1")(y))
+        y = layers.conv(s.out_channels, 3, name="conv2")(y)
+        return self.residual(layers.norm(train, name="bn2", last=True)(y), x, train)
+
+
+class Bottleneck(ResidualBlock):
+    """1x1 reduce, 3x3 grouped (stride here, "v1.5"), 1x1 expand, attention, residual sum."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        s, layers = self.spec, self.layers
+        y = layers.conv(s.width, 1, name="conv1")(x)
+        y = layers.act_fn(layers.norm(train, name="bn1")(y))
+        y = layers.conv(s.width, 3, s.stride, groups=s.groups, name="conv2")(y)
+        y = layers.act_fn(layers.norm(train, name="bn2")(y))
+        y = layers.conv(s.out_channels, 1, name="conv3")(y)
+        return self.residual(layers.norm(train, name="bn3", last=True)(y), x, train)
+
+
+class SelectiveKernelBasic(ResidualBlock):
     """timm's SK basic block: SelectiveKernel (stride here), ConvNormAct 3x3, attention, sum."""
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        s = self.spec
-        y = self.selective_kernel(s.width, "conv1")(x, self.train)
-        y = self.last_conv_norm(s.out_channels, 3, "conv2")(y, self.train)
-        return self.residual(y, x)
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        s, layers = self.spec, self.layers
+        y = layers.selective_kernel(s, name="conv1")(x, train)
+        y = layers.conv_norm_act(s.out_channels, 3, apply_act=False, last=True, name="conv2")(
+            y, train
+        )
+        return self.residual(y, x, train)
 
 
-class SelectiveKernelBottleneck(_SelectiveKernelBlock):
+class SelectiveKernelBottleneck(ResidualBlock):
     """timm's SK bottleneck: 1x1 reduce, SelectiveKernel (grouped, stride here), 1x1 expand."""
 
-    cardinality: int = 1
-
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        s = self.spec
-        y = self.conv_norm_act(s.width, 1, "conv1")(x, self.train)
-        y = self.selective_kernel(s.width, "conv2", self.cardinality)(y, self.train)
-        y = self.last_conv_norm(s.out_channels, 1, "conv3")(y, self.train)
-        return self.residual(y, x)
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        s, layers = self.spec, self.layers
+        y = layers.conv_norm_act(s.width, 1, name="conv1")(x, train)
+        y = layers.selective_kernel(s, name="conv2")(y, train)
+        y = layers.conv_norm_act(s.out_channels, 1, apply_act=False, last=True, name="conv3")(
+            y, train
+        )
+        return self.residual(y, x, train)
+
+
+# Block classes by their se_common.BLOCK_TYPES names.
+BLOCKS: dict[str, type[ResidualBlock]] = {
+    "basic": BasicBlock,
+    "bottleneck": Bottleneck,
+    "sk_basic": SelectiveKernelBasic,
+    "sk_bottleneck": SelectiveKernelBottleneck,
+}
 
 
 class ResNet(nn.Module):
     """A ResNet-family network described by a :class:`se_common.ResNetConfig`. NHWC.
 
     Attributes:
-        config: depths, block type, cardinality, base width and attention layer name.
+        config: depths, block type (a :data:`BLOCKS` class), cardinality, base width and
+            attention layer name (an :data:`ATTN_LAYERS` factory).
         num_classes: classifier outputs; 0 returns the pooled features.
         in_chans: input channels (checked against the input).
         features_only: return feature maps instead of logits (no classifier is built).
@@ -193,10 +262,14 @@ class ResNet(nn.Module):
         attn_layer: overrides the config's attention layer: a linen module factory taking
             ``name``, ``dtype`` and ``param_dtype``, whose modules are applied as
             ``layer(x, train=...)``, e.g. ``partial(SqueezeExcite, rd_ratio=0.25)``.
-        act: activation function.
+        act_fn: activation function.
+        norm_layer: factory of the norms (default :class:`BatchNorm`, PyTorch's statistics),
+            the twin of PyTorch's ``norm_layer``: its options are bound in it, e.g.
+            ``partial(BatchNorm, momentum=0.7, epsilon=1e-3)`` for PyTorch's
+            ``partial(nn.BatchNorm2d, momentum=0.3, eps=1e-3)`` (Flax's momentum convention).
+            It is called as ``flax.linen.BatchNorm`` is (see :class:`BlockLayers`).
         zero_init_last: initialise each block's last BatchNorm scale to zero; ``None`` takes the
             config's default (timm's: on for ResNets, off for SK-ResNets).
-        bn_momentum, bn_epsilon: BatchNorm options, Flax convention (PyTorch's 0.1 is 0.9).
         dtype: computation dtype (e.g. ``jnp.bfloat16``); ``param_dtype``: parameter dtype.
         precision: precision of the convolutions and the classifier.
 
@@ -220,12 +293,11 @@ class ResNet(nn.Module):
     features_only: bool = False
     out_indices: Sequence[int] = (1, 2, 3, 4)
     attn_layer: ModuleDef | None = None
-    act: Callable[[jax.Array], jax.Array] = nn.relu
+    act_fn: Activation = nn.relu
+    norm_layer: ModuleDef = BatchNorm
     zero_init_last: bool | None = None
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
     precision: Any = None
 
     def __post_init__(self) -> None:
@@ -235,76 +307,44 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | list[jax.Array]:
         cfg = self.config
-        check_feature_map(
-            x.shape,
-            x.dtype,
-            jnp.issubdtype(x.dtype, jnp.floating),
-            self.in_chans,
-            channels_last=True,
-            spatial_dims=2,
-        )
-        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        conv = functools.partial(
-            _conv,
-            use_bias=False,
-            kernel_init=conv_kernel_init,
-            precision=self.precision,
-            **dtypes,
-        )
-        norm = functools.partial(
-            BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            **dtypes,
-        )
+        check_input(x, channels=self.in_chans)
+        block = lookup(BLOCKS, cfg.block, "block", "se_flax.BLOCKS")
         attn = self.attn_layer
         if attn is None and cfg.attn is not None:
-            attn = ATTN_LAYERS[cfg.attn]
-        if attn is not None:
-            attn = functools.partial(attn, **dtypes)
+            attn = lookup(ATTN_LAYERS, cfg.attn, "attn", "se_flax.ATTN_LAYERS")
+        layers = BlockLayers(
+            act_fn=self.act_fn,
+            norm_layer=self.norm_layer,
+            attn_layer=attn,
+            zero_init_last=(
+                cfg.zero_init_last if self.zero_init_last is None else self.zero_init_last
+            ),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+        )
 
-        x = conv(cfg.feature_channels[0], (7, 7), (2, 2), pad(7), name="conv1")(x)
-        x = self.act(norm(name="bn1")(x))
+        x = layers.conv(cfg.feature_channels[0], 7, 2, name="conv1")(x)
+        x = self.act_fn(layers.norm(train, name="bn1")(x))
         features = [x]
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad(3))  # pads with -inf
-        zero_init_last = cfg.zero_init_last if self.zero_init_last is None else self.zero_init_last
-        layer = dict(  # the options of SK blocks' ConvNormAct and SelectiveKernel
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
-            precision=self.precision,
-            kernel_init=conv_kernel_init,
-            **dtypes,
-        )
         blocks = cfg.blocks()
         for i, spec in enumerate(blocks):
-            options = dict(
-                conv=conv,
-                norm=norm,
-                act=self.act,
-                attn_layer=attn,
-                zero_init_last=zero_init_last,
-                train=train,
-                name=f"layer{spec.stage}_{spec.index}",
-            )
-            if cfg.block == "basic" and cfg.sk is not None:
-                x = SelectiveKernelBasic(spec, sk=cfg.sk, layer=layer, **options)(x)
-            elif cfg.block == "basic":
-                x = BasicBlock(spec, **options)(x)
-            elif cfg.sk is not None:
-                x = SelectiveKernelBottleneck(
-                    spec, sk=cfg.sk, layer=layer, cardinality=cfg.cardinality, **options
-                )(x)
-            else:
-                x = Bottleneck(spec, cardinality=cfg.cardinality, **options)(x)
+            x = block(spec, layers, name=f"layer{spec.stage}_{spec.index}")(x, train)
             if i + 1 == len(blocks) or blocks[i + 1].stage != spec.stage:
                 features.append(x)
         if self.features_only:
             return [features[i] for i in self.out_indices]
         dtype = compute_dtype(x, self.dtype, self.param_dtype)
-        x = jnp.mean(x.astype(accumulation_dtype(dtype)), axis=(1, 2)).astype(dtype)
+        x = mean(x, (1, 2), dtype)
         if self.num_classes:
-            x = nn.Dense(self.num_classes, name="fc", precision=self.precision, **dtypes)(x)
+            x = nn.Dense(
+                self.num_classes,
+                precision=self.precision,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="fc",
+            )(x)
         return x
 
 
@@ -314,11 +354,11 @@ def create_model(name: str, **kwargs: Any) -> ResNet:
     Args:
         name: e.g. ``"seresnet50"``, ``"seresnext50_32x4d"``, ``"resnet18"``, ``"skresnet18"``.
         **kwargs: fields of :class:`ResNet` (``num_classes``, ``in_chans``, ``features_only``,
-            ``out_indices``, ``attn_layer``, ``dtype``, ...), or ``attn=`` one of
-            :data:`ATTN_LAYERS`' names (``"se"``, ``"eca"``, ``"cbam"``, ``"ese"``) or ``None``
-            to change the config's attention layer by name.
+            ``out_indices``, ``attn_layer``, ``dtype``, ...), or ``attn=`` a name of
+            ``se_common.ATTENTION`` (``"se"``, ``"eca"``, ``"cbam"``, ``"ese"``) or ``None`` to
+            change the config's attention layer by name.
 
     Example:
         >>> model = create_model("seresnet50", dtype=jnp.bfloat16)
     """
-    return ResNet(model_config(name, kwargs, ATTN_LAYERS), **kwargs)
+    return ResNet(model_config(name, kwargs), **kwargs)

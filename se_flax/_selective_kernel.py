@@ -14,10 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from se_common import out_channels_or, resolve_rd_channels, selective_kernel_paths
-from se_flax._attention import check_image
 from se_flax._batchnorm import BatchNorm
-from se_flax._layers import ConvNormAct
-from se_flax._squeeze_excite import accumulation_dtype, compute_dtype, default_kernel_init
+from se_flax._dtypes import Dtype, accumulation_dtype, compute_dtype, mean
+from se_flax._layers import ConvNormAct, ModuleDef, check_input, default_kernel_init, dense
 
 __all__ = ["SelectiveKernel", "SelectiveKernelAttn"]
 
@@ -27,14 +26,24 @@ Array = jax.Array
 class SelectiveKernelAttn(nn.Module):
     """Fuse and select: ``(N, P, H, W, C)`` -> softmax weights over P, ``(N, P, 1, 1, C)``.
 
-    Its BatchNorm keeps PyTorch's defaults (momentum 0.1, eps 1e-5), as timm's does.
+    ``softmax_P(fc_select(act(bn(fc_reduce(mean_hw(sum_P x))))))``, the twin of
+    ``se_torch.SelectiveKernelAttn``; C is read from the input.
+
+    Attributes:
+        num_paths: P (default 2).
+        attn_channels: width of the hidden layer (default 32).
+        act_fn: the activation (default ``nn.relu``).
+        norm_layer: factory of the norm, as in :class:`ConvNormAct` (default :class:`BatchNorm`
+            with PyTorch's defaults, as timm's).
+        dtype, param_dtype, precision, kernel_init: of the layers.
     """
 
-    num_paths: int
-    attn_channels: int
+    num_paths: int = 2
+    attn_channels: int = 32
     act_fn: Callable[[Array], Array] = nn.relu
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
+    norm_layer: ModuleDef = BatchNorm
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
     precision: Any = None
     kernel_init: nn.initializers.Initializer = default_kernel_init
 
@@ -42,25 +51,17 @@ class SelectiveKernelAttn(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         n, _, _, _, c = x.shape
         dtype = compute_dtype(x, self.dtype, self.param_dtype)
-        acc = accumulation_dtype(dtype)
-        s = jnp.sum(x.astype(dtype), axis=1)
-        s = jnp.mean(s.astype(acc), axis=(1, 2), keepdims=True).astype(dtype)
-        dense = dict(
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            kernel_init=self.kernel_init,
-        )
-        s = nn.Dense(self.attn_channels, name="fc_reduce", **dense)(s)
-        s = BatchNorm(
+        s = mean(jnp.sum(x.astype(dtype), axis=1), (1, 2), dtype, keepdims=True)
+        s = dense(self, self.attn_channels, name="fc_reduce", use_bias=False)(s)
+        s = self.norm_layer(
             use_running_average=not train,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="bn",
         )(s)
-        s = nn.Dense(c * self.num_paths, name="fc_select", **dense)(self.act_fn(s))
+        s = dense(self, c * self.num_paths, name="fc_select", use_bias=False)(self.act_fn(s))
         s = s.reshape(n, self.num_paths, 1, 1, c)  # PyTorch's view(N, P, C, 1, 1)
+        acc = accumulation_dtype(dtype)
         return jax.nn.softmax(s.astype(acc), axis=1).astype(dtype)
 
 
@@ -72,31 +73,32 @@ class SelectiveKernel(nn.Module):
     their sum. ``C_in`` comes from the input.
 
     Attributes:
-        out_channels: output channels (default: the input's).
+        features: output channels (default: the input's; PyTorch's ``out_channels``).
         kernel_size: receptive field of each path (default ``(3, 5)``).
-        stride, dilation, groups: of every path's conv (``groups`` capped at ``out_channels``).
+        stride, dilation, groups: of every path's conv (``groups`` capped at ``features``).
         rd_ratio, rd_channels, rd_divisor: width of the attention's hidden layer, by default
-            timm's ``make_divisible(out_channels / 16, 8)`` (round_limit 0.9).
+            timm's ``make_divisible(features / 16, 8)`` (round_limit 0.9).
         keep_3x3: make every path a 3x3 conv, dilated to reach its kernel size.
         split_input: each path sees its own ``C_in / paths`` slice of the input.
         act_fn: the paths' activation (the attention keeps ReLU, as timm's).
-        bn_momentum, bn_epsilon: the paths' BatchNorm options, Flax convention.
+        norm_layer: factory of the paths' norm, as in :class:`ConvNormAct` (the attention keeps
+            a default :class:`BatchNorm`, as timm's).
         dtype, param_dtype, precision, kernel_init: of the layers.
 
     Call as ``module.apply(variables, x, train=False)``; in training pass ``train=True,
     mutable=["batch_stats"]``.
 
     Shapes:
-        input ``(N, H, W, C_in)``; output ``(N, H / stride, W / stride, out_channels)``.
+        input ``(N, H, W, C_in)``; output ``(N, H / stride, W / stride, features)``.
 
     Example:
-        >>> sk = SelectiveKernel(out_channels=128, stride=2)
+        >>> sk = SelectiveKernel(features=128, stride=2)
         >>> x = jnp.ones((2, 8, 8, 64))
         >>> sk.apply(sk.init(jax.random.key(0), x), x).shape
         (2, 4, 4, 128)
     """
 
-    out_channels: int | None = None
+    features: int | None = None
     kernel_size: int | Sequence[int] | None = None
     stride: int = 1
     dilation: int = 1
@@ -107,22 +109,21 @@ class SelectiveKernel(nn.Module):
     keep_3x3: bool = True
     split_input: bool = True
     act_fn: Callable[[Array], Array] = nn.relu
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
+    norm_layer: ModuleDef = BatchNorm
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
     precision: Any = None
     kernel_init: nn.initializers.Initializer = default_kernel_init
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        check_image(x)
+        check_input(x)
         in_channels = x.shape[-1]
         kernel_size = self.kernel_size
         if isinstance(kernel_size, tuple):  # linen may hand a list attribute back as a tuple
             kernel_size = list(kernel_size)
         paths = selective_kernel_paths(kernel_size, self.dilation, self.keep_3x3)
-        out = out_channels_or(self.out_channels, in_channels)
+        out = out_channels_or(self.features, in_channels, "features")
         if self.split_input:
             if in_channels % len(paths):
                 raise ValueError(
@@ -147,8 +148,7 @@ class SelectiveKernel(nn.Module):
                     d,
                     min(out, self.groups),
                     act_fn=self.act_fn,
-                    bn_momentum=self.bn_momentum,
-                    bn_epsilon=self.bn_epsilon,
+                    norm_layer=self.norm_layer,
                     name=f"paths_{i}",
                     **options,
                 )(xi, train)

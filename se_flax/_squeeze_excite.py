@@ -1,4 +1,4 @@
-"""Squeeze-and-Excitation block in Flax linen (channels last, any number of spatial axes).
+"""Squeeze-and-Excitation blocks in Flax linen (channels last, any number of spatial axes).
 
 Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018, eq. 2-4:
 ``z = mean_{spatial}(x)`` (squeeze), ``s = σ(W2 δ(W1 z))`` (excite), ``y = s ⊙ x`` (scale).
@@ -13,25 +13,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from se_common import check_feature_map, resolve_rd_channels
+from se_common import classic_rd_channels, resolve_rd_channels
+from se_flax._dtypes import Dtype, apply_accumulated, compute_dtype, mean
+from se_flax._layers import check_input, default_bias_init, default_kernel_init, dense
 
-__all__ = ["SqueezeExcite", "squeeze_excite"]
+__all__ = ["SELayer", "SqueezeExcite", "squeeze_excite"]
 
 Array = jax.Array
-Dtype = Any
-
-default_kernel_init = nn.initializers.lecun_normal()
-default_bias_init = nn.initializers.zeros_init()
-
-
-def compute_dtype(x: Array, dtype: Dtype | None, param_dtype: Dtype) -> jnp.dtype:
-    """The dtype to compute in: ``dtype`` if given, else Flax's promotion of input and params."""
-    return jnp.dtype(dtype) if dtype is not None else jnp.promote_types(x.dtype, param_dtype)
-
-
-def accumulation_dtype(dtype: Dtype) -> jnp.dtype:
-    """float32 for 16-bit dtypes, else ``dtype``: what reductions and gates are computed in."""
-    return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
 
 
 def squeeze_excite(
@@ -49,27 +37,21 @@ def squeeze_excite(
         fc1, fc2: the reduce (C -> rd) and expand (rd -> C) dense layers.
         act_fn, gate_fn: δ and σ of the paper's eq. 3.
         dtype: computation and output dtype. Below 32 bits, pooling, ``act_fn`` and
-            ``gate_fn`` run in float32 and round once to ``dtype``, as PyTorch's kernels do; they
-            touch only N * C values, so this costs nothing and keeps the gate correctly rounded.
+            ``gate_fn`` run in float32 and round once to ``dtype`` (see :mod:`se_flax._dtypes`).
 
     Returns:
         ``x * gate`` of shape ``(N, *spatial, C)`` and dtype ``dtype``.
     """
-    acc = accumulation_dtype(dtype)
-
-    def in_acc(fn: Callable[[Array], Array], v: Array) -> Array:
-        return fn(v.astype(acc)).astype(dtype)
-
-    z = jnp.mean(x.astype(acc), axis=tuple(range(1, x.ndim - 1)), keepdims=True).astype(dtype)
-    s = in_acc(gate_fn, fc2(in_acc(act_fn, fc1(z))))
+    z = mean(x, range(1, x.ndim - 1), dtype, keepdims=True)
+    s = apply_accumulated(gate_fn, fc2(apply_accumulated(act_fn, fc1(z), dtype)), dtype)
     return x.astype(dtype) * s
 
 
-def check_input(x: Array, channels: int) -> None:
-    """Raises a clear error for a non-floating input, rank < 3, or a wrong channel count."""
-    check_feature_map(
-        x.shape, x.dtype, jnp.issubdtype(x.dtype, jnp.floating), channels, channels_last=True
-    )
+def _weight_channels(module: nn.Module, x: Array) -> int:
+    """C of the module's existing ``fc1`` weights, else the input's (when initialising)."""
+    if module.has_variable("params", "fc1"):
+        return module.variables["params"]["fc1"]["kernel"].shape[0]
+    return x.shape[-1] if x.ndim else 0
 
 
 class SqueezeExcite(nn.Module):
@@ -119,24 +101,57 @@ class SqueezeExcite(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """``train`` has no effect (no statistics); every attention layer takes it."""
-        channels = x.shape[-1] if x.ndim else 0
-        if self.has_variable("params", "fc1"):
-            channels = self.variables["params"]["fc1"]["kernel"].shape[0]
-        check_input(x, channels)
+        channels = _weight_channels(self, x)
+        check_input(x, channels=channels, spatial_dims=None)
         rd = resolve_rd_channels(channels, self.rd_ratio, self.rd_channels, self.rd_divisor)
-        dense = dict(
-            use_bias=self.use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            kernel_init=self.kernel_init,
-            bias_init=self.bias_init,
-        )
         return squeeze_excite(
             x,
-            nn.Dense(rd, name="fc1", **dense),
-            nn.Dense(channels, name="fc2", **dense),
+            dense(self, rd, name="fc1", use_bias=self.use_bias),
+            dense(self, channels, name="fc2", use_bias=self.use_bias),
             self.act_fn,
             self.gate_fn,
+            compute_dtype(x, self.dtype, self.param_dtype),
+        )
+
+
+class SELayer(nn.Module):
+    """The classic SE recipe (linen), the twin of ``se_torch.SELayer``: dense layers without
+    bias, hidden width ``C // reduction``, ReLU and sigmoid.
+
+    Parameters ``fc1/kernel`` (C, C // r) and ``fc2/kernel`` (C // r, C): the classic
+    state_dict's ``fc.0.weight`` and ``fc.2.weight`` convert to them with no options.
+
+    Attributes:
+        reduction: the reduction ratio r (default 16).
+        dtype, param_dtype, precision, kernel_init: as in :class:`SqueezeExcite`.
+
+    Shapes:
+        input ``(N, H, W, C)`` (as the classic recipe, two spatial axes); output the same.
+
+    Example:
+        >>> se = SELayer(reduction=16)
+        >>> x = jnp.ones((2, 7, 7, 64))
+        >>> se.apply(se.init(jax.random.key(0), x), x).shape
+        (2, 7, 7, 64)
+    """
+
+    reduction: int = 16
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+    kernel_init: nn.initializers.Initializer = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        """``train`` has no effect (no statistics); every attention layer takes it."""
+        channels = _weight_channels(self, x)
+        check_input(x, channels=channels)
+        rd = classic_rd_channels(channels, self.reduction)
+        return squeeze_excite(
+            x,
+            dense(self, rd, name="fc1", use_bias=False),
+            dense(self, channels, name="fc2", use_bias=False),
+            nn.relu,
+            nn.sigmoid,
             compute_dtype(x, self.dtype, self.param_dtype),
         )

@@ -1,21 +1,18 @@
 """PyTorch Squeeze-and-Excitation modules and relatives (NCHW), twins of ``se_flax``'s."""
 
 from se_common import make_divisible, resolve_rd_channels
-from se_torch._attention import (
-    CbamModule,
-    ChannelAttn,
-    ConvNormAct,
-    EcaModule,
-    EffectiveSEModule,
-    SpatialAttn,
-)
+from se_torch._attention import CbamModule, ChannelAttn, EcaModule, EffectiveSEModule, SpatialAttn
+from se_torch._layers import ConvNormAct
 from se_torch._resnet import (
     ATTN_LAYERS,
+    BLOCKS,
     BasicBlock,
     Bottleneck,
+    ResidualBlock,
     ResNet,
     SelectiveKernelBasic,
     SelectiveKernelBottleneck,
+    conv2d,
     create_model,
 )
 from se_torch._selective_kernel import SelectiveKernel, SelectiveKernelAttn
@@ -23,6 +20,7 @@ from se_torch._squeeze_excite import SELayer, SElayer, SqueezeExcite
 
 __all__ = [
     "ATTN_LAYERS",
+    "BLOCKS",
     "BasicBlock",
     "Bottleneck",
     "CbamModule",
@@ -31,6 +29,7 @@ __all__ = [
     "EcaModule",
     "EffectiveSEModule",
     "ResNet",
+    "ResidualBlock",
     "SELayer",
     "SElayer",
     "SelectiveKernel",
@@ -39,6 +38,7 @@ __all__ = [
     "SelectiveKernelBottleneck",
     "SpatialAttn",
     "SqueezeExcite",
+    "conv2d",
     "create_model",
     "make_divisible",
     "resolve_rd_channels",

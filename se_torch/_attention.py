@@ -6,94 +6,14 @@ so it plugs into the backbones as ``attn_layer`` (``create_model("resnet50", att
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
-from se_common import (
-    check_feature_map,
-    conv_padding,
-    eca_kernel_size,
-    odd_kernel_size,
-    resolve_rd_channels,
-)
+from se_common import eca_kernel_size, odd_kernel_size, resolve_rd_channels
+from se_torch._dtypes import mean
+from se_torch._layers import ConvNormAct, Factory, check_input
 
-__all__ = [
-    "CbamModule",
-    "ChannelAttn",
-    "ConvNormAct",
-    "EcaModule",
-    "EffectiveSEModule",
-    "SpatialAttn",
-]
-
-Factory = Callable[[], nn.Module]
-
-
-def check_image(x: torch.Tensor, channels: int | None) -> None:
-    """Clear errors unless ``x`` is a floating ``(N, channels, H, W)`` map (any C for None)."""
-    check_feature_map(
-        x.shape,
-        x.dtype,
-        x.is_floating_point(),
-        x.shape[1] if channels is None and x.ndim > 1 else channels,
-        channels_last=False,
-        spatial_dims=2,
-    )
-
-
-def _mean_hw(x: torch.Tensor) -> torch.Tensor:
-    """``x.mean((2, 3), keepdim=True)``, accumulated in float32 for 16-bit inputs."""
-    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    return x.mean(dim=(2, 3), keepdim=True, dtype=acc).to(x.dtype)
-
-
-class ConvNormAct(nn.Module):
-    """Conv2d (no bias) -> BatchNorm2d -> activation, with timm's ``ConvNormAct`` keys.
-
-    State-dict keys are ``conv.weight`` and ``bn.*``; padding is timm's symmetric
-    ``((stride - 1) + dilation * (k - 1)) // 2``.
-
-    Args:
-        in_channels, out_channels, kernel_size, stride, dilation, groups: of the convolution.
-        apply_act: whether the activation follows the BatchNorm.
-        act_layer, norm_layer: factories of the activation and of the BatchNorm.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 1,
-        stride: int = 1,
-        dilation: int = 1,
-        groups: int = 1,
-        apply_act: bool = True,
-        act_layer: Factory = nn.ReLU,
-        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        padding = conv_padding(kernel_size, stride, dilation)
-        self.conv = nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            groups,
-            bias=False,
-            **factory,
-        )
-        self.bn = norm_layer(out_channels, **factory)
-        self.act = act_layer() if apply_act else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+__all__ = ["CbamModule", "ChannelAttn", "EcaModule", "EffectiveSEModule", "SpatialAttn"]
 
 
 class EcaModule(nn.Module):
@@ -145,9 +65,9 @@ class EcaModule(nn.Module):
         self.gate = gate_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_image(x, self.channels)
+        check_input(x, channels=self.channels)
         n, c = x.shape[:2]
-        y = self.conv(_mean_hw(x).view(n, 1, c))
+        y = self.conv(mean(x, (2, 3), keepdim=True).view(n, 1, c))
         return x * self.gate(y).view(n, c, 1, 1)
 
 
@@ -186,8 +106,8 @@ class EffectiveSEModule(nn.Module):
         self.gate = gate_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_image(x, self.channels)
-        s = _mean_hw(x)
+        check_input(x, channels=self.channels)
+        s = mean(x, (2, 3), keepdim=True)
         if self.add_maxpool:
             s = 0.5 * s + 0.5 * x.amax(dim=(2, 3), keepdim=True)
         return x * self.gate(self.fc(s))
@@ -220,7 +140,7 @@ class ChannelAttn(nn.Module):
         self.gate = gate_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_avg = self.fc2(self.act(self.fc1(_mean_hw(x))))
+        x_avg = self.fc2(self.act(self.fc1(mean(x, (2, 3), keepdim=True))))
         x_max = self.fc2(self.act(self.fc1(x.amax(dim=(2, 3), keepdim=True))))
         return x * self.gate(x_avg + x_max)
 
@@ -232,18 +152,25 @@ class SpatialAttn(nn.Module):
         self,
         kernel_size: int = 7,
         gate_layer: Factory = nn.Sigmoid,
+        norm_layer: Factory = nn.BatchNorm2d,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         kernel_size = odd_kernel_size("spatial_kernel_size", kernel_size)
-        self.conv = ConvNormAct(2, 1, kernel_size, apply_act=False, device=device, dtype=dtype)
+        self.conv = ConvNormAct(
+            2,
+            1,
+            kernel_size,
+            apply_act=False,
+            norm_layer=norm_layer,
+            device=device,
+            dtype=dtype,
+        )
         self.gate = gate_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        mean = x.mean(dim=1, keepdim=True, dtype=acc).to(x.dtype)
-        s = torch.cat([mean, x.amax(dim=1, keepdim=True)], dim=1)
+        s = torch.cat([mean(x, 1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         return x * self.gate(self.conv(s))
 
 
@@ -262,6 +189,7 @@ class CbamModule(nn.Module):
         spatial_kernel_size: the spatial conv's kernel size (odd, default 7).
         act_layer, gate_layer: factories of the MLP activation and of both gates.
         mlp_bias: whether the MLP's 1x1 convs have biases (timm: no).
+        norm_layer: factory of the spatial attention's BatchNorm (default ``nn.BatchNorm2d``).
 
     Shapes:
         input ``(N, C, H, W)``, output the same. In training mode the spatial BatchNorm updates
@@ -283,6 +211,7 @@ class CbamModule(nn.Module):
         act_layer: Factory = nn.ReLU,
         gate_layer: Factory = nn.Sigmoid,
         mlp_bias: bool = False,
+        norm_layer: Factory = nn.BatchNorm2d,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -292,8 +221,8 @@ class CbamModule(nn.Module):
         self.channel = ChannelAttn(
             channels, rd_ratio, rd_channels, rd_divisor, act_layer, gate_layer, mlp_bias, **factory
         )
-        self.spatial = SpatialAttn(spatial_kernel_size, gate_layer, **factory)
+        self.spatial = SpatialAttn(spatial_kernel_size, gate_layer, norm_layer, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_image(x, self.channels)
+        check_input(x, channels=self.channels)
         return self.spatial(self.channel(x))

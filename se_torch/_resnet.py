@@ -1,45 +1,40 @@
 """ResNet, ResNeXt, SK-ResNet and their attention variants in PyTorch, key for key timm's models.
 
-The architecture is data (:class:`se_common.ResNetConfig`); the attention layer of the residual
-blocks is pluggable (``attn_layer``: SE, ECA, CBAM, effective SE, or your own), placed as timm
-places it: after the last BatchNorm of a block, before the residual sum.
+The architecture is data (:class:`se_common.ResNetConfig`). Two registries turn its names into
+modules: :data:`BLOCKS` maps a block type to its class, :data:`ATTN_LAYERS` an attention name
+to its factory (``se_common`` holds the names). The attention layer sits where timm places it:
+after the last BatchNorm of a block, before the residual sum.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from se_common import (
-    BlockSpec,
-    ResNetConfig,
-    SelectiveKernelConfig,
-    check_feature_map,
-    check_head_options,
-    model_config,
-)
-from se_torch._attention import CbamModule, ConvNormAct, EcaModule, EffectiveSEModule
+from se_common import BlockSpec, ResNetConfig, check_head_options, lookup, model_config
+from se_torch._attention import CbamModule, EcaModule, EffectiveSEModule
+from se_torch._layers import ConvNormAct, Factory, check_input
 from se_torch._selective_kernel import SelectiveKernel
 from se_torch._squeeze_excite import SqueezeExcite
 
 __all__ = [
     "ATTN_LAYERS",
+    "BLOCKS",
     "BasicBlock",
     "Bottleneck",
     "ResNet",
+    "ResidualBlock",
     "SelectiveKernelBasic",
     "SelectiveKernelBottleneck",
+    "conv2d",
     "create_model",
 ]
 
-ModuleFactory = Callable[..., nn.Module]
-
-# Attention layers by the names used in model configs (timm's ``create_attn`` names); each is
-# called as factory(channels).
-ATTN_LAYERS: dict[str, ModuleFactory] = {
+# Attention layers by their se_common.ATTENTION names; each is called as factory(channels).
+ATTN_LAYERS: dict[str, Factory] = {
     "se": SqueezeExcite,
     "eca": EcaModule,
     "cbam": CbamModule,
@@ -47,46 +42,74 @@ ATTN_LAYERS: dict[str, ModuleFactory] = {
 }
 
 
-class _ResidualBlock(nn.Module):
-    """What both block types share: attention on the branch, the shortcut, and their sum. Built
-    after the subclass's convolutions so that state_dict keys come in timm's order."""
+def conv2d(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1
+) -> nn.Conv2d:
+    """A backbone convolution: no bias, PyTorch's symmetric padding ``kernel_size // 2``."""
+    return nn.Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride,
+        kernel_size // 2,
+        groups=groups,
+        bias=False,
+    )
 
-    def _build_tail(
-        self, spec: BlockSpec, attn_layer: ModuleFactory | None, norm_layer: ModuleFactory
-    ) -> None:
+
+class ResidualBlock(nn.Module):
+    """Base of the residual blocks. A block type is a subclass registered in :data:`BLOCKS`.
+
+    Every block is built as ``Block(spec, attn_layer=..., act_layer=..., norm_layer=...)``: a
+    :class:`se_common.BlockSpec` (widths, stride, groups, Selective Kernel options) and the
+    layer factories. A subclass builds its convolutions, then calls :meth:`build_tail` (so the
+    state_dict keys come in timm's order), computes its branch ``y`` and returns
+    ``act(self.residual(y, x))``; :meth:`zero_init_last` zeroes its last BatchNorm scale.
+    """
+
+    def build_tail(self, spec: BlockSpec, attn_layer: Factory | None, norm_layer: Factory) -> None:
+        """The attention layer ``se`` and the shortcut ``downsample`` (1x1 conv + norm)."""
         self.se = attn_layer(spec.out_channels) if attn_layer else None
         self.downsample = None
         if spec.downsample:
             self.downsample = nn.Sequential(
-                nn.Conv2d(spec.in_channels, spec.out_channels, 1, spec.stride, bias=False),
+                conv2d(spec.in_channels, spec.out_channels, 1, spec.stride),
                 norm_layer(spec.out_channels),
             )
 
     def residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Attention on the branch ``y``, plus the (downsampled) shortcut ``x``."""
         if self.se is not None:
             y = self.se(y)
         if self.downsample is not None:
             x = self.downsample(x)
         return y + x
 
+    def zero_init_last(self) -> None:
+        """Zeroes the scale of the block's last norm (timm's ``zero_init_last``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not define zero_init_last(); define it, or build the "
+            f"model with zero_init_last=False"
+        )
 
-class BasicBlock(_ResidualBlock):
+
+class BasicBlock(ResidualBlock):
     """Two 3x3 convolutions (stride on the first), attention, residual sum. NCHW."""
 
     def __init__(
         self,
         spec: BlockSpec,
-        attn_layer: ModuleFactory | None = None,
-        act_layer: ModuleFactory = nn.ReLU,
-        norm_layer: ModuleFactory = nn.BatchNorm2d,
+        attn_layer: Factory | None = None,
+        act_layer: Factory = nn.ReLU,
+        norm_layer: Factory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(spec.in_channels, spec.width, 3, spec.stride, 1, bias=False)
+        self.conv1 = conv2d(spec.in_channels, spec.width, 3, spec.stride)
         self.bn1 = norm_layer(spec.width)
         self.act1 = act_layer()
-        self.conv2 = nn.Conv2d(spec.width, spec.out_channels, 3, 1, 1, bias=False)
+        self.conv2 = conv2d(spec.width, spec.out_channels, 3)
         self.bn2 = norm_layer(spec.out_channels)
-        self._build_tail(spec, attn_layer, norm_layer)
+        self.build_tail(spec, attn_layer, norm_layer)
         self.act2 = act_layer()
 
     def zero_init_last(self) -> None:
@@ -97,28 +120,27 @@ class BasicBlock(_ResidualBlock):
         return self.act2(self.residual(self.bn2(self.conv2(y)), x))
 
 
-class Bottleneck(_ResidualBlock):
+class Bottleneck(ResidualBlock):
     """1x1 reduce, 3x3 grouped (stride here, "v1.5"), 1x1 expand, attention, residual sum."""
 
     def __init__(
         self,
         spec: BlockSpec,
-        cardinality: int = 1,
-        attn_layer: ModuleFactory | None = None,
-        act_layer: ModuleFactory = nn.ReLU,
-        norm_layer: ModuleFactory = nn.BatchNorm2d,
+        attn_layer: Factory | None = None,
+        act_layer: Factory = nn.ReLU,
+        norm_layer: Factory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         w = spec.width
-        self.conv1 = nn.Conv2d(spec.in_channels, w, 1, bias=False)
+        self.conv1 = conv2d(spec.in_channels, w, 1)
         self.bn1 = norm_layer(w)
         self.act1 = act_layer()
-        self.conv2 = nn.Conv2d(w, w, 3, spec.stride, 1, groups=cardinality, bias=False)
+        self.conv2 = conv2d(w, w, 3, spec.stride, spec.groups)
         self.bn2 = norm_layer(w)
         self.act2 = act_layer()
-        self.conv3 = nn.Conv2d(w, spec.out_channels, 1, bias=False)
+        self.conv3 = conv2d(w, spec.out_channels, 1)
         self.bn3 = norm_layer(spec.out_channels)
-        self._build_tail(spec, attn_layer, norm_layer)
+        self.build_tail(spec, attn_layer, norm_layer)
         self.act3 = act_layer()
 
     def zero_init_last(self) -> None:
@@ -130,30 +152,42 @@ class Bottleneck(_ResidualBlock):
         return self.act3(self.residual(self.bn3(self.conv3(y)), x))
 
 
-class SelectiveKernelBasic(_ResidualBlock):
+def _selective_kernel(
+    spec: BlockSpec, in_channels: int, act_layer: Factory, norm_layer: Factory
+) -> SelectiveKernel:
+    """The block's SK unit (stride and groups of its 3x3 conv), from ``spec.sk``."""
+    sk = spec.sk
+    return SelectiveKernel(
+        in_channels,
+        spec.width,
+        kernel_size=list(sk.kernel_size),
+        stride=spec.stride,
+        groups=spec.groups,
+        rd_ratio=sk.rd_ratio,
+        rd_divisor=sk.rd_divisor,
+        keep_3x3=sk.keep_3x3,
+        split_input=sk.split_input,
+        act_layer=act_layer,
+        norm_layer=norm_layer,
+    )
+
+
+class SelectiveKernelBasic(ResidualBlock):
     """timm's SK basic block: SelectiveKernel (stride here), ConvNormAct 3x3, attention, sum."""
 
     def __init__(
         self,
         spec: BlockSpec,
-        sk: SelectiveKernelConfig,
-        attn_layer: ModuleFactory | None = None,
-        act_layer: ModuleFactory = nn.ReLU,
-        norm_layer: ModuleFactory = nn.BatchNorm2d,
+        attn_layer: Factory | None = None,
+        act_layer: Factory = nn.ReLU,
+        norm_layer: Factory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        self.conv1 = SelectiveKernel(
-            spec.in_channels,
-            spec.width,
-            **_sk_options(sk),
-            stride=spec.stride,
-            act_layer=act_layer,
-            norm_layer=norm_layer,
-        )
+        self.conv1 = _selective_kernel(spec, spec.in_channels, act_layer, norm_layer)
         self.conv2 = ConvNormAct(
             spec.width, spec.out_channels, 3, apply_act=False, norm_layer=norm_layer
         )
-        self._build_tail(spec, attn_layer, norm_layer)
+        self.build_tail(spec, attn_layer, norm_layer)
         self.act = act_layer()
 
     def zero_init_last(self) -> None:
@@ -163,27 +197,23 @@ class SelectiveKernelBasic(_ResidualBlock):
         return self.act(self.residual(self.conv2(self.conv1(x)), x))
 
 
-class SelectiveKernelBottleneck(_ResidualBlock):
+class SelectiveKernelBottleneck(ResidualBlock):
     """timm's SK bottleneck: 1x1 reduce, SelectiveKernel (grouped, stride here), 1x1 expand."""
 
     def __init__(
         self,
         spec: BlockSpec,
-        sk: SelectiveKernelConfig,
-        cardinality: int = 1,
-        attn_layer: ModuleFactory | None = None,
-        act_layer: ModuleFactory = nn.ReLU,
-        norm_layer: ModuleFactory = nn.BatchNorm2d,
+        attn_layer: Factory | None = None,
+        act_layer: Factory = nn.ReLU,
+        norm_layer: Factory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         w = spec.width
-        norms = {"act_layer": act_layer, "norm_layer": norm_layer}
-        self.conv1 = ConvNormAct(spec.in_channels, w, 1, **norms)
-        self.conv2 = SelectiveKernel(
-            w, w, **_sk_options(sk), stride=spec.stride, groups=cardinality, **norms
-        )
-        self.conv3 = ConvNormAct(w, spec.out_channels, 1, apply_act=False, **norms)
-        self._build_tail(spec, attn_layer, norm_layer)
+        layers = {"act_layer": act_layer, "norm_layer": norm_layer}
+        self.conv1 = ConvNormAct(spec.in_channels, w, 1, **layers)
+        self.conv2 = _selective_kernel(spec, w, **layers)
+        self.conv3 = ConvNormAct(w, spec.out_channels, 1, apply_act=False, **layers)
+        self.build_tail(spec, attn_layer, norm_layer)
         self.act = act_layer()
 
     def zero_init_last(self) -> None:
@@ -193,21 +223,21 @@ class SelectiveKernelBottleneck(_ResidualBlock):
         return self.act(self.residual(self.conv3(self.conv2(self.conv1(x))), x))
 
 
-def _sk_options(sk: SelectiveKernelConfig) -> dict[str, Any]:
-    return {
-        "kernel_size": list(sk.kernel_size),
-        "rd_ratio": sk.rd_ratio,
-        "rd_divisor": sk.rd_divisor,
-        "keep_3x3": sk.keep_3x3,
-        "split_input": sk.split_input,
-    }
+# Block classes by their se_common.BLOCK_TYPES names.
+BLOCKS: dict[str, type[ResidualBlock]] = {
+    "basic": BasicBlock,
+    "bottleneck": Bottleneck,
+    "sk_basic": SelectiveKernelBasic,
+    "sk_bottleneck": SelectiveKernelBottleneck,
+}
 
 
 class ResNet(nn.Module):
     """A ResNet-family network described by a :class:`se_common.ResNetConfig`. NCHW.
 
     Args:
-        config: depths, block type, cardinality, base width and attention layer name.
+        config: depths, block type (a :data:`BLOCKS` class), cardinality, base width and
+            attention layer name (an :data:`ATTN_LAYERS` factory).
         num_classes: classifier outputs; 0 returns the pooled features.
         in_chans: input channels.
         features_only: return feature maps instead of logits (no classifier is built).
@@ -236,33 +266,27 @@ class ResNet(nn.Module):
         in_chans: int = 3,
         features_only: bool = False,
         out_indices: Sequence[int] = (1, 2, 3, 4),
-        attn_layer: ModuleFactory | None = None,
-        act_layer: ModuleFactory = nn.ReLU,
-        norm_layer: ModuleFactory = nn.BatchNorm2d,
+        attn_layer: Factory | None = None,
+        act_layer: Factory = nn.ReLU,
+        norm_layer: Factory = nn.BatchNorm2d,
         zero_init_last: bool | None = None,
     ) -> None:
         super().__init__()
         check_head_options(num_classes, in_chans, out_indices)
         self.config, self.in_chans = config, in_chans
         self.features_only, self.out_indices = features_only, tuple(out_indices)
+        block = lookup(BLOCKS, config.block, "block", "se_torch.BLOCKS")
         if attn_layer is None and config.attn is not None:
-            attn_layer = ATTN_LAYERS[config.attn]
-        self.conv1 = nn.Conv2d(in_chans, config.feature_channels[0], 7, 2, 3, bias=False)
+            attn_layer = lookup(ATTN_LAYERS, config.attn, "attn", "se_torch.ATTN_LAYERS")
+        self.conv1 = conv2d(in_chans, config.feature_channels[0], 7, 2)
         self.bn1 = norm_layer(config.feature_channels[0])
         self.act1 = act_layer()
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         stages: list[list[nn.Module]] = [[], [], [], []]
-        layers = (attn_layer, act_layer, norm_layer)
         for spec in config.blocks():
-            if config.block == "basic" and config.sk is not None:
-                block = SelectiveKernelBasic(spec, config.sk, *layers)
-            elif config.block == "basic":
-                block = BasicBlock(spec, *layers)
-            elif config.sk is not None:
-                block = SelectiveKernelBottleneck(spec, config.sk, config.cardinality, *layers)
-            else:
-                block = Bottleneck(spec, config.cardinality, *layers)
-            stages[spec.stage - 1].append(block)
+            stages[spec.stage - 1].append(
+                block(spec, attn_layer=attn_layer, act_layer=act_layer, norm_layer=norm_layer)
+            )
         for i, blocks in enumerate(stages):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         self.num_features = config.feature_channels[-1]
@@ -276,18 +300,11 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         if zero_init_last:
             for m in self.modules():
-                if isinstance(m, _ResidualBlock):
+                if isinstance(m, ResidualBlock):
                     m.zero_init_last()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        check_feature_map(
-            x.shape,
-            x.dtype,
-            x.is_floating_point(),
-            self.in_chans,
-            channels_last=False,
-            spatial_dims=2,
-        )
+        check_input(x, channels=self.in_chans)
         x = self.act1(self.bn1(self.conv1(x)))
         features = [x]
         x = self.maxpool(x)
@@ -305,12 +322,12 @@ def create_model(name: str, **kwargs: Any) -> ResNet:
     Args:
         name: e.g. ``"seresnet50"``, ``"seresnext50_32x4d"``, ``"resnet18"``, ``"skresnet18"``.
         **kwargs: options of :class:`ResNet` (``num_classes``, ``in_chans``, ``features_only``,
-            ``out_indices``, ``attn_layer``, ...), or ``attn=`` one of :data:`ATTN_LAYERS`'
-            names (``"se"``, ``"eca"``, ``"cbam"``, ``"ese"``) or ``None`` to change the config's
-            attention layer by name.
+            ``out_indices``, ``attn_layer``, ...), or ``attn=`` a name of
+            ``se_common.ATTENTION`` (``"se"``, ``"eca"``, ``"cbam"``, ``"ese"``) or ``None`` to
+            change the config's attention layer by name.
 
     Example:
         >>> model = create_model("resnet50", attn="se")   # the same network as seresnet50
         >>> model = create_model("resnet50", attn="eca")  # ECA-ResNet-50
     """
-    return ResNet(model_config(name, kwargs, ATTN_LAYERS), **kwargs)
+    return ResNet(model_config(name, kwargs), **kwargs)

@@ -6,13 +6,14 @@ size), ``attn.fc_reduce``, ``attn.bn``, ``attn.fc_select``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from se_common import out_channels_or, resolve_rd_channels, selective_kernel_paths
-from se_torch._attention import ConvNormAct, check_image
+from se_torch._dtypes import mean
+from se_torch._layers import ConvNormAct, Factory, check_input
 
 __all__ = ["SelectiveKernel", "SelectiveKernelAttn"]
 
@@ -29,8 +30,8 @@ class SelectiveKernelAttn(nn.Module):
         channels: int,
         num_paths: int = 2,
         attn_channels: int = 32,
-        act_layer: Callable[[], nn.Module] = nn.ReLU,
-        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+        act_layer: Factory = nn.ReLU,
+        norm_layer: Factory = nn.BatchNorm2d,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -43,9 +44,7 @@ class SelectiveKernelAttn(nn.Module):
         self.fc_select = nn.Conv2d(attn_channels, channels * num_paths, 1, bias=False, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.sum(1)
-        acc = torch.float32 if s.dtype in (torch.float16, torch.bfloat16) else s.dtype
-        s = s.mean(dim=(2, 3), keepdim=True, dtype=acc).to(s.dtype)
+        s = mean(x.sum(1), (2, 3), keepdim=True)
         s = self.fc_select(self.act(self.bn(self.fc_reduce(s))))
         n, c = s.shape[:2]
         return torch.softmax(s.view(n, self.num_paths, c // self.num_paths, 1, 1), dim=1)
@@ -94,8 +93,8 @@ class SelectiveKernel(nn.Module):
         rd_divisor: int | None = None,
         keep_3x3: bool = True,
         split_input: bool = True,
-        act_layer: Callable[[], nn.Module] = nn.ReLU,
-        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+        act_layer: Factory = nn.ReLU,
+        norm_layer: Factory = nn.BatchNorm2d,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -134,7 +133,7 @@ class SelectiveKernel(nn.Module):
         self.attn = SelectiveKernelAttn(out_channels, self.num_paths, attn_channels, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_image(x, self.in_channels)
+        check_input(x, channels=self.in_channels)
         if self.split_input:
             chunks = torch.split(x, self.in_channels // self.num_paths, 1)
             x_paths = [op(chunk) for op, chunk in zip(self.paths, chunks, strict=True)]

@@ -6,12 +6,12 @@ Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018, eq. 2-4:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
-from se_common import check_feature_map, resolve_rd_channels
+from se_common import classic_rd_channels, resolve_rd_channels
+from se_torch._dtypes import mean
+from se_torch._layers import Factory, check_input
 
 __all__ = ["SELayer", "SElayer", "SqueezeExcite"]
 
@@ -37,28 +37,17 @@ class SELayer(nn.Module):
 
     def __init__(self, channel: int, reduction: int = 16) -> None:
         super().__init__()
-        for name, value in (("channel", channel), ("reduction", reduction)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if channel // reduction < 1:
-            raise ValueError(f"channel // reduction must be >= 1, got {channel} // {reduction} = 0")
+        rd = classic_rd_channels(channel, reduction, channels_name="channel")
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Sequential(
-            nn.Linear(channel, channel // reduction, bias=False),
+            nn.Linear(channel, rd, bias=False),
             nn.ReLU(inplace=True),
-            nn.Linear(channel // reduction, channel, bias=False),
+            nn.Linear(rd, channel, bias=False),
             nn.Sigmoid(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_feature_map(
-            x.shape,
-            x.dtype,
-            x.is_floating_point(),
-            self.fc[0].in_features,
-            channels_last=False,
-            spatial_dims=2,
-        )
+        check_input(x, channels=self.fc[0].in_features)
         b, c, _, _ = x.size()
         y = self.avg_pool(x).view(b, c)
         y = self.fc(y).view(b, c, 1, 1)
@@ -105,8 +94,8 @@ class SqueezeExcite(nn.Module):
         rd_channels: int | None = None,
         rd_divisor: int | None = None,
         bias: bool = True,
-        act_layer: Callable[[], nn.Module] = nn.ReLU,
-        gate_layer: Callable[[], nn.Module] = nn.Sigmoid,
+        act_layer: Factory = nn.ReLU,
+        gate_layer: Factory = nn.Sigmoid,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -120,11 +109,8 @@ class SqueezeExcite(nn.Module):
         self.gate = gate_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_feature_map(
-            x.shape, x.dtype, x.is_floating_point(), self.channels, channels_last=False
-        )
+        check_input(x, channels=self.channels, spatial_dims=None)
         n, c, *spatial = x.shape
-        acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        s = x.mean(dim=tuple(range(2, x.ndim)), dtype=acc).to(x.dtype).view(n, c, 1, 1)
+        s = mean(x, tuple(range(2, x.ndim))).view(n, c, 1, 1)
         s = self.gate(self.fc2(self.act(self.fc1(s))))
         return x * s.view(n, c, *(1 for _ in spatial))

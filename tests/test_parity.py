@@ -18,7 +18,13 @@ from torch import nn
 import se_flax
 import se_torch
 from se_flax.convert import flax_to_torch, torch_to_flax
-from tests.helpers import assert_trees_close, nchw_to_nhwc, nhwc_to_nchw
+from tests.helpers import (
+    assert_trees_close,
+    nchw_to_nhwc,
+    nhwc_to_nchw,
+    randomize_,
+    torch_pass,
+)
 
 # Activation and gate pairs: (PyTorch factory, the same function in JAX).
 ACTS = {
@@ -57,27 +63,6 @@ PRECISIONS = [
 ]
 
 
-def randomize_(module: nn.Module, rng: np.random.Generator, dtype: torch.dtype) -> nn.Module:
-    """Random weights well away from PyTorch's small default init, in ``dtype``."""
-    module.to(dtype)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.from_numpy(rng.normal(0.0, 0.5, p.shape)))
-    return module
-
-
-def torch_run(module: nn.Module, x: np.ndarray, cot: np.ndarray, channels_last: bool = False):
-    """Output, input gradient and parameter gradients of ``sum(module(x) * cot)``, NCHW."""
-    xt = torch.from_numpy(x)
-    if channels_last:
-        xt = xt.contiguous(memory_format=torch.channels_last)
-    xt.requires_grad_(True)
-    module.zero_grad(set_to_none=True)
-    y = module(xt)
-    (y * torch.from_numpy(cot)).sum().backward()
-    return y.detach(), xt.grad, {k: p.grad for k, p in module.named_parameters()}
-
-
 def flax_run(model, variables, x_nchw: np.ndarray, cot_nchw: np.ndarray):
     """The same quantities in Flax, returned in PyTorch's NCHW layout for the input ones."""
 
@@ -99,14 +84,12 @@ def assert_parity(
     x = rng.standard_normal(shape).astype(prec.jax)
     cot = rng.standard_normal(shape).astype(prec.jax)
     variables = torch_to_flax(tmodule)
-    ty, tgx, tgp = torch_run(tmodule, x, cot, channels_last)
+    ty, tgx, tgp = torch_pass(tmodule, x, cot, channels_last=channels_last)
     fy, fgx, fgp = flax_run(fmodel, variables, x, cot)
     assert fy.dtype == np.dtype(prec.jax)
     assert_trees_close(fy, ty, rtol=prec.rtol, atol=prec.atol, what="output")
     assert_trees_close(fgx, tgx, rtol=grad_rtol, atol=grad_atol, what="input grad")
-    assert_trees_close(
-        fgp, torch_to_flax(tgp)["params"], rtol=grad_rtol, atol=grad_atol, what="param grads"
-    )
+    assert_trees_close(fgp, tgp, rtol=grad_rtol, atol=grad_atol, what="param grads")
     return ty
 
 
@@ -160,10 +143,9 @@ def test_channels_last_torch_input(prec, bias, rng):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("channel,reduction", [(64, 16), (48, 4), (20, 3)])
 def test_classic_selayer(prec, channel, reduction, channels_last, rng):
+    """The classic recipe's twins: ``se_torch.SELayer(C, r)`` and ``se_flax.SELayer(r)``."""
     tmodule = randomize_(se_torch.SELayer(channel, reduction), rng, prec.torch)
-    fmodel = se_flax.SqueezeExcite(
-        rd_channels=channel // reduction, use_bias=False, param_dtype=prec.jax
-    )
+    fmodel = se_flax.SELayer(reduction, param_dtype=prec.jax)
     assert_parity(tmodule, fmodel, (2, channel, 7, 5), prec, rng, channels_last)
 
 

@@ -66,7 +66,7 @@ def test_torch_parameter_counts_match_timm(name):
 def test_attention_variants_match_timm_counts_in_both_frameworks(name, attn):
     model = se_torch.create_model(name, attn=attn)
     assert sum(p.numel() for p in model.parameters()) == TIMM_ATTN_PARAMS[name, attn]
-    blocks = [m for m in model.modules() if isinstance(m, se_torch._resnet._ResidualBlock)]
+    blocks = [m for m in model.modules() if isinstance(m, se_torch.ResidualBlock)]
     assert blocks and all(type(b.se) is se_torch.ATTN_LAYERS[attn] for b in blocks)
     shapes = flax_shapes(name, attn=attn)
     count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes["params"]))
@@ -142,18 +142,18 @@ def test_zero_init_last_follows_the_config_unless_given():
         for override in (None, not zeroed):
             weight = torch_last[name](se_torch.create_model(name, zero_init_last=override))
             assert bool(torch.all(weight == 0)) == (zeroed if override is None else override)
-    # Flax: the same rule on one-block-per-stage twins (SK basic and bottleneck), to stay quick.
+    # Flax: the same rule on one-block-per-stage twins (SK basic and bottleneck), to stay quick:
+    # the config's default, and an override against it, giving ones and zeros.
     x = jnp.ones((1, 8, 8, 3), jnp.float32)
     sk = SelectiveKernelConfig()
     for block, last, config_zero, override in (
         ("basic", "conv2", False, None),
-        ("basic", "conv2", False, True),
-        ("bottleneck", "conv3", True, None),
-        ("bottleneck", "conv3", True, False),
+        ("bottleneck", "conv3", False, True),
     ):
         config = ResNetConfig(block, (1, 1, 1, 1), sk=sk, zero_init_last=config_zero)
         model = se_flax.ResNet(config, num_classes=2, zero_init_last=override)
-        init = model.init(jax.random.key(0), x)["params"]
+        # jit and an "rbg" key: a quarter of the time of an eager threefry init
+        init = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)["params"]
         scale = init["layer1_0"][last]["bn"]["scale"]
         want = config_zero if override is None else override
         assert bool(jnp.all(scale == 0)) == want, (block, config_zero, override)
@@ -248,7 +248,10 @@ def test_bad_config():
         r"cardinality=32, base_width=4",
     ):
         ResNetConfig("basic", (2, 2, 2, 2), 32, 4)
-    with pytest.raises(ValueError, match=r"block must be 'basic' or 'bottleneck', got 'wide'"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown block 'wide'; known: basic, bottleneck, sk_basic, sk_bottleneck$",
+    ):
         ResNetConfig("wide", (2, 2, 2, 2))
 
 
@@ -264,15 +267,6 @@ def test_bad_backbone_input(rng):
         fmodel.apply(variables, jnp.ones((1, 32, 32, 1)))
     with pytest.raises(TypeError, match=r"floating-point input, got dtype int32"):
         fmodel.apply(variables, jnp.ones((1, 32, 32, 3), jnp.int32))
-
-
-def test_batchnorm_needs_two_values_per_channel_in_training():
-    bn = se_flax.BatchNorm()
-    variables = bn.init(jax.random.key(0), jnp.ones((4, 3), jnp.float32))
-    with pytest.raises(
-        ValueError, match=r"more than 1 value per channel, got input shape \(1, 1, 1, 3\)"
-    ):
-        bn.apply(variables, jnp.ones((1, 1, 1, 3), jnp.float32), mutable=["batch_stats"])
 
 
 # ---------------------------------------------------------------- the real timm (skipped in CI)

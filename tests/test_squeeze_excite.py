@@ -13,7 +13,7 @@ from torch import nn
 import se_flax
 import se_torch
 from se_flax import nnx as se_nnx
-from se_flax.convert import update_nnx
+from se_flax.convert import flax_to_torch, torch_to_flax, update_nnx
 from tests.helpers import assert_trees_close
 
 
@@ -319,3 +319,35 @@ def test_bad_channels_and_reduction():
         se_torch.SELayer(8)
     with pytest.raises(ValueError, match=r"reduction must be an integer >= 1, got 0"):
         se_torch.SELayer(8, 0)
+
+
+def test_flax_selayer_is_the_classic_recipe_twin(rng):
+    """``se_flax.SELayer(r)`` holds exactly the classic state_dict's tensors (no bias), so
+    weights move both ways with no options, bit for bit."""
+    fmodule = se_flax.SELayer(4)
+    x = jnp.asarray(rng.standard_normal((2, 5, 7, 48)), jnp.float32)
+    variables = fmodule.init(jax.random.key(0), x)
+    shapes = jax.tree.map(jnp.shape, variables)
+    assert shapes == {"params": {"fc1": {"kernel": (48, 12)}, "fc2": {"kernel": (12, 48)}}}
+    assert shapes == jax.tree.map(jnp.shape, torch_to_flax(se_torch.SELayer(48, 4)))
+    tmodule = flax_to_torch(variables, se_torch.SELayer(48, 4))
+    back = torch_to_flax(tmodule)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(variables), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with torch.no_grad():
+        y_torch = tmodule(torch.from_numpy(np.moveaxis(np.asarray(x), -1, 1))).numpy()
+    y_flax = np.moveaxis(np.asarray(fmodule.apply(variables, x)), -1, 1)
+    np.testing.assert_allclose(y_flax, y_torch, rtol=1e-6, atol=1e-6)
+
+
+def test_flax_selayer_bad_options_and_input(rng):
+    x = jnp.asarray(rng.standard_normal((2, 4, 4, 8)), jnp.float32)
+    with pytest.raises(ValueError, match=r"channels // reduction must be >= 1, got 8 // 16 = 0"):
+        se_flax.SELayer().init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"reduction must be an integer >= 1, got 0"):
+        se_flax.SELayer(0).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"rank 4 .* got rank 5"):  # 2-D maps, as the recipe
+        se_flax.SELayer(2).init(jax.random.key(0), x[..., None, :])
+    variables = se_flax.SELayer(2).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"input has 6 channels .* weights are for 8 channels"):
+        se_flax.SELayer(2).apply(variables, x[..., :6])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from se_flax import train
+from examples import train_digits as train
 
 
 def test_quick_run_writes_log_and_plot(tmp_path, capsys):

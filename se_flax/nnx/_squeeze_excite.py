@@ -10,13 +10,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from se_common import resolve_rd_channels
-from se_flax._squeeze_excite import (
-    check_input,
-    compute_dtype,
-    default_bias_init,
-    default_kernel_init,
-    squeeze_excite,
-)
+from se_flax._dtypes import Dtype, compute_dtype
+from se_flax._layers import check_input, default_bias_init, default_kernel_init
+from se_flax._squeeze_excite import squeeze_excite
 
 __all__ = ["SqueezeExcite"]
 
@@ -57,8 +53,8 @@ class SqueezeExcite(nnx.Module):
         use_bias: bool = True,
         act_fn: Callable[[jax.Array], jax.Array] = nnx.relu,
         gate_fn: Callable[[jax.Array], jax.Array] = nnx.sigmoid,
-        dtype: Any = None,
-        param_dtype: Any = jnp.float32,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
         precision: Any = None,
         kernel_init: nnx.Initializer = default_kernel_init,
         bias_init: nnx.Initializer = default_bias_init,
@@ -83,7 +79,7 @@ class SqueezeExcite(nnx.Module):
         self.param_dtype = param_dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        check_input(x, self.channels)
+        check_input(x, channels=self.channels, spatial_dims=None)
         return squeeze_excite(
             x,
             self.fc1,

@@ -1,9 +1,11 @@
 """Trains a small SE-ResNet on scikit-learn's handwritten digits in Flax and in PyTorch, from the
 same converted initialisation and the same batches, and plots both frameworks' curves.
 
-    python -m se_flax.train [--epochs 12] [--batch-size 64] [--lr 0.05] [--size 16] [--out DIR]
+    python examples/train_digits.py [--epochs 12] [--batch-size 64] [--lr 0.05] [--size 16]
+                                    [--out DIR]
 
-Needs torch, scikit-learn, matplotlib and tqdm (``pip install 'se-flax[train]'``). Writes
+An example above both twins (it imports ``se_flax`` and ``se_torch``), not part of either
+package. Needs torch, scikit-learn, matplotlib and tqdm (``pip install 'se-flax[train]'``). Writes
 ``DIR/log.json`` (settings, machine, versions, per-epoch metrics) and ``DIR/curves.png``.
 """
 
@@ -27,7 +29,7 @@ MODEL = "SE-ResNet-10: ResNetConfig('basic', (1, 1, 1, 1), attn='se')"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m se_flax.train", description=__doc__.split("\n\n")[0]
+        prog="python examples/train_digits.py", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--epochs", type=positive(int), default=12)
     parser.add_argument("--batch-size", type=positive(int), default=64)
