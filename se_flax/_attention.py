@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from se_common import eca_kernel_size, odd_kernel_size, resolve_rd_channels
 from se_flax._batchnorm import BatchNorm
-from se_flax._dtypes import Dtype, apply_accumulated, compute_dtype, mean
+from se_flax._dtypes import Dtype, apply_accumulated, compute_dtype, held_param_dtype, mean
 from se_flax._layers import (
     ConvNormAct,
     ModuleDef,
@@ -70,7 +70,7 @@ class EcaModule(nn.Module):
         """``train`` has no effect (no statistics); every attention layer takes it."""
         check_input(x)
         k = eca_kernel_size(x.shape[-1], self.kernel_size, self.gamma, self.beta)
-        dtype = compute_dtype(x, self.dtype, self.param_dtype)
+        dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
         y = nn.Conv(
             1,
             (k,),
@@ -118,7 +118,7 @@ class EffectiveSEModule(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         """``train`` has no effect (no statistics); every attention layer takes it."""
         check_input(x)
-        dtype = compute_dtype(x, self.dtype, self.param_dtype)
+        dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
         x = x.astype(dtype)
         s = mean(x, (1, 2), dtype, keepdims=True)
         if self.add_maxpool:
@@ -148,7 +148,7 @@ class ChannelAttn(nn.Module):
         rd = resolve_rd_channels(
             c, self.rd_ratio, self.rd_channels, self.rd_divisor, default_divisor=1
         )
-        dtype = compute_dtype(x, self.dtype, self.param_dtype)
+        dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
         x = x.astype(dtype)
         fc1 = dense(self, rd, name="fc1", use_bias=self.mlp_bias)
         fc2 = dense(self, c, name="fc2", use_bias=self.mlp_bias)
@@ -171,7 +171,7 @@ class SpatialAttn(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         k = odd_kernel_size("spatial_kernel_size", self.kernel_size)
-        dtype = compute_dtype(x, self.dtype, self.param_dtype)
+        dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
         x = x.astype(dtype)
         s = jnp.concatenate(
             [mean(x, -1, dtype, keepdims=True), jnp.max(x, axis=-1, keepdims=True)], axis=-1

@@ -29,7 +29,10 @@ class BatchNorm(nn.Module):
             PyTorch's ``momentum=0.1`` is ``0.9`` here (the default).
         epsilon: added to the variance (PyTorch's ``eps``, default 1e-5).
         dtype: computation and output dtype (statistics are computed in at least float32).
-        param_dtype: dtype of ``scale``, ``bias`` and the running statistics.
+        param_dtype: dtype of ``scale``, ``bias`` and the running statistics when they are
+            created. Updated statistics keep the dtype of the stored ones (float64 statistics
+            loaded into a model with the default ``param_dtype`` stay float64), as Flax's own
+            ``BatchNorm`` does: a variable never changes dtype across an update.
         scale_init, bias_init: initialisers of ``scale`` (ones) and ``bias`` (zeros).
 
     Shapes:
@@ -58,7 +61,7 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", stats(jnp.ones))
         count = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32)
 
-        dtype = compute_dtype(x, self.dtype, self.param_dtype)
+        dtype = compute_dtype(x, self.dtype, scale.dtype)
         acc = accumulation_dtype(dtype)
         xf = x.astype(acc)
         if self.use_running_average:
@@ -74,10 +77,13 @@ class BatchNorm(nn.Module):
             mean = jnp.mean(xf, axis=axes)
             var = jnp.mean(jnp.square(xf - mean), axis=axes)
             if not self.is_initializing():
-                m, pd = self.momentum, self.param_dtype
-                ra_mean.value = (m * ra_mean.value.astype(acc) + (1 - m) * mean).astype(pd)
-                unbiased = var * (n / (n - 1))
-                ra_var.value = (m * ra_var.value.astype(acc) + (1 - m) * unbiased).astype(pd)
+                m = self.momentum
+                for stat, batch in ((ra_mean, mean), (ra_var, var * (n / (n - 1)))):
+                    # In the wider of the accumulation and the statistic's dtype, stored back in
+                    # the statistic's own.
+                    work = max(acc, jnp.dtype(stat.value.dtype), key=lambda d: jnp.finfo(d).bits)
+                    new = m * stat.value.astype(work) + (1 - m) * batch.astype(work)
+                    stat.value = new.astype(stat.value.dtype)
                 count.value = count.value + 1
         alpha = jax.lax.rsqrt(var + self.epsilon) * scale.astype(acc)
         if self.use_running_average:  # PyTorch's eval kernel: x * alpha + (bias - mean * alpha)

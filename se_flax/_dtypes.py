@@ -1,16 +1,20 @@
 """The dtype policy of the Flax modules, in one place.
 
-A module computes in ``dtype`` if given, else in the promotion of its input and ``param_dtype``
-(Flax's rule). Below 32 bits, reductions (poolings, BatchNorm statistics) and element-wise
+A module computes in ``dtype`` if given, else in the promotion of its input and the parameters it
+holds (Flax's rule: a float64 checkpoint loaded into a model with the default ``param_dtype``
+computes in float64). Below 32 bits, reductions (poolings, BatchNorm statistics) and element-wise
 gates run in float32 and round once to the compute dtype, as PyTorch's kernels do: they touch few
-values, so this costs nothing and keeps them correctly rounded.
+values, so this costs nothing and keeps them correctly rounded. Variables keep their dtype across
+updates (BatchNorm statistics).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -19,6 +23,7 @@ __all__ = [
     "accumulation_dtype",
     "apply_accumulated",
     "compute_dtype",
+    "held_param_dtype",
     "mean",
 ]
 
@@ -28,6 +33,17 @@ Dtype = Any  # a dtype or anything jnp.dtype accepts
 def compute_dtype(x: jax.Array, dtype: Dtype | None, param_dtype: Dtype) -> jnp.dtype:
     """The dtype to compute in: ``dtype`` if given, else Flax's promotion of input and params."""
     return jnp.dtype(dtype) if dtype is not None else jnp.promote_types(x.dtype, param_dtype)
+
+
+def held_param_dtype(module: nn.Module) -> jnp.dtype:
+    """The floating dtype of the parameters a linen module holds, which may differ from its
+    ``param_dtype`` (loaded weights), or its ``param_dtype`` while they are being created."""
+    held = {
+        jnp.dtype(v.dtype)
+        for v in jax.tree.leaves(module.variables.get("params", {}))
+        if jnp.issubdtype(v.dtype, jnp.floating)
+    }
+    return functools.reduce(jnp.promote_types, held) if held else jnp.dtype(module.param_dtype)
 
 
 def accumulation_dtype(dtype: Dtype) -> jnp.dtype:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from se_common import BlockSpec, ResNetConfig, check_head_options, lookup, model_config
 from se_flax._attention import CbamModule, EcaModule, EffectiveSEModule
 from se_flax._batchnorm import BatchNorm
-from se_flax._dtypes import Dtype, compute_dtype, mean
+from se_flax._dtypes import Dtype, compute_dtype, held_param_dtype, mean
 from se_flax._layers import ConvNormAct, ModuleDef, check_input, conv, conv_kernel_init, pad
 from se_flax._selective_kernel import SelectiveKernel
 from se_flax._squeeze_excite import SqueezeExcite
@@ -335,7 +335,7 @@ class ResNet(nn.Module):
                 features.append(x)
         if self.features_only:
             return [features[i] for i in self.out_indices]
-        dtype = compute_dtype(x, self.dtype, self.param_dtype)
+        dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
         x = mean(x, (1, 2), dtype)
         if self.num_classes:
             x = nn.Dense(

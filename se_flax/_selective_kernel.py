@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from se_common import out_channels_or, resolve_rd_channels, selective_kernel_paths
 from se_flax._batchnorm import BatchNorm
-from se_flax._dtypes import Dtype, accumulation_dtype, compute_dtype, mean
+from se_flax._dtypes import Dtype, accumulation_dtype, compute_dtype, held_param_dtype, mean
 from se_flax._layers import ConvNormAct, ModuleDef, check_input, default_kernel_init, dense
 
 __all__ = ["SelectiveKernel", "SelectiveKernelAttn"]
@@ -50,7 +50,7 @@ class SelectiveKernelAttn(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         n, _, _, _, c = x.shape
-        dtype = compute_dtype(x, self.dtype, self.param_dtype)
+        dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
         s = mean(jnp.sum(x.astype(dtype), axis=1), (1, 2), dtype, keepdims=True)
         s = dense(self, self.attn_channels, name="fc_reduce", use_bias=False)(s)
         s = self.norm_layer(

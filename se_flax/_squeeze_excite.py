@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from se_common import classic_rd_channels, resolve_rd_channels
-from se_flax._dtypes import Dtype, apply_accumulated, compute_dtype, mean
+from se_flax._dtypes import Dtype, apply_accumulated, compute_dtype, held_param_dtype, mean
 from se_flax._layers import check_input, default_bias_init, default_kernel_init, dense
 
 __all__ = ["SELayer", "SqueezeExcite", "squeeze_excite"]
@@ -110,7 +110,7 @@ class SqueezeExcite(nn.Module):
             dense(self, channels, name="fc2", use_bias=self.use_bias),
             self.act_fn,
             self.gate_fn,
-            compute_dtype(x, self.dtype, self.param_dtype),
+            compute_dtype(x, self.dtype, held_param_dtype(self)),
         )
 
 
@@ -153,5 +153,5 @@ class SELayer(nn.Module):
             dense(self, channels, name="fc2", use_bias=False),
             nn.relu,
             nn.sigmoid,
-            compute_dtype(x, self.dtype, self.param_dtype),
+            compute_dtype(x, self.dtype, held_param_dtype(self)),
         )

@@ -86,5 +86,5 @@ class SqueezeExcite(nnx.Module):
             self.fc2,
             self.act_fn,
             self.gate_fn,
-            compute_dtype(x, self.dtype, self.param_dtype),
+            compute_dtype(x, self.dtype, self.fc1.kernel.dtype),
         )
