@@ -335,7 +335,7 @@ def test_flax_selayer_is_the_classic_recipe_twin(rng):
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(variables), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with torch.no_grad():
-        y_torch = tmodule(torch.from_numpy(np.moveaxis(np.asarray(x), -1, 1))).numpy()
+        y_torch = tmodule(torch.from_numpy(np.moveaxis(np.array(x), -1, 1).copy())).numpy()
     y_flax = np.moveaxis(np.asarray(fmodule.apply(variables, x)), -1, 1)
     np.testing.assert_allclose(y_flax, y_torch, rtol=1e-6, atol=1e-6)
 
