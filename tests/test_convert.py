@@ -17,9 +17,9 @@ from torch import nn
 
 import se_flax
 import se_torch
+from se_convert._convert import _find_rule
 from se_flax import nnx as se_nnx
 from se_flax.convert import ConversionError, flax_to_torch, torch_to_flax, update_nnx
-from se_flax.convert._convert import _find_rule
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODULES = {
@@ -204,9 +204,9 @@ def test_flax_to_torch_refuses_dtype_change():
         flax_to_torch(variables, se_torch.SqueezeExcite(32))
 
 
-def se_shapes(**options):
-    """Abstract Flax variables of a linen SqueezeExcite on 64 float32 channels."""
-    x = jax.ShapeDtypeStruct((1, 2, 2, 64), jnp.float32)
+def se_shapes(channels: int = 64, **options):
+    """Abstract Flax variables of a linen SqueezeExcite on float32 channels."""
+    x = jax.ShapeDtypeStruct((1, 2, 2, channels), jnp.float32)
     return jax.eval_shape(se_flax.SqueezeExcite(**options).init, jax.random.key(0), x)
 
 
@@ -260,21 +260,33 @@ class LinearNamedLikeConv(nn.Module):
         self.fc2 = nn.Conv2d(8, 32, 1)
 
 
-def test_module_types_are_checked():
-    with pytest.raises(
-        ConversionError, match=r"fc1: is a Linear, rules named so \['se-fc .*'\] expect Conv2d"
-    ):
+def test_types_choose_and_a_name_that_claims_another_layout_needs_a_target(rng):
+    """With the module at hand, types choose: ``fc1`` is a Linear (Dense), whatever its name.
+    ``fc2``, a 1x1 Conv2d, is a Flax Conv kernel by its type but an SE layer's Dense kernel by
+    its name: without a target that is an error naming both; a target settles it."""
+    with pytest.raises(ConversionError) as info:
         torch_to_flax(LinearNamedLikeConv())
-    variables = torch_to_flax(se_torch.SqueezeExcite(32))
-    with pytest.raises(ConversionError, match=r"fc1: is a Linear"):
-        flax_to_torch(variables, LinearNamedLikeConv())
+    [problem] = info.value.mismatched
+    assert problem.startswith("fc2: ambiguous without a target")
+    assert "'Conv2d' (kernel (1, 1, 8, 32), bias (32,))" in problem
+    assert "'se-fc (1x1 conv)' (kernel (8, 32), bias (32,))" in problem
+    assert info.value.missing == info.value.unexpected == []
+    module = LinearNamedLikeConv()
+    variables = torch_to_flax(module, target=se_shapes(rd_channels=8, channels=32))
+    np.testing.assert_array_equal(
+        variables["params"]["fc1"]["kernel"], module.fc1.weight.T.detach()
+    )
+    kernel = module.fc2.weight.detach()[:, :, 0, 0].T
+    np.testing.assert_array_equal(variables["params"]["fc2"]["kernel"], kernel)
+    back = flax_to_torch(variables, LinearNamedLikeConv())  # the variables' shapes decide
+    assert torch.equal(back.fc2.weight, module.fc2.weight)
 
 
 def test_not_an_se_layer():
     with pytest.raises(ConversionError) as info:
         torch_to_flax(nn.LSTM(8, 16))
     assert len(info.value.unexpected) == 4 and not info.value.missing
-    assert "weight_ih_l0: no conversion rule for module ''" in str(info.value)
+    assert "weight_ih_l0: no conversion rule for a LSTM (module ''); pass rules=" in str(info.value)
 
 
 def test_float64_needs_x64():

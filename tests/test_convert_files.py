@@ -16,11 +16,13 @@ import pytest
 import torch
 
 import se_torch
+from se_common import MODEL_CONFIGS, ResNetConfig
+from se_convert._cli import main
 from se_flax.convert import FileError, Weights, convert_file, load, save
-from se_flax.convert._cli import main
+from tests.helpers import randomize_
 
 ROOT = Path(__file__).resolve().parents[1]
-# (name, extension, layout it is written in)
+# (name, extension, framework it is written in)
 FORMATS = [
     ("pth", ".pth", "torch"),
     ("safetensors-torch", ".safetensors", "torch"),
@@ -68,12 +70,12 @@ def test_every_pair_of_formats_round_trips_bit_exactly(dtype, rng, tmp_path):
         case.mkdir()
         source = write(case, "source", ext_a, Weights(lay_a, originals[lay_a], "se"))
         there = case / f"there{ext_b}"
-        report = convert_file(source, there, "se", layout=lay_b)
+        report = convert_file(source, there, "se", framework=lay_b)
         assert report["direction"] == f"{lay_a} -> {lay_b}"
         back = case / f"back{ext_a}"
-        convert_file(there, back, "se", layout=lay_a)
+        convert_file(there, back, "se", framework=lay_a)
         loaded = load(back)
-        assert loaded.layout == lay_a
+        assert loaded.framework == lay_a
         assert bits(loaded.tensors) == bits(originals[lay_a]), (a, b)
         assert bits(load(there).tensors) == bits(originals[lay_b]), (a, b)
 
@@ -174,9 +176,9 @@ def _bad_inputs(tmp: Path, se_pth: Path) -> dict[str, tuple[list[str], str]]:
             "layer9.0.conv1.weight",
         ),
         "flax to torch without model": (["good.safetensors", "o.pth"], "needs --model"),
-        "layout a format cannot hold": (
-            ["se.pth", "o.msgpack", "--layout", "torch"],
-            "hold the flax layout, not torch",
+        "framework a format cannot hold": (
+            ["se.pth", "o.msgpack", "--framework", "torch"],
+            "msgpack files hold the flax framework's tensors, not torch's",
         ),
     }
 
@@ -218,7 +220,7 @@ def test_existing_output_needs_force(tmp_path, se_pth, capsys):
     assert "exists; pass --force" in capsys.readouterr().err
     assert out.read_bytes() == b"keep me"
     assert main([str(se_pth), str(out), "--force"]) == 0
-    assert load(out).layout == "flax"
+    assert load(out).framework == "flax"
     ckpt = tmp_path / "ckpt"
     assert main([str(se_pth), str(ckpt)]) == 0
     assert main([str(out), str(ckpt)]) == 2  # directories too
@@ -272,9 +274,9 @@ NO_TORCH = textwrap.dedent(
     }
     save(Weights("torch", torch_state), tmp / "torch.safetensors")
     convert_file(tmp / "torch.safetensors", tmp / "flax.msgpack")
-    convert_file(tmp / "flax.msgpack", tmp / "flax.safetensors", layout="flax")
+    convert_file(tmp / "flax.msgpack", tmp / "flax.safetensors", framework="flax")
     flax = load(tmp / "flax.safetensors")
-    assert flax.layout == "flax" and flax.tensors["params/fc1/bias"].dtype == ml_dtypes.bfloat16
+    assert flax.framework == "flax" and flax.tensors["params/fc1/bias"].dtype == ml_dtypes.bfloat16
     k = flax.tensors["params/fc2/kernel"]
     assert (k.view(np.int16) == torch_state["fc2.weight"][:, :, 0, 0].T.view(np.int16)).all()
     print("ok", sys.modules["torch"] is None)
@@ -293,5 +295,123 @@ def test_flax_files_need_no_torch(tmp_path):
 def test_api_raises_file_error(tmp_path):
     with pytest.raises(FileError, match="unknown extension"):
         load(tmp_path / "x.npz")
-    with pytest.raises(FileError, match="hold the Flax layout, not torch"):
+    with pytest.raises(FileError, match="msgpack files hold the flax framework's tensors, not"):
         save(Weights("torch", {"a": np.ones(2, np.float32)}), tmp_path / "x.msgpack")
+
+
+# ------------------------------------------------------------------ backbones, counters included
+
+# Backbones small enough for every pair of formats: a ResNet-10 with SE, and a plain one for --attn
+TINY = {
+    "seresnet10": ResNetConfig("basic", (1, 1, 1, 1), attn="se"),
+    "resnet10": ResNetConfig("basic", (1, 1, 1, 1)),
+}
+
+
+@pytest.fixture
+def tiny_models(monkeypatch):
+    for name, config in TINY.items():
+        monkeypatch.setitem(MODEL_CONFIGS, name, config)
+
+
+def backbone_state(name: str, dtype, rng, *, values: bool = False, **options) -> dict:
+    """Random bits in every float tensor (or, with ``values``, random weights a network can
+    run), random values in every BatchNorm counter."""
+    model = se_torch.create_model(name, **options)
+    state = randomize_(model, rng, torch.float32).state_dict() if values else model.state_dict()
+    return {
+        k: (
+            np.asarray(rng.integers(0, 2**31), np.int64)
+            if k.endswith("num_batches_tracked")
+            else v.numpy().astype(DTYPES[dtype])
+            if values
+            else random_bits(tuple(v.shape), DTYPES[dtype], rng)
+        )
+        for k, v in state.items()
+    }
+
+
+def test_every_pair_of_formats_round_trips_a_backbone_bit_exactly(tiny_models, rng, tmp_path):
+    """A backbone's every tensor, 0-d int64 counters included (they were written as shape
+    (1,) to safetensors), keeps its shape, dtype and bits through every ordered pair of formats."""
+    torch_state = backbone_state("seresnet10", "bfloat16", rng)
+    counters = [k for k in torch_state if k.endswith("num_batches_tracked")]
+    assert counters and all(torch_state[k].shape == () for k in counters)
+    reference = write(tmp_path, "reference", ".pth", Weights("torch", torch_state))
+    convert_file(reference, tmp_path / "reference.msgpack", "seresnet10")
+    originals = {"torch": torch_state, "flax": load(tmp_path / "reference.msgpack").tensors}
+    for (a, ext_a, lay_a), (b, ext_b, lay_b) in itertools.permutations(FORMATS, 2):
+        case = tmp_path / f"{a}-{b}"
+        case.mkdir()
+        source = write(case, "source", ext_a, Weights(lay_a, originals[lay_a], "seresnet10"))
+        there = case / f"there{ext_b}"
+        convert_file(source, there, "seresnet10", framework=lay_b)
+        back = case / f"back{ext_a}"
+        convert_file(there, back, "seresnet10", framework=lay_a)
+        assert bits(load(there).tensors) == bits(originals[lay_b]), (a, b)
+        assert bits(load(back).tensors) == bits(originals[lay_a]), (a, b)
+
+
+def test_verify_checks_the_file_it_wrote(tiny_models, rng, tmp_path, monkeypatch, capsys):
+    """--verify reads the written file back: a writer that changes a tensor (here the earlier
+    safetensors bug, 0-d counters as shape (1,)) fails it, and nothing is written."""
+    import safetensors.numpy
+
+    source = write(
+        tmp_path,
+        "model",
+        ".pth",
+        Weights("torch", backbone_state("seresnet10", "float32", rng, values=True)),
+    )
+    real = safetensors.numpy.save_file
+    monkeypatch.setattr(
+        safetensors.numpy,
+        "save_file",
+        lambda tensors, path, metadata=None: real(
+            {k: np.atleast_1d(v) for k, v in tensors.items()}, path, metadata=metadata
+        ),
+    )
+    out = tmp_path / "model.safetensors"
+    argv = [str(source), str(out), "--model", "seresnet10", "--framework", "torch", "--verify"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "does not hold what was converted" in err
+    assert "bn1.num_batches_tracked: (1,) int64, meant () int64" in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["model.pth"]
+    monkeypatch.setattr(safetensors.numpy, "save_file", real)
+    assert main(argv) == 0
+    assert load(out).tensors["bn1.num_batches_tracked"].shape == ()
+
+
+def test_attn_converts_a_backbone_with_another_attention_layer(tiny_models, rng, tmp_path, capsys):
+    torch_state = backbone_state("resnet10", "float32", rng, values=True, attn="eca")
+    source = write(tmp_path, "eca", ".pth", Weights("torch", torch_state))
+    st = tmp_path / "eca.safetensors"
+    assert main([str(source), str(st), "--model", "resnet10", "--attn", "eca", "--verify"]) == 0
+    assert "verify: max |torch - flax|" in capsys.readouterr().out
+    flax = load(st)
+    assert (flax.model, flax.attn) == ("resnet10", "eca")
+    assert flax.tensors["params/layer1_0/se/conv/kernel"].shape == (3, 1, 1)
+    back = tmp_path / "back.pth"
+    assert main([str(st), str(back)]) == 0  # model and attn come from the file
+    assert bits(load(back).tensors) == bits(torch_state)
+    wrong = tmp_path / "wrong.msgpack"
+    assert main([str(source), str(wrong), "--model", "resnet10", "--attn", "cbam"]) == 2
+    err = capsys.readouterr().err  # ECA's weights where CBAM's are expected
+    assert "params/layer1_0/se/conv/kernel (not in the target)" in err and not wrong.exists()
+    assert main([str(source), str(wrong), "--attn", "eca"]) == 2
+    assert "--attn needs --model" in capsys.readouterr().err
+
+
+def test_a_wrong_model_lists_a_few_problems_of_each_kind(tmp_path, capsys):
+    """seresnet18's weights as resnet50: hundreds of problems; a screenful by default, every one
+    with --verbose."""
+    pth, _ = seresnet18_pth(tmp_path)
+    out = str(tmp_path / "o.msgpack")
+    assert main([str(pth), out, "--model", "resnet50"]) == 2
+    short = capsys.readouterr().err.splitlines()
+    assert 10 <= len(short) <= 20 and "(--verbose lists every problem)" in short[-1]
+    assert sum("... and" in line and "more" in line for line in short) >= 2
+    assert main([str(pth), out, "--model", "resnet50", "--verbose"]) == 2
+    full = capsys.readouterr().err.splitlines()
+    assert len(full) > 200 and not any(line.strip().startswith("... and") for line in full)

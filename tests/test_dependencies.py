@@ -16,17 +16,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # What each package must never import (top-level module names).
 FORBIDDEN = {
-    "se_common": {"torch", "jax", "jaxlib", "flax", "optax", "se_torch", "se_flax"},
-    "se_torch": {"jax", "jaxlib", "flax", "optax", "se_flax", "sklearn", "matplotlib"},
+    "se_common": {"torch", "jax", "jaxlib", "flax", "optax", "se_torch", "se_flax", "se_convert"},
+    "se_torch": {
+        "jax",
+        "jaxlib",
+        "flax",
+        "optax",
+        "se_flax",
+        "se_convert",
+        "sklearn",
+        "matplotlib",
+    },
     "se_flax": {"torch", "se_torch", "sklearn", "matplotlib", "examples", "benchmarks"},
+    "se_convert": {"torch", "se_torch", "se_flax", "sklearn", "matplotlib"},
 }
-# The documented optional imports (README, "Repository layout"): the converter touches torch only
-# to read and write PyTorch tensors and files, lazily inside those functions; building a model by
-# name for `se-convert --model/--verify` imports se_torch (it moves to a command layer above both
-# twins with the converter's restructuring).
+# The documented exceptions (README, "Repository layout"), all imported lazily, inside the
+# functions that need them: the converter's core touches torch only to read and write PyTorch
+# tensors and files; its command layer (se-convert --model/--verify) builds models by name with
+# both twins.
 OPTIONAL = {
-    "se_flax/convert/_arrays.py": {"torch"},
-    "se_flax/convert/_files.py": {"torch", "se_torch"},
+    "se_convert/_arrays.py": {"torch"},
+    "se_convert/_formats.py": {"torch"},
+    "se_convert/_models.py": {"se_torch", "se_flax"},
+    "se_convert/_command.py": {"torch"},
 }
 
 
@@ -82,6 +94,17 @@ IMPORT_EVERYTHING = textwrap.dedent(
     print(len(names), loaded)
     """
 )
+# The converter's core and command layer import neither twin nor torch until asked to.
+IMPORT_CONVERTER = textwrap.dedent(
+    """
+    import importlib, pkgutil, sys
+    import se_convert
+    for m in pkgutil.walk_packages(se_convert.__path__, "se_convert."):
+        if not m.name.endswith("__main__"):
+            importlib.import_module(m.name)
+    print(sorted(m for m in ("se_flax", "se_torch", "torch") if m in sys.modules))
+    """
+)
 
 
 def test_every_se_flax_module_imports_without_torch():
@@ -95,4 +118,18 @@ def test_every_se_flax_module_imports_without_torch():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     count, loaded = result.stdout.split(" ", 1)
-    assert int(count) >= 15 and loaded.strip() == "[]", result.stdout
+    modules = len(list((ROOT / "se_flax").rglob("*.py"))) - 1  # all but se_flax/__init__.py
+    assert int(count) == modules and loaded.strip() == "[]", result.stdout
+
+
+def test_the_converter_imports_no_framework_package_until_asked():
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_CONVERTER],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"

@@ -182,14 +182,18 @@ class Conv1dFcReduce(nn.Module):
         self.attn.fc_reduce = nn.Conv1d(8, 4, 1, bias=False)
 
 
-def test_conv1d_named_like_a_conv2d_rule_is_a_type_mismatch():
-    with pytest.raises(ConversionError) as info:
-        torch_to_flax(Conv1dFcReduce())
-    assert info.value.missing == info.value.unexpected == []
-    [problem] = info.value.mismatched
-    assert problem.startswith("attn.fc_reduce: is a Conv1d")
-    assert "expect Conv2d" in problem
-    with pytest.raises(ConversionError, match=r"attn.fc_reduce: is a Conv1d"):
+def test_a_conv1d_named_like_the_attention_converts_as_a_conv1d():
+    """With the module, its type decides: a Conv1d named ``fc_reduce`` is a Conv1d kernel
+    ``(k, I, O)``. Without it, the name's rule (a 1x1 Conv2d) refuses the 3-D tensor, and
+    Dense-shaped variables do not fit the Conv1d."""
+    module = Conv1dFcReduce()
+    kernel = torch_to_flax(module)["params"]["attn"]["fc_reduce"]["kernel"]
+    np.testing.assert_array_equal(kernel, module.attn.fc_reduce.weight.detach().permute(2, 1, 0))
+    with pytest.raises(ConversionError, match=r"shape \(4, 8, 1\) is not a 1x1 Conv2d weight"):
+        torch_to_flax(module.state_dict())
+    with pytest.raises(
+        ConversionError, match=r"fc_reduce/kernel: \(8, 4\) float64, module .* needs \(1, 8, 4\)"
+    ):
         flax_to_torch(
             {"params": {"attn": {"fc_reduce": {"kernel": jnp.ones((8, 4))}}}}, Conv1dFcReduce()
         )

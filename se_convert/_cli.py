@@ -1,6 +1,6 @@
 """``se-convert INPUT OUTPUT``: convert weight files between PyTorch and Flax, safely.
 
-Formats by extension: .pth/.pt/.bin (PyTorch), .safetensors (either layout), .msgpack
+Formats by extension: .pth/.pt/.bin (PyTorch), .safetensors (either framework), .msgpack
 (flax.serialization), no extension (an orbax checkpoint directory). Exit status 2 on any error,
 with one message and nothing written.
 """
@@ -10,19 +10,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-from se_common import MODEL_CONFIGS
+from se_common import ATTENTION
 from se_common._cli import positive
-from se_flax.convert._convert import ConversionError
-from se_flax.convert._files import SE_MODELS, FileError, convert_file
+from se_convert._command import convert_file
+from se_convert._convert import ConversionError
+from se_convert._formats import FileError
+from se_convert._models import model_names
 
 EPILOG = """\
 examples:
   se-convert seresnet18.pth seresnet18.msgpack --model seresnet18 --verify
+  se-convert resnet50_eca.pth resnet50_eca.safetensors --model resnet50 --attn eca
   se-convert se_block.pth se_block.safetensors          (a bare SE block needs no --model)
   se-convert seresnet18.msgpack seresnet18.pth --model seresnet18
 PyTorch files are read with torch.load(weights_only=True): a pickle that would run code is
 refused, and nothing in it runs.
 """
+ERROR_LINES = 4  # per category of a conversion error, without --verbose
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,20 +40,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("output", help="file (or orbax directory) to write")
     p.add_argument(
         "--model",
-        choices=sorted(MODEL_CONFIGS) + list(SE_MODELS),
+        choices=model_names(),
         metavar="NAME",
         help="architecture: a create_model name (seresnet50, ...), or se / selayer for a bare "
         "SE block (timm layout / classic recipe). Needed for Flax -> PyTorch and --verify",
     )
     p.add_argument(
+        "--attn",
+        choices=sorted(ATTENTION),
+        help="the backbone's attention layer when it is not the model's own "
+        "(create_model(name, attn=...): resnet50 --attn eca is ECA-ResNet-50)",
+    )
+    p.add_argument(
+        "--framework",
         "--layout",
+        dest="framework",
         choices=["torch", "flax"],
-        help="output layout for .safetensors (default: the other framework's)",
+        help="whose layout to write in .safetensors (default: the other framework's)",
     )
     p.add_argument(
         "--verify",
         action="store_true",
-        help="run both frameworks on one random input and fail above --tolerance",
+        help="read the written file back, check every tensor, run both frameworks on one "
+        "random input and fail above --tolerance (nothing is written then)",
     )
     p.add_argument(
         "--tolerance",
@@ -58,6 +71,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="max abs difference --verify accepts (default 1e-4, float32)",
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing OUTPUT")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"list every problem of a failed conversion (default: {ERROR_LINES} per kind)",
+    )
     return p.parse_args(argv)
 
 
@@ -68,13 +86,22 @@ def main(argv: list[str] | None = None) -> int:
             args.input,
             args.output,
             args.model,
-            layout=args.layout,
-            check=args.verify,
+            attn=args.attn,
+            framework=args.framework,
+            verify=args.verify,
             force=args.force,
             tolerance=args.tolerance,
             log=lambda message: print(f"note: {message}"),
         )
-    except (FileError, ConversionError) as e:
+    except ConversionError as e:
+        message = e.report(None if args.verbose else ERROR_LINES)
+        hint = "" if args.verbose else "\n(--verbose lists every problem)"
+        shown = sum(len(items) for items in (e.missing, e.unexpected, e.mismatched))
+        if args.verbose or shown <= ERROR_LINES:
+            hint = ""
+        print(f"se-convert: error: {message}{hint}", file=sys.stderr)
+        return 2
+    except FileError as e:
         print(f"se-convert: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # never a traceback for a bad file: one line, status 2
@@ -89,6 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     if "max_abs_diff" in report:
         print(
             f"verify: max |torch - flax| = {report['max_abs_diff']:.3g} "
-            f"(tolerance {report['tolerance']:g}) on one random input"
+            f"(tolerance {report['tolerance']:g}) on one random input, read back from the file"
         )
     return 0

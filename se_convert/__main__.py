@@ -1,0 +1,3 @@
+from se_convert._cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,631 @@
+"""The conversion engine: plans where every tensor goes with the rule tables (see
+:mod:`se_convert._rules`), then moves them, in either direction, strictly."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from se_convert._arrays import to_numpy, to_torch
+from se_convert._rules import CONTEXTS, LAYER_RULES, RULES, Context, Layout, Rule
+
+__all__ = [
+    "ConversionError",
+    "DroppedTensorsWarning",
+    "Rename",
+    "flax_to_torch",
+    "torch_to_flax",
+    "update_nnx",
+]
+
+FlaxPath = tuple[str, ...]  # (collection, module, ..., leaf)
+# A function of the default Flax module path ("body_0/conv"), or (regex, replacement) pairs
+# applied to it in order with re.sub.
+Rename = Callable[[str], str] | Sequence[tuple[str, str]]
+
+
+class ConversionError(ValueError):
+    """Everything wrong with one conversion, listed at once.
+
+    Attributes:
+        missing: keys the target needs that the source lacks.
+        unexpected: source keys that no rule or target takes.
+        mismatched: keys present on both sides with a different shape, dtype or module type,
+            and layers whose Flax layout is ambiguous without a target.
+    """
+
+    def __init__(
+        self, title: str, missing: list[str], unexpected: list[str], mismatched: list[str]
+    ):
+        self.title = title
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        super().__init__(self.report())
+
+    def report(self, limit: int | None = None) -> str:
+        """The message, listing at most ``limit`` items per category (``None``: all)."""
+        total = len(self.missing) + len(self.unexpected) + len(self.mismatched)
+        lines = [f"{self.title}: {total} problem(s)"]
+        for label, items in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("mismatched", self.mismatched),
+        ):
+            if items:
+                lines.append(f"  {label} ({len(items)}):")
+                shown = items if limit is None else items[:limit]
+                lines.extend(f"    {item}" for item in shown)
+                if len(shown) < len(items):
+                    lines.append(f"    ... and {len(items) - len(shown)} more")
+        return "\n".join(lines)
+
+
+class DroppedTensorsWarning(UserWarning):
+    """PyTorch tensors the Flax target has no place for by design (the BatchNorm counters that
+    ``flax.linen.BatchNorm`` and ``nnx.BatchNorm`` lack), dropped on purpose; the message names
+    every one. Nothing else is ever dropped."""
+
+
+@dataclass
+class _Problems:
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    def raise_if_any(self, title: str) -> None:
+        if self.missing or self.unexpected or self.mismatched:
+            raise ConversionError(title, self.missing, self.unexpected, self.mismatched)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    flax_path: FlaxPath | None  # None: the target has no place for it (dropped, reported)
+    layout: Layout
+
+
+def flax_names(torch_path: str) -> tuple[str, ...]:
+    """The Flax module path of a PyTorch module path: ``layer1.0.se`` -> ``(layer1_0, se)``.
+
+    Numbered children of PyTorch containers become ``name_i``, linen's own naming of lists.
+    """
+    names: list[str] = []
+    for segment in torch_path.split(".") if torch_path else ():
+        if segment.isdigit() and names:
+            names[-1] = f"{names[-1]}_{segment}"
+        else:
+            names.append(segment)
+    return tuple(names)
+
+
+def _renamer(rename: Rename | None) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    """The Flax module path after ``rename``; a path renamed to "" is the top level."""
+    if rename is None:
+        return lambda names: names
+    if callable(rename):
+        apply = rename
+    else:
+        pairs = [(re.compile(pattern), replacement) for pattern, replacement in rename]
+
+        def apply(path: str) -> str:
+            for pattern, replacement in pairs:
+                path = pattern.sub(replacement, path)
+            return path
+
+    def renamed(names: tuple[str, ...]) -> tuple[str, ...]:
+        path = apply("/".join(names))
+        if not isinstance(path, str):
+            raise TypeError(f"rename must return a str path, got {path!r} for {names}")
+        return tuple(part for part in path.split("/") if part)
+
+    return renamed
+
+
+def _class_names(module_type: type) -> set[str]:
+    return {cls.__name__ for cls in module_type.__mro__}
+
+
+# ------------------------------------------------------------------ by name (bare state_dicts)
+
+
+@dataclass(frozen=True)
+class _NoRule:
+    reason: str
+    wrong_type: bool  # a rule has the name but not the module's type: a mismatch, not a stray key
+
+
+def _find_rule(
+    module_path: str, module_type: type | None, rules: Iterable[Rule] = RULES
+) -> tuple[Rule, str, str] | _NoRule:
+    """(rule, prefix, local name) of the name table for a PyTorch module, or why there is none.
+
+    ``module_type`` is the module's class, or ``None`` when only a state_dict is at hand; see
+    :mod:`se_convert._rules` for how a rule is chosen.
+    """
+    named = []
+    for rule in rules:
+        if rule.torch_module is None:
+            continue
+        pattern = rf"(?:(?P<_prefix>.+)\.)?(?P<_local>{rule.torch_module})"
+        match = re.fullmatch(pattern, module_path)
+        if match:
+            named.append((rule, match["_prefix"] or "", match["_local"]))
+    if not named:
+        return _NoRule(f"no conversion rule for module {module_path!r}", False)
+    if module_type is None:
+        found = [f for f in named if not f[0].by_type_only]
+    else:
+        types = _class_names(module_type)
+        found = [f for f in named if types & set(f[0].torch_types)]
+        if not found:
+            kinds = " or ".join(sorted({t for rule, _, _ in named for t in rule.torch_types}))
+            return _NoRule(
+                f"{module_path}: is a {module_type.__name__}, rules named so "
+                f"{[r.name for r, _, _ in named]} expect {kinds}",
+                True,
+            )
+    longest = max(local.count(".") for _, _, local in found)
+    found = [f for f in found if f[2].count(".") == longest]
+    if len(found) == 1:
+        return found[0]
+    return _NoRule(
+        f"module {module_path!r} matches several rules: {[r.name for r, _, _ in found]}", False
+    )
+
+
+# ------------------------------------------------------------------ planning
+
+
+@dataclass
+class _Planner:
+    """Maps each PyTorch key to its Flax path and layout, recording every key that has none.
+
+    Attributes:
+        module: the ``torch.nn.Module`` (types choose the rules), or ``None`` (names do).
+        shapes: PyTorch key -> its tensor's shape.
+        target: the flattened Flax variables or shapes to fit, if any.
+        collections: produce only these Flax collections (``None``: all).
+    """
+
+    module: Any
+    shapes: Mapping[str, tuple[int, ...]]
+    problems: _Problems
+    target: Mapping[FlaxPath, Any] | None = None
+    collections: Container[str] | None = None
+    rules: Sequence[Rule] = ()
+    contexts: Sequence[Context] = ()
+    rename: Callable[[tuple[str, ...]], tuple[str, ...]] = lambda names: names
+
+    def plan(self) -> dict[str, _Entry]:
+        groups: dict[str, list[str]] = {}
+        for key in self.shapes:
+            module_path, _, tensor = key.rpartition(".")
+            groups.setdefault(module_path, []).append(tensor)
+        plan: dict[str, _Entry] = {}
+        for module_path, tensors in groups.items():
+            if self.module is not None:
+                found = self._by_type(module_path, tensors)
+            else:
+                found = self._by_name(module_path, tensors)
+            if found is not None:
+                rule, flax_module = found
+                plan.update(self._entries(module_path, tensors, rule, flax_module))
+        return plan
+
+    def _by_name(self, module_path: str, tensors: list[str]) -> tuple[Rule, FlaxPath] | None:
+        found = _find_rule(module_path, None, [*self.rules, *RULES])
+        if isinstance(found, _NoRule):
+            prefix = f"{module_path}." if module_path else ""
+            self.problems.unexpected.extend(f"{prefix}{t}: {found.reason}" for t in tensors)
+            return None
+        rule, torch_prefix, local = found
+        local_names = (rule.flax_module,) if rule.flax_module else flax_names(local)
+        return rule, self.rename(flax_names(torch_prefix) + local_names)
+
+    def _by_type(self, module_path: str, tensors: list[str]) -> tuple[Rule, FlaxPath] | None:
+        module_type = type(self.module.get_submodule(module_path))
+        names = _class_names(module_type)
+        candidates = [r for r in (*self.rules, *LAYER_RULES) if names & set(r.torch_types)]
+        prefix = f"{module_path}." if module_path else ""
+        if not candidates:
+            self.problems.unexpected.extend(
+                f"{prefix}{t}: no conversion rule for a {module_type.__name__} (module "
+                f"{module_path!r}); pass rules= to add one"
+                for t in tensors
+            )
+            return None
+        context = self._context(module_path)
+        flax_module = self.rename(context[0] if context else flax_names(module_path))
+        preferred = candidates[0]
+        if context and context[1]:
+            preferred = next(r for r in candidates if r.name == context[1])
+        if self.target is not None:
+            fitting = [
+                r
+                for r in sorted(candidates, key=lambda r: r is not preferred)
+                if self._expected(r, module_path, tensors, flax_module) == self._held(flax_module)
+            ]
+            return (fitting[0] if fitting else preferred), flax_module
+        if context is None:  # does a name-table row claim this layer for another layout?
+            named = _find_rule(module_path, module_type, [*self.rules, *RULES])
+            if not isinstance(named, _NoRule) and self._layouts(named[0]) != self._layouts(
+                preferred, named[0].tensors
+            ):
+                options = " or ".join(
+                    f"{rule.name!r} ({self._describe(rule, module_path, tensors)})"
+                    for rule in (preferred, named[0])
+                )
+                self.problems.mismatched.append(
+                    f"{module_path}: ambiguous without a target: this {module_type.__name__} is "
+                    f"{options}, by its type or by its name; pass target= (the Flax variables, "
+                    f"or jax.eval_shape of the model's init) to choose, or rules="
+                )
+                return None
+        return preferred, flax_module
+
+    def _describe(self, rule: Rule, module_path: str, tensors: list[str]) -> str:
+        """The Flax leaves ``rule`` would make, e.g. ``kernel (1, 1, 8, 32), bias (32,)``."""
+        expected = self._expected(rule, module_path, tensors, ()) or {}
+        return ", ".join(f"{path[-1]} {shape}" for path, shape in expected.items())
+
+    @staticmethod
+    def _layouts(rule: Rule, names: Iterable[str] | None = None) -> dict[str, str]:
+        names = rule.tensors if names is None else names
+        return {t: rule.tensors[t].layout.name for t in names if t in rule.tensors}
+
+    def _context(self, module_path: str) -> tuple[FlaxPath, str | None] | None:
+        """The Flax module path and preferred rule the nearest library ancestor gives a child,
+        or ``None`` when no :class:`Context` names it."""
+        segments = module_path.split(".") if module_path else []
+        for depth in range(len(segments) - 1, -1, -1):
+            parent = ".".join(segments[:depth])
+            child = ".".join(segments[depth:])
+            names = _class_names(type(self.module.get_submodule(parent)))
+            for context in (*self.contexts, *CONTEXTS):
+                if names & set(context.torch_types) and child in context.children:
+                    spec = context.children[child]
+                    local = tuple(spec.flax_name.split("/")) if spec.flax_name else None
+                    return flax_names(parent) + (local or flax_names(child)), spec.rule
+        return None
+
+    def _wanted(self, collection: str | None) -> bool:
+        return collection is not None and (
+            self.collections is None or collection in self.collections
+        )
+
+    def _expected(
+        self, rule: Rule, module_path: str, tensors: list[str], flax_module: FlaxPath
+    ) -> dict[FlaxPath, tuple[int, ...]] | None:
+        """The Flax leaves and shapes ``rule`` makes of these tensors; ``None`` if it cannot."""
+        prefix = f"{module_path}." if module_path else ""
+        expected = {}
+        for tensor in tensors:
+            spec = rule.tensors.get(tensor)
+            if spec is None:
+                return None
+            shape = tuple(self.shapes[prefix + tensor])
+            pattern = spec.layout.torch_shape
+            if pattern is not None and (
+                len(pattern) != len(shape)
+                or any(p is not None and p != s for p, s in zip(pattern, shape, strict=True))
+            ):
+                return None
+            if self._wanted(spec.collection):
+                expected[(spec.collection, *flax_module, spec.name)] = spec.layout.flax_shape(shape)
+        return expected
+
+    def _held(self, flax_module: FlaxPath) -> dict[FlaxPath, tuple[int, ...]]:
+        """The target's own leaves of a Flax module (not its children's)."""
+        depth = len(flax_module) + 2
+        return {
+            path: tuple(leaf.shape)
+            for path, leaf in self.target.items()
+            if len(path) == depth and path[1:-1] == flax_module and self._wanted(path[0])
+        }
+
+    def _entries(
+        self, module_path: str, tensors: list[str], rule: Rule, flax_module: FlaxPath
+    ) -> dict[str, _Entry]:
+        prefix = f"{module_path}." if module_path else ""
+        entries = {}
+        for tensor in tensors:
+            spec = rule.tensors.get(tensor)
+            if spec is None:
+                self.problems.unexpected.append(
+                    f"{prefix}{tensor}: rule {rule.name!r} has no tensor {tensor!r}"
+                )
+            elif spec.collection is None:
+                entries[prefix + tensor] = _Entry(None, spec.layout)
+            elif not self._wanted(spec.collection):
+                self.problems.unexpected.append(
+                    f"{prefix}{tensor}: goes to {spec.collection!r}, not one of the requested "
+                    f"collections {tuple(self.collections)}"
+                )
+            else:
+                path = (spec.collection, *flax_module, spec.name)
+                entries[prefix + tensor] = _Entry(path, spec.layout)
+        for tensor, spec in rule.tensors.items():
+            if spec.required and self._wanted(spec.collection) and tensor not in tensors:
+                self.problems.missing.append(f"{prefix}{tensor} (rule {rule.name!r} requires it)")
+        return entries
+
+
+# ------------------------------------------------------------------ the three entry points
+
+
+def _fmt(path: FlaxPath) -> str:
+    return "/".join(path)
+
+
+def _compare(
+    got: Mapping[FlaxPath, Any], want: Mapping[FlaxPath, Any], problems: _Problems, side: str
+) -> None:
+    """Records leaves missing from ``got``, extra in it, or shaped/typed unlike ``want``."""
+    problems.missing.extend(f"{_fmt(p)} (in the {side})" for p in want if p not in got)
+    problems.unexpected.extend(f"{_fmt(p)} (not in the {side})" for p in got if p not in want)
+    for p in got.keys() & want.keys():
+        g, w = got[p], want[p]
+        if tuple(g.shape) != tuple(w.shape) or np.dtype(g.dtype) != np.dtype(w.dtype):
+            problems.mismatched.append(
+                f"{_fmt(p)}: {tuple(g.shape)} {np.dtype(g.dtype)}, the {side} has "
+                f"{tuple(w.shape)} {np.dtype(w.dtype)}"
+            )
+
+
+def _flat_flax(variables: Any) -> dict[FlaxPath, Any]:
+    """Flattens linen variables, or the Param/BatchStat state of an NNX module."""
+    from flax import nnx
+
+    if isinstance(variables, nnx.Module):
+        _, params, stats, _ = nnx.split(variables, nnx.Param, nnx.BatchStat, ...)
+        variables = {"params": nnx.to_pure_dict(params), "batch_stats": nnx.to_pure_dict(stats)}
+    if not isinstance(variables, Mapping):
+        raise TypeError(
+            f"expected Flax variables (a mapping like {{'params': ...}}) or an NNX module, got "
+            f"{type(variables).__name__}"
+        )
+    flat = traverse_util.flatten_dict(dict(variables))
+    return {tuple(str(k) for k in path): leaf for path, leaf in flat.items()}
+
+
+def _as_state_dict(source: Any) -> tuple[Mapping[str, Any], Any]:
+    if hasattr(source, "state_dict") and hasattr(source, "get_submodule"):
+        return source.state_dict(), source
+    if isinstance(source, Mapping):
+        return source, None
+    raise TypeError(
+        f"expected a torch.nn.Module or a state_dict-like mapping of name -> tensor/array, got "
+        f"{type(source).__name__}"
+    )
+
+
+def _planner(
+    module: Any,
+    shapes: Mapping[str, tuple[int, ...]],
+    problems: _Problems,
+    *,
+    target: Mapping[FlaxPath, Any] | None,
+    collections: Iterable[str] | None,
+    rename: Rename | None,
+    rules: Iterable[Rule | Context] | None,
+) -> _Planner:
+    """The planner of one conversion, with the user's ``rules=`` and ``rename=`` checked."""
+    rules = list(rules or ())
+    bad = [r for r in rules if not isinstance(r, (Rule, Context))]
+    if bad:
+        raise TypeError(f"rules= takes Rule and Context objects, got {bad!r}")
+    return _Planner(
+        module,
+        shapes,
+        problems,
+        target=target,
+        collections=None if collections is None else tuple(collections),
+        rules=[r for r in rules if isinstance(r, Rule)],
+        contexts=[r for r in rules if isinstance(r, Context)],
+        rename=_renamer(rename),
+    )
+
+
+def torch_to_flax(
+    source: Any,
+    *,
+    target: Any = None,
+    collections: Iterable[str] | None = None,
+    rename: Rename | None = None,
+    rules: Iterable[Rule | Context] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Converts PyTorch weights to Flax variables.
+
+    Args:
+        source: a ``torch.nn.Module``, whose layer *types* choose the rules whatever their names
+            (:data:`se_convert.LAYER_RULES`), or a state_dict-like mapping of name -> torch
+            tensor / NumPy array / JAX array, e.g. one read from a safetensors file (no torch
+            needed for NumPy input), whose *names* choose (:data:`se_convert.RULES`).
+        target: optional Flax variables (arrays or ``jax.ShapeDtypeStruct``, e.g. from
+            ``jax.eval_shape(model.init, ...)``), or an NNX module, that the result must match
+            exactly: every leaf present, nothing extra, same shapes and dtypes. With a module
+            source it also picks each layer's Flax layout where a type has two (a 1x1 Conv2d as
+            a ``Dense`` or a ``Conv`` kernel; a BatchNorm with or without a counter).
+        collections: produce only these Flax collections, e.g. ``("params",)`` to convert
+            gradients or ``dict(module.named_parameters())``; tensors of other collections are
+            then neither required nor accepted.
+        rename: maps the default Flax module paths (PyTorch's with ``a.b.0.c`` as ``a/b_0/c``)
+            to the target's: a function of the path, or ``(regex, replacement)`` pairs applied
+            in order with ``re.sub``.
+        rules: extra :class:`se_convert.Rule` (a layer type of one's own) and
+            :class:`se_convert.Context` rows, tried before the built-in ones.
+
+    Returns:
+        ``{"params": ...}`` plus ``"batch_stats"`` when the source has BatchNorm statistics;
+        JAX arrays with the source's exact bits and dtypes.
+
+    Raises:
+        ConversionError: listing every missing, unexpected and mismatched key at once.
+
+    Warns:
+        DroppedTensorsWarning: naming the BatchNorm counters a target without them (Flax's
+            own BatchNorm) has no place for.
+
+    Example:
+        >>> variables = torch_to_flax(se_torch.SqueezeExcite(64))
+        >>> se_flax.SqueezeExcite().apply(variables, x_nhwc)
+    """
+    state_dict, module = _as_state_dict(source)
+    problems = _Problems()
+    target_flat = None if target is None else _flat_flax(target)
+    plan = _planner(
+        module,
+        {k: np.shape(v) for k, v in state_dict.items()},
+        problems,
+        target=target_flat if module is not None else None,
+        collections=collections,
+        rename=rename,
+        rules=rules,
+    ).plan()
+    flat: dict[FlaxPath, np.ndarray] = {}
+    dropped = []
+    for key, entry in plan.items():
+        try:
+            array = to_numpy(state_dict[key])
+        except TypeError as e:
+            problems.mismatched.append(f"{key}: {e}")
+            continue
+        reason = entry.layout.torch_problem(array.shape, str(array.dtype))
+        if reason is None and array.dtype == np.float64 and not jax.config.jax_enable_x64:
+            reason = "float64 needs jax_enable_x64=True (JAX would silently make it float32)"
+        if reason is None and entry.flax_path is None:
+            dropped.append(key)
+            continue
+        if reason is None:
+            try:
+                flat[entry.flax_path] = np.array(entry.layout.to_flax(array), order="C")
+            except ValueError as e:
+                reason = str(e)
+        if reason is not None:
+            problems.mismatched.append(f"{key}: {reason}")
+    if target_flat is not None:
+        _compare(flat, target_flat, problems, side="target")
+    problems.raise_if_any("cannot convert PyTorch weights to Flax")
+    if dropped:
+        warnings.warn(
+            f"dropped {len(dropped)} BatchNorm counter(s) the Flax target has no place for: "
+            f"{', '.join(dropped)}",
+            DroppedTensorsWarning,
+            stacklevel=2,
+        )
+    return traverse_util.unflatten_dict({p: jnp.asarray(a) for p, a in flat.items()})
+
+
+def flax_to_torch(
+    variables: Any,
+    module: Any,
+    *,
+    rename: Rename | None = None,
+    rules: Iterable[Rule | Context] | None = None,
+    keep_counters: bool = False,
+) -> Any:
+    """Loads Flax variables into a PyTorch module, in place, with ``strict=True`` semantics.
+
+    Args:
+        variables: linen variables (``{"params": ..., "batch_stats": ...}``) or an NNX module.
+        module: the ``torch.nn.Module`` to fill, of any structure: its layer types choose the
+            rules, and the variables' shapes each layer's layout.
+        rename: as in :func:`torch_to_flax` (the same mapping, so a round trip needs the same).
+        rules: as in :func:`torch_to_flax`.
+        keep_counters: variables of Flax's own BatchNorm have no ``num_batches_tracked``; by
+            default that is an error, with this the module keeps its own counters.
+
+    Returns:
+        ``module``, with every tensor replaced by the converted one (same bits, same dtype).
+
+    Raises:
+        ConversionError: listing every missing, unexpected and mismatched key (shape, dtype or
+            module type) at once; the module is left untouched.
+    """
+    flat = _flat_flax(variables)
+    current = module.state_dict()
+    problems = _Problems()
+    plan = _planner(
+        module,
+        {k: tuple(v.shape) for k, v in current.items()},
+        problems,
+        target=flat,
+        collections=None,
+        rename=rename,
+        rules=rules,
+    ).plan()
+    converted, used = {}, set()
+    for key, entry in plan.items():
+        if entry.flax_path is None:  # a counter Flax's own BatchNorm does not keep
+            if keep_counters:
+                converted[key] = current[key]
+            else:
+                problems.missing.append(
+                    f"{key} (the variables' BatchNorm has no counter; keep_counters=True keeps "
+                    f"the module's own)"
+                )
+            continue
+        if entry.flax_path not in flat:
+            problems.missing.append(f"{_fmt(entry.flax_path)} (for {key})")
+            continue
+        used.add(entry.flax_path)
+        array = to_numpy(flat[entry.flax_path])
+        shape, dtype = tuple(current[key].shape), str(current[key].dtype).removeprefix("torch.")
+        reason = entry.layout.torch_problem(shape, dtype)
+        if reason is not None:
+            problems.mismatched.append(f"{key}: the module's {reason}")
+            continue
+        want = (entry.layout.flax_shape(shape), entry.layout.dtypes[dtype])
+        if (array.shape, str(array.dtype)) != want:
+            problems.mismatched.append(
+                f"{_fmt(entry.flax_path)}: {array.shape} {array.dtype}, module {key} needs "
+                f"{want[0]} {want[1]}"
+            )
+            continue
+        converted[key] = to_torch(entry.layout.to_torch(array))
+    problems.unexpected.extend(
+        f"{_fmt(p)} (no key of the module takes it)" for p in flat if p not in used
+    )
+    problems.raise_if_any(f"cannot load Flax variables into {type(module).__name__}")
+    module.load_state_dict(converted, strict=True)
+    return module
+
+
+def update_nnx(model: Any, variables: Mapping[str, Any]) -> Any:
+    """Loads linen-style variables (e.g. from :func:`torch_to_flax`) into an NNX module, strictly.
+
+    Args:
+        model: an NNX module such as ``se_flax.nnx.SqueezeExcite``.
+        variables: ``{"params": ..., "batch_stats": ...}`` with the module's exact structure.
+
+    Returns:
+        ``model``, updated in place.
+
+    Raises:
+        ConversionError: listing every missing, unexpected and mismatched leaf at once.
+    """
+    from flax import nnx
+
+    problems = _Problems()
+    _compare(_flat_flax(variables), _flat_flax(model), problems, side="NNX module")
+    problems.raise_if_any(f"cannot load variables into {type(model).__name__}")
+    _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    nnx.replace_by_pure_dict(params, _int_keys(variables.get("params", {})))
+    nnx.replace_by_pure_dict(stats, _int_keys(variables.get("batch_stats", {})))
+    nnx.update(model, params, stats)
+    return model
+
+
+def _int_keys(tree: Any) -> Any:
+    """NNX lists (``nnx.Sequential``'s ``layers``) are keyed by ints; flattened paths by str."""
+    if not isinstance(tree, Mapping):
+        return tree
+    return {
+        int(k) if isinstance(k, str) and k.isdigit() else k: _int_keys(v) for k, v in tree.items()
+    }

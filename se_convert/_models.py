@@ -1,0 +1,116 @@
+"""The architectures ``se-convert`` builds by name, in both frameworks: the command layer's one
+registry (the converter's core never builds a model). It imports ``se_torch`` and ``se_flax``
+only when it builds one."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from se_common import ATTENTION, MODEL_CONFIGS
+from se_convert._formats import FileError
+
+__all__ = ["SE_BLOCKS", "Model", "model_names"]
+
+# Bare SE blocks, whose widths come from the weights (Flax layout: params/fc1/kernel (C, rd)).
+SE_BLOCKS = {
+    "se": "a bare SE block: timm's SEModule / torchvision's layout (fc1, fc2 1x1 convs)",
+    "selayer": "the classic recipe's SELayer (fc.0, fc.2 Linear, no bias)",
+}
+
+
+def model_names() -> list[str]:
+    """Every name ``--model`` takes: the ``create_model`` names, then the bare SE blocks."""
+    return [*sorted(MODEL_CONFIGS), *SE_BLOCKS]
+
+
+@dataclass(frozen=True)
+class Model:
+    """An architecture by name: a ``create_model`` name (with another attention layer, ``attn``)
+    or a bare SE block.
+
+    Raises (on construction):
+        FileError: for an unknown name or attention layer, or ``attn`` on a bare SE block.
+    """
+
+    name: str
+    attn: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in MODEL_CONFIGS and self.name not in SE_BLOCKS:
+            raise FileError(f"unknown model {self.name!r}; known: {', '.join(model_names())}")
+        if self.attn is not None and self.name in SE_BLOCKS:
+            raise FileError(f"--attn applies to backbones, not to a bare {self.name!r} block")
+        if self.attn is not None and self.attn not in ATTENTION:
+            raise FileError(f"unknown attn {self.attn!r}; known: {', '.join(sorted(ATTENTION))}")
+
+    @property
+    def is_se_block(self) -> bool:
+        return self.name in SE_BLOCKS
+
+    def _options(self) -> dict[str, Any]:
+        return {} if self.attn is None else {"attn": self.attn}
+
+    def _widths(self, flax_tensors: dict[str, np.ndarray] | None) -> tuple[int, int, bool]:
+        """(C, hidden width, biases) of a bare SE block, read from its Flax weights."""
+        kernel = (flax_tensors or {}).get("params/fc1/kernel")
+        if kernel is None or kernel.ndim != 2:
+            raise FileError(
+                f"--model {self.name}: the widths come from the weights, and there is no SE "
+                f"block's params/fc1/kernel (C, rd)"
+            )
+        channels, rd = kernel.shape
+        return channels, rd, "params/fc1/bias" in flax_tensors
+
+    def torch(self, flax_tensors: dict[str, np.ndarray] | None = None) -> Any:
+        """The PyTorch module (a bare SE block's widths from ``flax_tensors``)."""
+        import se_torch
+
+        if not self.is_se_block:
+            return se_torch.create_model(self.name, **self._options())
+        channels, rd, bias = self._widths(flax_tensors)
+        if self.name == "selayer":
+            reductions = [r for r in range(1, channels + 1) if channels // r == rd]
+            if not reductions or bias:
+                raise FileError(
+                    f"--model selayer: fc1 {(channels, rd)}{' with a bias' if bias else ''} is "
+                    f"no classic SELayer(C, reduction)"
+                )
+            return se_torch.SELayer(channels, reduction=reductions[0])
+        return se_torch.SqueezeExcite(channels, rd_channels=rd, bias=bias)
+
+    def flax(self, flax_tensors: dict[str, np.ndarray] | None = None) -> Any:
+        """The linen module (a bare SE block's widths from ``flax_tensors``)."""
+        import se_flax
+
+        if not self.is_se_block:
+            return se_flax.create_model(self.name, **self._options())
+        _, rd, bias = self._widths(flax_tensors)
+        return se_flax.SqueezeExcite(rd_channels=rd, use_bias=bias)
+
+    def input_shape(self, flax_tensors: dict[str, np.ndarray] | None = None) -> tuple[int, ...]:
+        """An NHWC input the model takes (batch 2)."""
+        if self.is_se_block:
+            return (2, 7, 7, self._widths(flax_tensors)[0])
+        return (2, 64, 64, 3)
+
+    def flax_shapes(self) -> Any:
+        """The abstract variables of a backbone's linen twin (``None`` for a bare SE block,
+        whose widths the weights give)."""
+        return None if self.is_se_block else _flax_shapes(MODEL_CONFIGS[self.name], self.attn)
+
+
+@functools.cache
+def _flax_shapes(config: Any, attn: str | None) -> Any:
+    """Traced once per architecture: a command converting many files builds it once."""
+    import jax
+
+    import se_flax
+
+    model = se_flax.ResNet(config if attn is None else dataclasses.replace(config, attn=attn))
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
+    return jax.eval_shape(model.init, jax.random.key(0), x)
