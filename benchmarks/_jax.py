@@ -20,7 +20,7 @@ from benchmarks._cases import (
     sk_options,
 )
 from benchmarks._timing import Runner
-from se_flax.convert import torch_to_flax
+from se_convert import torch_to_flax
 from se_flax.optim import sgd
 from se_flax.training import TrainState, train_step
 

@@ -30,7 +30,7 @@ def _sync(outputs: list) -> None:
 def module(case: Case, seed: int) -> torch.nn.Module:
     """The case's SE or SK block or network, from ``seed``, in the case's dtype (CPU).
 
-    Both frameworks run these weights: the JAX runner converts them with ``se_flax.convert``.
+    Both frameworks run these weights: the JAX runner converts them with ``se_convert``.
     """
     torch.manual_seed(seed)
     if case.workload in SE_WORKLOADS:

@@ -23,7 +23,7 @@ import se_flax  # noqa: E402
 import se_torch  # noqa: E402
 from se_common import MODEL_CONFIGS  # noqa: E402
 from se_common._cli import positive  # noqa: E402
-from se_flax.convert import flax_to_torch, torch_to_flax  # noqa: E402
+from se_convert import flax_to_torch, torch_to_flax  # noqa: E402
 
 
 def layers(channels: int):

@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     import se_flax
     import se_torch
     from se_common import ResNetConfig
+    from se_convert import torch_to_flax
     from se_flax import optim
-    from se_flax.convert import torch_to_flax
     from se_flax.training import TrainState, eval_step, train_step
     from se_torch import optim as torch_optim
     from se_torch import training as torch_training

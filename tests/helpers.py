@@ -12,7 +12,7 @@ import torch
 from flax import traverse_util
 from torch import nn
 
-from se_flax.convert import torch_to_flax
+from se_convert import torch_to_flax
 
 
 def to_np(x: Any) -> np.ndarray:

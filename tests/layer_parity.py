@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from se_flax.convert import ConversionError, flax_to_torch, torch_to_flax
+from se_convert import ConversionError, flax_to_torch, torch_to_flax
 from tests.helpers import flatten, nchw_to_nhwc, nhwc_to_nchw, randomize_, to_np, torch_pass
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 import se_flax
 import se_torch
-from se_flax.convert import ConversionError, flax_to_torch, torch_to_flax
+from se_convert import ConversionError, flax_to_torch, torch_to_flax
 from tests.helpers import flatten, randomize_
 from tests.layer_parity import (
     Case,

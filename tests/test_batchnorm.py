@@ -14,7 +14,7 @@ import torch
 import se_flax
 import se_torch
 from se_common import ResNetConfig
-from se_flax.convert import torch_to_flax
+from se_convert import torch_to_flax
 from tests.helpers import assert_trees_close, nchw_to_nhwc, randomize_
 
 SK_CBAM_NET = ResNetConfig("sk_basic", (1, 1, 1, 1), attn="cbam")  # SK, CBAM and plain norms

@@ -17,9 +17,9 @@ from torch import nn
 
 import se_flax
 import se_torch
+from se_convert import ConversionError, flax_to_torch, torch_to_flax, update_nnx
 from se_convert._convert import _find_rule
 from se_flax import nnx as se_nnx
-from se_flax.convert import ConversionError, flax_to_torch, torch_to_flax, update_nnx
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODULES = {
@@ -136,7 +136,7 @@ NO_TORCH_SCRIPT = textwrap.dedent(
     sys.modules["torch"] = None  # any attempt to import torch now raises ImportError
     import ml_dtypes, numpy as np, safetensors.numpy
     import se_flax, se_flax.convert, se_flax.nnx
-    from se_flax.convert import torch_to_flax
+    from se_convert import torch_to_flax
     rng = np.random.default_rng(0)
     state = {
         "fc1.weight": rng.standard_normal((8, 32, 1, 1)).astype(np.float32),
@@ -357,3 +357,12 @@ def test_a_type_no_rule_of_that_name_takes_is_a_mismatch():
     assert "is a Linear" in found.reason and "expect Conv2d" in found.reason
     found = _find_rule("layer1.0.conv1.attn.fc_select", None)
     assert isinstance(found, tuple)  # without the module, the name alone decides
+
+
+def test_se_flax_convert_is_the_converter_under_its_earlier_name():
+    import se_convert
+    import se_flax.convert
+
+    assert se_flax.convert.__all__ == se_convert.__all__
+    for name in se_convert.__all__:
+        assert getattr(se_flax.convert, name) is getattr(se_convert, name), name

@@ -17,8 +17,8 @@ import torch
 
 import se_torch
 from se_common import MODEL_CONFIGS, ResNetConfig
+from se_convert import FileError, Weights, convert_file, load, save
 from se_convert._cli import main
-from se_flax.convert import FileError, Weights, convert_file, load, save
 from tests.helpers import randomize_
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,7 +263,7 @@ NO_TORCH = textwrap.dedent(
     sys.modules["torch"] = None  # importing torch now raises ImportError
     import ml_dtypes, numpy as np
     from pathlib import Path
-    from se_flax.convert import Weights, convert_file, load, save
+    from se_convert import Weights, convert_file, load, save
     tmp = Path(sys.argv[1])
     rng = np.random.default_rng(0)
     torch_state = {

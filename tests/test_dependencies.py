@@ -84,7 +84,7 @@ IMPORT_EVERYTHING = textwrap.dedent(
     for name in names:
         if not name.endswith("__main__"):
             importlib.import_module(name)
-    from se_flax.convert import torch_to_flax
+    from se_convert import torch_to_flax
     rng = np.random.default_rng(0)
     weights = {f"fc{i}.weight": rng.normal(size=s).astype(np.float32)
                for i, s in ((1, (2, 8, 1, 1)), (2, (8, 2, 1, 1)))}

@@ -18,7 +18,7 @@ import se_common
 import se_flax
 import se_torch
 from se_common import BlockType, ResNetConfig, SelectiveKernelConfig
-from se_flax.convert import torch_to_flax
+from se_convert import torch_to_flax
 from tests.helpers import assert_trees_close, flatten, nchw_to_nhwc, randomize_
 
 

@@ -14,7 +14,7 @@ import torch
 import se_flax
 import se_torch
 from se_common import MODEL_CONFIGS, ResNetConfig, SelectiveKernelConfig
-from se_flax.convert import torch_to_flax
+from se_convert import torch_to_flax
 from tests.helpers import assert_trees_close, nchw_to_nhwc
 
 # Parameter counts of timm 1.0.31's models of the same names (timm.create_model(name)).

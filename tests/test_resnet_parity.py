@@ -16,7 +16,7 @@ from torch import nn
 import se_flax
 import se_torch
 from se_common import ResNetConfig, SelectiveKernelConfig
-from se_flax.convert import flax_to_torch, torch_to_flax
+from se_convert import flax_to_torch, torch_to_flax
 from tests.helpers import assert_trees_close, flatten, nchw_to_nhwc, randomize_, torch_pass
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 import se_flax
 import se_torch
-from se_flax.convert import ConversionError, flax_to_torch, torch_to_flax
+from se_convert import ConversionError, flax_to_torch, torch_to_flax
 from tests.layer_parity import (
     Case,
     assert_bad_options,

@@ -12,8 +12,8 @@ from torch import nn
 
 import se_flax
 import se_torch
+from se_convert import flax_to_torch, torch_to_flax, update_nnx
 from se_flax import nnx as se_nnx
-from se_flax.convert import flax_to_torch, torch_to_flax, update_nnx
 from tests.helpers import assert_trees_close
 
 

@@ -17,8 +17,8 @@ import torch
 import se_flax
 import se_torch
 from se_common import ResNetConfig
+from se_convert import torch_to_flax
 from se_flax import optim as flax_optim
-from se_flax.convert import torch_to_flax
 from se_flax.training import (
     TrainState,
     eval_step,
