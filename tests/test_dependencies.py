@@ -107,9 +107,10 @@ IMPORT_CONVERTER = textwrap.dedent(
 )
 
 
-def test_every_se_flax_module_imports_without_torch():
+def run_script(script: str) -> str:
+    """Runs ``script`` in a fresh interpreter (nothing imported yet); returns its output."""
     result = subprocess.run(
-        [sys.executable, "-c", IMPORT_EVERYTHING],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -117,19 +118,14 @@ def test_every_se_flax_module_imports_without_torch():
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    count, loaded = result.stdout.split(" ", 1)
+    return result.stdout
+
+
+def test_every_se_flax_module_imports_without_torch():
+    count, loaded = run_script(IMPORT_EVERYTHING).split(" ", 1)
     modules = len(list((ROOT / "se_flax").rglob("*.py"))) - 1  # all but se_flax/__init__.py
-    assert int(count) == modules and loaded.strip() == "[]", result.stdout
+    assert int(count) == modules and loaded.strip() == "[]", (count, loaded)
 
 
 def test_the_converter_imports_no_framework_package_until_asked():
-    result = subprocess.run(
-        [sys.executable, "-c", IMPORT_CONVERTER],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "[]"
+    assert run_script(IMPORT_CONVERTER).strip() == "[]"
