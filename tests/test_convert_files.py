@@ -415,3 +415,29 @@ def test_a_wrong_model_lists_a_few_problems_of_each_kind(tmp_path, capsys):
     assert main([str(pth), out, "--model", "resnet50", "--verbose"]) == 2
     full = capsys.readouterr().err.splitlines()
     assert len(full) > 200 and not any(line.strip().startswith("... and") for line in full)
+
+
+def test_layout_is_the_framework_option_under_its_earlier_name(tmp_path, se_pth):
+    from se_convert._cli import parse_args
+
+    assert parse_args(["a.pth", "b.safetensors", "--layout", "torch"]).framework == "torch"
+    out = tmp_path / "o.safetensors"
+    assert main([str(se_pth), str(out), "--layout", "torch"]) == 0
+    assert load(out).framework == "torch"
+
+
+def test_architectures_by_name_are_checked():
+    from se_convert import Model
+
+    with pytest.raises(FileError, match=r"unknown model 'resnet51'; known: .*seresnet50"):
+        Model("resnet51")
+    with pytest.raises(FileError, match=r"--attn applies to backbones, not to a bare 'se'"):
+        Model("se", attn="eca")
+    with pytest.raises(FileError, match=r"unknown attn 'sk'; known: cbam, eca, ese, se"):
+        Model("resnet18", attn="sk")
+    with pytest.raises(FileError, match=r"the widths come from the weights"):
+        Model("selayer").torch({})
+    kernel = {"params/fc1/kernel": np.ones((64, 4), np.float32)}
+    assert isinstance(Model("selayer").torch(kernel), se_torch.SELayer)
+    with pytest.raises(FileError, match=r"fc1 \(64, 4\) with a bias is no classic SELayer"):
+        Model("selayer").torch({**kernel, "params/fc1/bias": np.ones(4, np.float32)})
