@@ -244,7 +244,15 @@ class _Planner:
         flax_module = self.rename(context[0] if context else flax_names(module_path))
         preferred = candidates[0]
         if context and context[1]:
-            preferred = next(r for r in candidates if r.name == context[1])
+            asked = [r for r in candidates if r.name == context[1]]
+            if not asked:
+                self.problems.mismatched.append(
+                    f"{module_path}: its parent's context asks for rule {context[1]!r}, which "
+                    f"does not take a {module_type.__name__} (its rules: "
+                    f"{[r.name for r in candidates]})"
+                )
+                return None
+            preferred = asked[0]
         if self.target is not None:
             fitting = [
                 r

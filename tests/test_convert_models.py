@@ -507,6 +507,17 @@ def test_a_context_settles_an_own_layer_without_a_target(rng):
     se_flax.SqueezeExcite(rd_channels=4).apply(variables, x)  # the SE twin takes them
 
 
+def test_a_context_asking_for_a_rule_of_another_type_is_an_error():
+    class LinearSE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(4, 2)
+
+    dense = Child(rule="Conv2d as Dense (1x1)")
+    with pytest.raises(ConversionError, match=r"fc1: its parent's context asks for rule"):
+        torch_to_flax(LinearSE(), rules=[Context("linear se", ("LinearSE",), {"fc1": dense})])
+
+
 def test_rename_and_rules_arguments_are_checked():
     with pytest.raises(TypeError, match=r"rules= takes Rule and Context objects"):
         torch_to_flax(TorchHead(), rules=["scale"])
