@@ -16,16 +16,19 @@ import numpy as np
 
 from se_convert._arrays import to_numpy, to_torch
 from se_convert._convert import flax_to_torch, torch_to_flax
-from se_convert._formats import FORMATS, FileError, Framework, Weights, file_format, load, save
+from se_convert._formats import (
+    FORMATS,
+    FileError,
+    Framework,
+    Weights,
+    _flatten_flax,
+    file_format,
+    load,
+    save,
+)
 from se_convert._models import SE_BLOCKS, Model
 
 __all__ = ["convert_file"]
-
-
-def _flatten(variables: Any) -> dict[str, np.ndarray]:
-    from flax import traverse_util
-
-    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(variables, sep="/").items()}
 
 
 def _is_float(v: np.ndarray) -> bool:
@@ -51,7 +54,7 @@ def _to_flax(weights: Weights, model: Model | None) -> Weights:
             target,
         )
     variables = torch_to_flax(weights.tensors, target=target)
-    return Weights("flax", _flatten(variables))
+    return Weights("flax", _flatten_flax(variables, "converted"))
 
 
 def _to_torch(weights: Weights, model: Model | None) -> Weights:

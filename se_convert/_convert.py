@@ -318,11 +318,7 @@ class _Planner:
             if spec is None:
                 return None
             shape = tuple(self.shapes[prefix + tensor])
-            pattern = spec.layout.torch_shape
-            if pattern is not None and (
-                len(pattern) != len(shape)
-                or any(p is not None and p != s for p, s in zip(pattern, shape, strict=True))
-            ):
+            if not spec.layout.fits(shape):
                 return None
             if self._wanted(spec.collection):
                 expected[(spec.collection, *flax_module, spec.name)] = spec.layout.flax_shape(shape)

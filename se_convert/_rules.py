@@ -77,13 +77,17 @@ class Layout:
     to_torch: Callable[[np.ndarray], np.ndarray]
     dtypes: Mapping[str, str] = field(default_factory=lambda: {f: f for f in FLOATS})
 
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether a PyTorch tensor of this shape matches ``torch_shape``."""
+        pattern = self.torch_shape
+        return pattern is None or (
+            len(shape) == len(pattern)
+            and all(p is None or p == s for p, s in zip(pattern, shape, strict=True))
+        )
+
     def torch_problem(self, shape: tuple[int, ...], dtype: str) -> str | None:
         """Why a PyTorch tensor of this shape and dtype does not fit, or ``None``."""
-        pattern = self.torch_shape
-        if pattern is not None and (
-            len(shape) != len(pattern)
-            or any(p is not None and p != s for p, s in zip(pattern, shape, strict=True))
-        ):
+        if not self.fits(shape):
             return f"shape {tuple(shape)} is not a {self.name}"
         if dtype not in self.dtypes:
             return f"dtype {dtype} is not one of {', '.join(self.dtypes)} for a {self.name}"
