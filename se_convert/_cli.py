@@ -94,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             log=lambda message: print(f"note: {message}"),
         )
     except ConversionError as e:
-        message = e.report(None if args.verbose else ERROR_LINES)
-        hint = "" if args.verbose else "\n(--verbose lists every problem)"
-        shown = sum(len(items) for items in (e.missing, e.unexpected, e.mismatched))
-        if args.verbose or shown <= ERROR_LINES:
-            hint = ""
-        print(f"se-convert: error: {message}{hint}", file=sys.stderr)
+        limit = None if args.verbose else ERROR_LINES
+        cut = limit is not None and any(
+            len(items) > limit for items in (e.missing, e.unexpected, e.mismatched)
+        )
+        hint = "\n(--verbose lists every problem)" if cut else ""
+        print(f"se-convert: error: {e.report(limit)}{hint}", file=sys.stderr)
         return 2
     except FileError as e:
         print(f"se-convert: error: {e}", file=sys.stderr)
