@@ -27,9 +27,58 @@ from se_flax._layers import (
     dense,
 )
 
-__all__ = ["CbamModule", "ChannelAttn", "EcaModule", "EffectiveSEModule", "SpatialAttn"]
+__all__ = [
+    "CbamModule",
+    "ChannelAttn",
+    "EcaModule",
+    "EffectiveSEModule",
+    "SpatialAttn",
+    "channel_attn",
+    "eca",
+    "effective_se",
+    "spatial_attn",
+]
 
 Array = jax.Array
+
+
+Layer = Callable[[Array], Array]
+
+
+# The computations, shared by the linen modules below and their NNX twins in se_flax.nnx; each
+# takes its layers as callables and computes in ``dtype`` (see se_flax._dtypes).
+def eca(x: Array, conv: Layer, gate_fn: Layer, dtype: jnp.dtype) -> Array:
+    """ECA: ``x * gate(conv1d(mean_hw(x)))``; ``conv`` maps ``(N, C, 1)`` to ``(N, C, 1)``."""
+    y = conv(mean(x, (1, 2), dtype)[..., None])
+    return x.astype(dtype) * apply_accumulated(gate_fn, y[:, None, None, :, 0], dtype)
+
+
+def effective_se(x: Array, fc: Layer, gate_fn: Layer, add_maxpool: bool, dtype: jnp.dtype) -> Array:
+    """Effective SE: ``x * gate(fc(pool(x)))``, pool the mean, or ``(mean + max) / 2``."""
+    x = x.astype(dtype)
+    s = mean(x, (1, 2), dtype, keepdims=True)
+    if add_maxpool:
+        s = 0.5 * s + 0.5 * jnp.max(x, axis=(1, 2), keepdims=True)
+    return x * apply_accumulated(gate_fn, fc(s), dtype)
+
+
+def channel_attn(
+    x: Array, fc1: Layer, fc2: Layer, act_fn: Layer, gate_fn: Layer, dtype: jnp.dtype
+) -> Array:
+    """CBAM's channel attention: one MLP over the mean- and max-pooled channels, summed."""
+    x = x.astype(dtype)
+    mlp = lambda v: fc2(act_fn(fc1(v)))  # noqa: E731
+    s = mlp(mean(x, (1, 2), dtype, keepdims=True)) + mlp(jnp.max(x, axis=(1, 2), keepdims=True))
+    return x * apply_accumulated(gate_fn, s, dtype)
+
+
+def spatial_attn(x: Array, conv_norm: Layer, gate_fn: Layer, dtype: jnp.dtype) -> Array:
+    """CBAM's spatial attention: ``conv_norm`` over the channel mean and max, gated."""
+    x = x.astype(dtype)
+    s = jnp.concatenate(
+        [mean(x, -1, dtype, keepdims=True), jnp.max(x, axis=-1, keepdims=True)], axis=-1
+    )
+    return x * apply_accumulated(gate_fn, conv_norm(s), dtype)
 
 
 class EcaModule(nn.Module):
@@ -71,7 +120,7 @@ class EcaModule(nn.Module):
         check_input(x)
         k = eca_kernel_size(x.shape[-1], self.kernel_size, self.gamma, self.beta)
         dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
-        y = nn.Conv(
+        conv = nn.Conv(
             1,
             (k,),
             padding=(((k - 1) // 2, (k - 1) // 2),),
@@ -81,8 +130,8 @@ class EcaModule(nn.Module):
             precision=self.precision,
             kernel_init=self.kernel_init,
             name="conv",
-        )(mean(x, (1, 2), dtype)[..., None])
-        return x.astype(dtype) * apply_accumulated(self.gate_fn, y[:, None, None, :, 0], dtype)
+        )
+        return eca(x, conv, self.gate_fn, dtype)
 
 
 class EffectiveSEModule(nn.Module):
@@ -119,12 +168,8 @@ class EffectiveSEModule(nn.Module):
         """``train`` has no effect (no statistics); every attention layer takes it."""
         check_input(x)
         dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
-        x = x.astype(dtype)
-        s = mean(x, (1, 2), dtype, keepdims=True)
-        if self.add_maxpool:
-            s = 0.5 * s + 0.5 * jnp.max(x, axis=(1, 2), keepdims=True)
-        s = dense(self, x.shape[-1], name="fc")(s)
-        return x * apply_accumulated(self.gate_fn, s, dtype)
+        fc = dense(self, x.shape[-1], name="fc")
+        return effective_se(x, fc, self.gate_fn, self.add_maxpool, dtype)
 
 
 class ChannelAttn(nn.Module):
@@ -149,12 +194,9 @@ class ChannelAttn(nn.Module):
             c, self.rd_ratio, self.rd_channels, self.rd_divisor, default_divisor=1
         )
         dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
-        x = x.astype(dtype)
         fc1 = dense(self, rd, name="fc1", use_bias=self.mlp_bias)
         fc2 = dense(self, c, name="fc2", use_bias=self.mlp_bias)
-        mlp = lambda v: fc2(self.act_fn(fc1(v)))  # noqa: E731
-        s = mlp(mean(x, (1, 2), dtype, keepdims=True)) + mlp(jnp.max(x, axis=(1, 2), keepdims=True))
-        return x * apply_accumulated(self.gate_fn, s, dtype)
+        return channel_attn(x, fc1, fc2, self.act_fn, self.gate_fn, dtype)
 
 
 class SpatialAttn(nn.Module):
@@ -172,11 +214,7 @@ class SpatialAttn(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         k = odd_kernel_size("spatial_kernel_size", self.kernel_size)
         dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
-        x = x.astype(dtype)
-        s = jnp.concatenate(
-            [mean(x, -1, dtype, keepdims=True), jnp.max(x, axis=-1, keepdims=True)], axis=-1
-        )
-        s = ConvNormAct(
+        conv = ConvNormAct(
             1,
             k,
             apply_act=False,
@@ -186,8 +224,8 @@ class SpatialAttn(nn.Module):
             precision=self.precision,
             kernel_init=self.kernel_init,
             name="conv",
-        )(s, train)
-        return x * apply_accumulated(self.gate_fn, s, dtype)
+        )
+        return spatial_attn(x, lambda s: conv(s, train), self.gate_fn, dtype)
 
 
 class CbamModule(nn.Module):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from se_flax._dtypes import Dtype, accumulation_dtype, compute_dtype
 
-__all__ = ["BatchNorm"]
+__all__ = ["BatchNorm", "batch_norm"]
 
 
 class BatchNorm(nn.Module):
@@ -61,33 +61,68 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", stats(jnp.ones))
         count = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32)
 
-        dtype = compute_dtype(x, self.dtype, scale.dtype)
-        acc = accumulation_dtype(dtype)
-        xf = x.astype(acc)
-        if self.use_running_average:
-            mean, var = ra_mean.value.astype(acc), ra_var.value.astype(acc)
-        else:
-            n = math.prod(x.shape[:-1])
-            if n < 2:
-                raise ValueError(
-                    f"BatchNorm in training needs more than 1 value per channel, got input shape "
-                    f"{x.shape}"
-                )
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(xf, axis=axes)
-            var = jnp.mean(jnp.square(xf - mean), axis=axes)
-            if not self.is_initializing():
-                m = self.momentum
-                for stat, batch in ((ra_mean, mean), (ra_var, var * (n / (n - 1)))):
-                    # In the wider of the accumulation and the statistic's dtype, stored back in
-                    # the statistic's own.
-                    work = max(acc, jnp.dtype(stat.value.dtype), key=lambda d: jnp.finfo(d).bits)
-                    new = m * stat.value.astype(work) + (1 - m) * batch.astype(work)
-                    stat.value = new.astype(stat.value.dtype)
-                count.value = count.value + 1
-        alpha = jax.lax.rsqrt(var + self.epsilon) * scale.astype(acc)
-        if self.use_running_average:  # PyTorch's eval kernel: x * alpha + (bias - mean * alpha)
-            y = xf * alpha + (bias.astype(acc) - mean * alpha)
-        else:  # centred first: autodiff through x * alpha - mean * alpha would cancel badly
-            y = (xf - mean) * alpha + bias.astype(acc)
-        return y.astype(dtype)
+        y, updated = batch_norm(
+            x,
+            scale,
+            bias,
+            ra_mean.value,
+            ra_var.value,
+            self.use_running_average,
+            self.momentum,
+            self.epsilon,
+            self.dtype,
+        )
+        if updated is not None and not self.is_initializing():
+            ra_mean.value, ra_var.value = updated
+            count.value = count.value + 1
+        return y
+
+
+def batch_norm(
+    x: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    running_mean: jax.Array,
+    running_var: jax.Array,
+    use_running_average: bool,
+    momentum: float,
+    epsilon: float,
+    dtype: Dtype | None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """PyTorch's batch normalisation over the last axis, shared by the linen and NNX modules.
+
+    Returns:
+        the output (in ``dtype``, else the promotion of ``x`` and ``scale``) and, in training
+        (``use_running_average=False``), the updated running mean and (unbiased) variance in the
+        dtypes of the given ones; ``None`` in eval.
+    """
+    dtype = compute_dtype(x, dtype, scale.dtype)
+    acc = accumulation_dtype(dtype)
+    xf = x.astype(acc)
+    if use_running_average:
+        mean, var = running_mean.astype(acc), running_var.astype(acc)
+        updated = None
+    else:
+        n = math.prod(x.shape[:-1])
+        if n < 2:
+            raise ValueError(
+                f"BatchNorm in training needs more than 1 value per channel, got input shape "
+                f"{x.shape}"
+            )
+        axes = tuple(range(x.ndim - 1))
+        mean = jnp.mean(xf, axis=axes)
+        var = jnp.mean(jnp.square(xf - mean), axis=axes)
+        new = []
+        for stat, batch in ((running_mean, mean), (running_var, var * (n / (n - 1)))):
+            # In the wider of the accumulation and the statistic's dtype, stored back in the
+            # statistic's own.
+            work = max(acc, jnp.dtype(stat.dtype), key=lambda d: jnp.finfo(d).bits)
+            m = momentum
+            new.append((m * stat.astype(work) + (1 - m) * batch.astype(work)).astype(stat.dtype))
+        updated = (new[0], new[1])
+    alpha = jax.lax.rsqrt(var + epsilon) * scale.astype(acc)
+    if use_running_average:  # PyTorch's eval kernel: x * alpha + (bias - mean * alpha)
+        y = xf * alpha + (bias.astype(acc) - mean * alpha)
+    else:  # centred first: autodiff through x * alpha - mean * alpha would cancel badly
+        y = (xf - mean) * alpha + bias.astype(acc)
+    return y.astype(dtype), updated

@@ -25,6 +25,7 @@ __all__ = [
     "default_kernel_init",
     "dense",
     "pad",
+    "pointwise_conv",
 ]
 
 ModuleDef = Callable[..., nn.Module]  # a linen module class, or a functools.partial of one
@@ -100,11 +101,24 @@ class PointwiseConv(nn.Module):
         bias = None
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        x = x[:, :: self.strides[0], :: self.strides[1], :]
-        y = jnp.matmul(x.reshape(-1, x.shape[-1]), kernel[0, 0], precision=self.precision)
-        y = y.reshape(*x.shape[:-1], self.features)
-        return y if bias is None else y + bias
+        return pointwise_conv(x, kernel, bias, self.strides, self.precision, self.dtype)
+
+
+def pointwise_conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    strides: tuple[int, int],
+    precision: Any,
+    dtype: Dtype | None,
+) -> jax.Array:
+    """A 1x1 convolution ``(N, H, W, C_in)`` -> ``(N, H / s, W / s, features)`` as one matmul,
+    shared by the linen and NNX :class:`PointwiseConv`; ``kernel`` is ``(1, 1, C_in, features)``."""
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+    x = x[:, :: strides[0], :: strides[1], :]
+    y = jnp.matmul(x.reshape(-1, x.shape[-1]), kernel[0, 0], precision=precision)
+    y = y.reshape(*x.shape[:-1], kernel.shape[-1])
+    return y if bias is None else y + bias
 
 
 def conv(

@@ -18,7 +18,15 @@ from se_flax._batchnorm import BatchNorm
 from se_flax._dtypes import Dtype, accumulation_dtype, compute_dtype, held_param_dtype, mean
 from se_flax._layers import ConvNormAct, ModuleDef, check_input, default_kernel_init, dense
 
-__all__ = ["SelectiveKernel", "SelectiveKernelAttn"]
+__all__ = [
+    "SelectiveKernel",
+    "SelectiveKernelAttn",
+    "select",
+    "selective_kernel_attn",
+    "split_paths",
+]
+
+Layer = Callable[[jax.Array], jax.Array]
 
 Array = jax.Array
 
@@ -49,20 +57,48 @@ class SelectiveKernelAttn(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        n, _, _, _, c = x.shape
+        c = x.shape[-1]
         dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
-        s = mean(jnp.sum(x.astype(dtype), axis=1), (1, 2), dtype, keepdims=True)
-        s = dense(self, self.attn_channels, name="fc_reduce", use_bias=False)(s)
-        s = self.norm_layer(
+        fc_reduce = dense(self, self.attn_channels, name="fc_reduce", use_bias=False)
+        bn = self.norm_layer(
             use_running_average=not train,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="bn",
-        )(s)
-        s = dense(self, c * self.num_paths, name="fc_select", use_bias=False)(self.act_fn(s))
-        s = s.reshape(n, self.num_paths, 1, 1, c)  # PyTorch's view(N, P, C, 1, 1)
-        acc = accumulation_dtype(dtype)
-        return jax.nn.softmax(s.astype(acc), axis=1).astype(dtype)
+        )
+        fc_select = dense(self, c * self.num_paths, name="fc_select", use_bias=False)
+        return selective_kernel_attn(x, fc_reduce, bn, fc_select, self.act_fn, dtype)
+
+
+def selective_kernel_attn(
+    x: Array, fc_reduce: Layer, bn: Layer, fc_select: Layer, act_fn: Layer, dtype: jnp.dtype
+) -> Array:
+    """Fuse and select, shared by the linen and NNX modules: ``(N, P, H, W, C)`` -> softmax
+    weights over P, ``(N, P, 1, 1, C)``; ``fc_select`` maps to ``P * C``."""
+    n, p, _, _, c = x.shape
+    s = mean(jnp.sum(x.astype(dtype), axis=1), (1, 2), dtype, keepdims=True)
+    s = fc_select(act_fn(bn(fc_reduce(s))))
+    s = s.reshape(n, p, 1, 1, c)  # PyTorch's view(N, P, C, 1, 1)
+    acc = accumulation_dtype(dtype)
+    return jax.nn.softmax(s.astype(acc), axis=1).astype(dtype)
+
+
+def split_paths(x: Array, num_paths: int, split_input: bool) -> list[Array]:
+    """Each path's input: its own ``C_in / num_paths`` slice with ``split_input``, else ``x``."""
+    if not split_input:
+        return [x] * num_paths
+    if x.shape[-1] % num_paths:
+        raise ValueError(
+            f"split_input needs in_channels divisible by the {num_paths} paths, got "
+            f"in_channels={x.shape[-1]}"
+        )
+    return jnp.split(x, num_paths, axis=-1)
+
+
+def select(paths: Sequence[Layer], inputs: Sequence[Array], attn: Layer) -> Array:
+    """The paths' outputs stacked on axis 1, weighted by ``attn`` of them, summed over paths."""
+    y = jnp.stack([path(xi) for path, xi in zip(paths, inputs, strict=True)], axis=1)
+    return jnp.sum(y * attn(y), axis=1)
 
 
 class SelectiveKernel(nn.Module):
@@ -124,40 +160,33 @@ class SelectiveKernel(nn.Module):
             kernel_size = list(kernel_size)
         paths = selective_kernel_paths(kernel_size, self.dilation, self.keep_3x3)
         out = out_channels_or(self.features, in_channels, "features")
-        if self.split_input:
-            if in_channels % len(paths):
-                raise ValueError(
-                    f"split_input needs in_channels divisible by the {len(paths)} paths, got "
-                    f"in_channels={in_channels}"
-                )
-            inputs = jnp.split(x, len(paths), axis=-1)
-        else:
-            inputs = [x] * len(paths)
+        inputs = split_paths(x, len(paths), self.split_input)
         options = dict(
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             precision=self.precision,
             kernel_init=self.kernel_init,
         )
-        y = jnp.stack(
-            [
-                ConvNormAct(
-                    out,
-                    k,
-                    self.stride,
-                    d,
-                    min(out, self.groups),
-                    act_fn=self.act_fn,
-                    norm_layer=self.norm_layer,
-                    name=f"paths_{i}",
-                    **options,
-                )(xi, train)
-                for i, ((k, d), xi) in enumerate(zip(paths, inputs, strict=True))
-            ],
-            axis=1,
-        )
+        path_layers = [
+            ConvNormAct(
+                out,
+                k,
+                self.stride,
+                d,
+                min(out, self.groups),
+                act_fn=self.act_fn,
+                norm_layer=self.norm_layer,
+                name=f"paths_{i}",
+                **options,
+            )
+            for i, (k, d) in enumerate(paths)
+        ]
         rd = resolve_rd_channels(
             out, self.rd_ratio, self.rd_channels, self.rd_divisor, round_limit=0.9
         )
-        attn = SelectiveKernelAttn(len(paths), rd, name="attn", **options)(y, train)
-        return jnp.sum(y * attn, axis=1)
+        attn = SelectiveKernelAttn(len(paths), rd, name="attn", **options)
+        return select(
+            [lambda v, layer=layer: layer(v, train) for layer in path_layers],
+            inputs,
+            lambda y: attn(y, train),
+        )

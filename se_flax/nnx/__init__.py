@@ -1,5 +1,58 @@
-"""Flax NNX twins of the linen modules: ``se_nnx.SqueezeExcite(channels, ..., rngs=...)``."""
+"""Flax NNX twins of the linen modules (channels last): same options, variable paths and numbers.
 
-from se_flax.nnx._squeeze_excite import SqueezeExcite
+NNX conventions: constructors take the input channels and ``rngs``; ``model.train()`` and
+``model.eval()`` switch every BatchNorm; variables are ``nnx.Param`` and ``nnx.BatchStat``.
 
-__all__ = ["SqueezeExcite"]
+>>> from flax import nnx
+>>> import se_flax
+>>> model = se_flax.nnx.create_model("seresnet50", num_classes=10, rngs=nnx.Rngs(0))
+>>> se = se_flax.nnx.SqueezeExcite(64, rngs=nnx.Rngs(0))
+"""
+
+from se_flax.nnx._attention import (
+    CbamModule,
+    ChannelAttn,
+    EcaModule,
+    EffectiveSEModule,
+    SpatialAttn,
+)
+from se_flax.nnx._layers import BatchNorm, ConvNormAct, PointwiseConv
+from se_flax.nnx._resnet import (
+    ATTN_LAYERS,
+    BLOCKS,
+    BasicBlock,
+    BlockLayers,
+    Bottleneck,
+    ResidualBlock,
+    ResNet,
+    SelectiveKernelBasic,
+    SelectiveKernelBottleneck,
+    create_model,
+)
+from se_flax.nnx._selective_kernel import SelectiveKernel, SelectiveKernelAttn
+from se_flax.nnx._squeeze_excite import SELayer, SqueezeExcite
+
+__all__ = [
+    "ATTN_LAYERS",
+    "BLOCKS",
+    "BasicBlock",
+    "BatchNorm",
+    "BlockLayers",
+    "Bottleneck",
+    "CbamModule",
+    "ChannelAttn",
+    "ConvNormAct",
+    "EcaModule",
+    "EffectiveSEModule",
+    "PointwiseConv",
+    "ResNet",
+    "ResidualBlock",
+    "SELayer",
+    "SelectiveKernel",
+    "SelectiveKernelAttn",
+    "SelectiveKernelBasic",
+    "SelectiveKernelBottleneck",
+    "SpatialAttn",
+    "SqueezeExcite",
+    "create_model",
+]

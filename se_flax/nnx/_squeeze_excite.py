@@ -1,4 +1,4 @@
-"""Squeeze-and-Excitation block in Flax NNX, the twin of the linen module."""
+"""Squeeze-and-Excitation blocks in Flax NNX, twins of the linen modules (same computation)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from se_common import resolve_rd_channels
+from se_common import classic_rd_channels, positive_int, resolve_rd_channels
 from se_flax._dtypes import Dtype, compute_dtype
 from se_flax._layers import check_input, default_bias_init, default_kernel_init
 from se_flax._squeeze_excite import squeeze_excite
+from se_flax.nnx._layers import held_param_dtype
 
-__all__ = ["SqueezeExcite"]
+__all__ = ["SELayer", "SqueezeExcite"]
+
+Array = jax.Array
 
 
 class SqueezeExcite(nnx.Module):
@@ -28,11 +31,13 @@ class SqueezeExcite(nnx.Module):
         use_bias: whether both dense layers have a bias.
         act_fn: activation δ between the two layers (default ``nnx.relu``).
         gate_fn: gate σ (default ``nnx.sigmoid``; ``jax.nn.hard_sigmoid`` is PyTorch's).
-        dtype: computation and output dtype (default: promote input and ``param_dtype``).
+        dtype: computation and output dtype (default: promote input and parameters).
         param_dtype: dtype of the parameters.
         precision: matmul precision of the dense layers.
         kernel_init, bias_init: initializers of the dense layers.
         rngs: random streams for initialisation.
+
+    Variables ``fc1/kernel`` (C, rd), ``fc1/bias``, ``fc2/kernel`` (rd, C), ``fc2/bias``.
 
     Shapes:
         input ``(N, *spatial, C)`` with one or more spatial axes; output has the same shape.
@@ -51,8 +56,8 @@ class SqueezeExcite(nnx.Module):
         rd_channels: int | None = None,
         rd_divisor: int | None = None,
         use_bias: bool = True,
-        act_fn: Callable[[jax.Array], jax.Array] = nnx.relu,
-        gate_fn: Callable[[jax.Array], jax.Array] = nnx.sigmoid,
+        act_fn: Callable[[Array], Array] = nnx.relu,
+        gate_fn: Callable[[Array], Array] = nnx.sigmoid,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         precision: Any = None,
@@ -60,7 +65,7 @@ class SqueezeExcite(nnx.Module):
         bias_init: nnx.Initializer = default_bias_init,
         rngs: nnx.Rngs,
     ) -> None:
-        self.channels = channels
+        self.channels = positive_int("channels", channels)
         self.rd_channels = resolve_rd_channels(channels, rd_ratio, rd_channels, rd_divisor)
         dense = dict(
             use_bias=use_bias,
@@ -76,15 +81,58 @@ class SqueezeExcite(nnx.Module):
         self.act_fn = act_fn
         self.gate_fn = gate_fn
         self.dtype = dtype
-        self.param_dtype = param_dtype
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: Array) -> Array:
         check_input(x, channels=self.channels, spatial_dims=None)
-        return squeeze_excite(
-            x,
-            self.fc1,
-            self.fc2,
-            self.act_fn,
-            self.gate_fn,
-            compute_dtype(x, self.dtype, self.fc1.kernel.dtype),
+        dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
+        return squeeze_excite(x, self.fc1, self.fc2, self.act_fn, self.gate_fn, dtype)
+
+
+class SELayer(nnx.Module):
+    """The classic SE recipe (NNX), twin of :class:`se_flax.SELayer` and ``se_torch.SELayer``:
+    dense layers without bias, hidden width ``C // reduction``, ReLU and sigmoid.
+
+    Args:
+        channels: C.
+        reduction: the reduction ratio r (default 16).
+        dtype, param_dtype, precision, kernel_init: as in :class:`SqueezeExcite`.
+        rngs: random streams for initialisation.
+
+    Shapes:
+        input ``(N, H, W, C)``; output the same.
+
+    Example:
+        >>> se = SELayer(64, reduction=16, rngs=nnx.Rngs(0))
+        >>> se(jnp.ones((2, 7, 7, 64))).shape
+        (2, 7, 7, 64)
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        reduction: int = 16,
+        *,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        precision: Any = None,
+        kernel_init: nnx.Initializer = default_kernel_init,
+        rngs: nnx.Rngs,
+    ) -> None:
+        self.channels = positive_int("channels", channels)
+        rd = classic_rd_channels(channels, reduction)
+        dense = dict(
+            use_bias=False,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            precision=precision,
+            kernel_init=kernel_init,
+            rngs=rngs,
         )
+        self.fc1 = nnx.Linear(channels, rd, **dense)
+        self.fc2 = nnx.Linear(rd, channels, **dense)
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        check_input(x, channels=self.channels)
+        dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
+        return squeeze_excite(x, self.fc1, self.fc2, nnx.relu, nnx.sigmoid, dtype)

@@ -1,0 +1,413 @@
+"""ResNet, ResNeXt, SK-ResNet and their attention variants in Flax NNX (NHWC).
+
+The third front-end of one design: the architecture is a :class:`se_common.ResNetConfig`, the
+registries :data:`BLOCKS` and :data:`ATTN_LAYERS` map its names (``se_common``'s) to NNX classes,
+and every layer option lives once, in the :class:`BlockLayers` the backbone hands each block.
+Attribute names mirror the linen modules' (``layer1_0/conv1``, ``downsample_0``), so the same
+converted variables fill both: ``update_nnx(model, torch_to_flax(state_dict))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from se_common import BlockSpec, ResNetConfig, check_head_options, lookup, model_config
+from se_flax._dtypes import Dtype, compute_dtype, mean
+from se_flax._layers import check_input, pad
+from se_flax.nnx._attention import CbamModule, EcaModule, EffectiveSEModule
+from se_flax.nnx._layers import (
+    BatchNorm,
+    ConvNormAct,
+    ModuleDef,
+    conv,
+    conv_kernel_init,
+    held_param_dtype,
+)
+from se_flax.nnx._selective_kernel import SelectiveKernel
+from se_flax.nnx._squeeze_excite import SqueezeExcite
+
+__all__ = [
+    "ATTN_LAYERS",
+    "BLOCKS",
+    "BasicBlock",
+    "BlockLayers",
+    "Bottleneck",
+    "ResNet",
+    "ResidualBlock",
+    "SelectiveKernelBasic",
+    "SelectiveKernelBottleneck",
+    "create_model",
+]
+
+Array = jax.Array
+Activation = Callable[[Array], Array]
+
+# Attention layers by their se_common.ATTENTION names: NNX classes (or factories) called as
+# factory(channels, dtype=..., param_dtype=..., rngs=...), applied as layer(x).
+ATTN_LAYERS: dict[str, ModuleDef] = {
+    "se": SqueezeExcite,
+    "eca": EcaModule,
+    "cbam": CbamModule,
+    "ese": EffectiveSEModule,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockLayers:
+    """How an NNX backbone builds its layers (the twin of :class:`se_flax.BlockLayers`): each
+    option is a field, applied in one method per kind of layer.
+
+    Attributes:
+        act_fn: the activation.
+        norm_layer: factory of the norms, called as ``norm_layer(num_features, dtype=...,
+            param_dtype=..., rngs=...)`` (and ``scale_init=`` for a block's last norm when
+            ``zero_init_last``), as ``nnx.BatchNorm`` takes them; its own options are bound in
+            it, e.g. ``partial(BatchNorm, momentum=0.7, epsilon=1e-3)``.
+        attn_layer: factory of the blocks' attention layer (see :data:`ATTN_LAYERS`), or
+            ``None``.
+        zero_init_last: initialise each block's last norm scale to zero.
+        dtype, param_dtype, precision, kernel_init: of every convolution (and the norms' and
+            attention layers' dtypes).
+    """
+
+    act_fn: Activation = nnx.relu
+    norm_layer: ModuleDef = BatchNorm
+    attn_layer: ModuleDef | None = None
+    zero_init_last: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+    kernel_init: nnx.Initializer = conv_kernel_init
+
+    @property
+    def _dtypes(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "param_dtype": self.param_dtype}
+
+    def conv(
+        self,
+        in_features: int,
+        features: int,
+        kernel_size: int,
+        stride: int = 1,
+        *,
+        groups: int = 1,
+        rngs: nnx.Rngs,
+    ) -> nnx.Module:
+        """A bias-free convolution with PyTorch's symmetric padding ``kernel_size // 2``."""
+        return conv(
+            in_features,
+            features,
+            (kernel_size, kernel_size),
+            (stride, stride),
+            pad(kernel_size),
+            feature_group_count=groups,
+            use_bias=False,
+            kernel_init=self.kernel_init,
+            precision=self.precision,
+            rngs=rngs,
+            **self._dtypes,
+        )
+
+    def _norm_layer(self, last: bool) -> ModuleDef:
+        if last and self.zero_init_last:
+            return functools.partial(self.norm_layer, scale_init=nnx.initializers.zeros_init())
+        return self.norm_layer
+
+    def norm(self, features: int, *, last: bool = False, rngs: nnx.Rngs) -> nnx.Module:
+        """A norm over ``features``; ``last`` marks a block's last one (``zero_init_last``)."""
+        return self._norm_layer(last)(features, rngs=rngs, **self._dtypes)
+
+    def conv_norm_act(
+        self,
+        in_features: int,
+        features: int,
+        kernel_size: int,
+        *,
+        apply_act: bool = True,
+        last: bool = False,
+        rngs: nnx.Rngs,
+    ) -> ConvNormAct:
+        """timm's ``ConvNormAct`` (SK blocks)."""
+        return ConvNormAct(
+            in_features,
+            features,
+            kernel_size,
+            apply_act=apply_act,
+            act_fn=self.act_fn,
+            norm_layer=self._norm_layer(last),
+            precision=self.precision,
+            kernel_init=self.kernel_init,
+            rngs=rngs,
+            **self._dtypes,
+        )
+
+    def selective_kernel(self, in_features: int, spec: BlockSpec, *, rngs: nnx.Rngs):
+        """The block's Selective Kernel unit, from ``spec.sk`` (stride and groups of its 3x3)."""
+        sk = spec.sk
+        return SelectiveKernel(
+            in_features,
+            spec.width,
+            sk.kernel_size,
+            spec.stride,
+            groups=spec.groups,
+            rd_ratio=sk.rd_ratio,
+            rd_divisor=sk.rd_divisor,
+            keep_3x3=sk.keep_3x3,
+            split_input=sk.split_input,
+            act_fn=self.act_fn,
+            norm_layer=self.norm_layer,
+            precision=self.precision,
+            kernel_init=self.kernel_init,
+            rngs=rngs,
+            **self._dtypes,
+        )
+
+    def attn(self, channels: int, *, rngs: nnx.Rngs) -> nnx.Module | None:
+        """The attention layer over ``channels``, or ``None``."""
+        if self.attn_layer is None:
+            return None
+        return self.attn_layer(channels, rngs=rngs, **self._dtypes)
+
+
+class ResidualBlock(nnx.Module):
+    """Base of the NNX residual blocks. A block type is a subclass registered in :data:`BLOCKS`.
+
+    Every block is built as ``Block(spec, layers, rngs=rngs)`` and applied as ``block(x)``
+    (the mode follows ``model.train()`` / ``model.eval()``). A subclass builds its branch's
+    layers with ``layers`` (its last norm with ``last=True``), then calls
+    ``super().__init__(spec, layers, rngs=rngs)`` for the attention and the shortcut, and
+    returns ``self.residual(y, x)`` from ``__call__``.
+    """
+
+    def __init__(self, spec: BlockSpec, layers: BlockLayers, *, rngs: nnx.Rngs) -> None:
+        self.se = layers.attn(spec.out_channels, rngs=rngs)
+        self.downsample = spec.downsample
+        if spec.downsample:
+            self.downsample_0 = layers.conv(
+                spec.in_channels, spec.out_channels, 1, spec.stride, rngs=rngs
+            )
+            self.downsample_1 = layers.norm(spec.out_channels, rngs=rngs)
+        self.act_fn = layers.act_fn
+
+    def residual(self, y: Array, x: Array) -> Array:
+        """Attention on the branch ``y``, plus the (downsampled) shortcut ``x``, activated."""
+        if self.se is not None:
+            y = self.se(y)
+        if self.downsample:
+            x = self.downsample_1(self.downsample_0(x))
+        return self.act_fn(y + x)
+
+
+class BasicBlock(ResidualBlock):
+    """Two 3x3 convolutions (stride on the first), attention, residual sum. NHWC."""
+
+    def __init__(self, spec: BlockSpec, layers: BlockLayers, *, rngs: nnx.Rngs) -> None:
+        s = spec
+        self.conv1 = layers.conv(s.in_channels, s.width, 3, s.stride, rngs=rngs)
+        self.bn1 = layers.norm(s.width, rngs=rngs)
+        self.conv2 = layers.conv(s.width, s.out_channels, 3, rngs=rngs)
+        self.bn2 = layers.norm(s.out_channels, last=True, rngs=rngs)
+        super().__init__(spec, layers, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        y = self.act_fn(self.bn1(self.conv1(x)))
+        return self.residual(self.bn2(self.conv2(y)), x)
+
+
+class Bottleneck(ResidualBlock):
+    """1x1 reduce, 3x3 grouped (stride here, "v1.5"), 1x1 expand, attention, residual sum."""
+
+    def __init__(self, spec: BlockSpec, layers: BlockLayers, *, rngs: nnx.Rngs) -> None:
+        s = spec
+        self.conv1 = layers.conv(s.in_channels, s.width, 1, rngs=rngs)
+        self.bn1 = layers.norm(s.width, rngs=rngs)
+        self.conv2 = layers.conv(s.width, s.width, 3, s.stride, groups=s.groups, rngs=rngs)
+        self.bn2 = layers.norm(s.width, rngs=rngs)
+        self.conv3 = layers.conv(s.width, s.out_channels, 1, rngs=rngs)
+        self.bn3 = layers.norm(s.out_channels, last=True, rngs=rngs)
+        super().__init__(spec, layers, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        y = self.act_fn(self.bn1(self.conv1(x)))
+        y = self.act_fn(self.bn2(self.conv2(y)))
+        return self.residual(self.bn3(self.conv3(y)), x)
+
+
+class SelectiveKernelBasic(ResidualBlock):
+    """timm's SK basic block: SelectiveKernel (stride here), ConvNormAct 3x3, attention, sum."""
+
+    def __init__(self, spec: BlockSpec, layers: BlockLayers, *, rngs: nnx.Rngs) -> None:
+        s = spec
+        self.conv1 = layers.selective_kernel(s.in_channels, s, rngs=rngs)
+        self.conv2 = layers.conv_norm_act(
+            s.width, s.out_channels, 3, apply_act=False, last=True, rngs=rngs
+        )
+        super().__init__(spec, layers, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.residual(self.conv2(self.conv1(x)), x)
+
+
+class SelectiveKernelBottleneck(ResidualBlock):
+    """timm's SK bottleneck: 1x1 reduce, SelectiveKernel (grouped, stride here), 1x1 expand."""
+
+    def __init__(self, spec: BlockSpec, layers: BlockLayers, *, rngs: nnx.Rngs) -> None:
+        s = spec
+        self.conv1 = layers.conv_norm_act(s.in_channels, s.width, 1, rngs=rngs)
+        self.conv2 = layers.selective_kernel(s.width, s, rngs=rngs)
+        self.conv3 = layers.conv_norm_act(
+            s.width, s.out_channels, 1, apply_act=False, last=True, rngs=rngs
+        )
+        super().__init__(spec, layers, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.residual(self.conv3(self.conv2(self.conv1(x))), x)
+
+
+# Block classes by their se_common.BLOCK_TYPES names.
+BLOCKS: dict[str, type[ResidualBlock]] = {
+    "basic": BasicBlock,
+    "bottleneck": Bottleneck,
+    "sk_basic": SelectiveKernelBasic,
+    "sk_bottleneck": SelectiveKernelBottleneck,
+}
+
+
+class ResNet(nnx.Module):
+    """A ResNet-family network described by a :class:`se_common.ResNetConfig` (NNX). NHWC.
+
+    The twin of :class:`se_flax.ResNet` with the same options and variable paths; a new
+    model is in training mode (as every NNX and PyTorch model): call ``model.eval()`` for
+    inference with the running statistics and ``model.train()`` to go back.
+
+    Args:
+        config: depths, block type (a :data:`BLOCKS` class), cardinality, base width and
+            attention layer name (an :data:`ATTN_LAYERS` factory).
+        num_classes: classifier outputs; 0 returns the pooled features.
+        in_chans: input channels (checked against the input).
+        features_only: return feature maps instead of logits (no classifier is built).
+        out_indices: which feature maps: 0 is the stem (stride 2), 1-4 the stages.
+        attn_layer: overrides the config's attention layer: an NNX factory called as
+            ``factory(channels, dtype=..., param_dtype=..., rngs=...)``, e.g.
+            ``partial(SqueezeExcite, rd_ratio=0.25)``.
+        act_fn: activation function.
+        norm_layer: factory of the norms (default :class:`BatchNorm`, PyTorch's statistics),
+            e.g. ``partial(BatchNorm, momentum=0.7, epsilon=1e-3)`` (see :class:`BlockLayers`).
+        zero_init_last: zero each block's last norm scale; ``None`` takes the config's default.
+        dtype: computation dtype (e.g. ``jnp.bfloat16``); ``param_dtype``: parameter dtype.
+        precision: precision of the convolutions and the classifier.
+        rngs: random streams for initialisation.
+
+    Shapes:
+        input ``(N, H, W, in_chans)``; logits ``(N, num_classes)``, or a list of
+        ``(N, H / s_i, W / s_i, C_i)`` feature maps with ``features_only``.
+
+    Example:
+        >>> model = create_model("seresnet50", rngs=nnx.Rngs(0))
+        >>> model.eval()
+        >>> model(jnp.ones((1, 224, 224, 3))).shape
+        (1, 1000)
+    """
+
+    def __init__(
+        self,
+        config: ResNetConfig,
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        features_only: bool = False,
+        out_indices: Sequence[int] = (1, 2, 3, 4),
+        attn_layer: ModuleDef | None = None,
+        act_fn: Activation = nnx.relu,
+        norm_layer: ModuleDef = BatchNorm,
+        zero_init_last: bool | None = None,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        precision: Any = None,
+        rngs: nnx.Rngs,
+    ) -> None:
+        check_head_options(num_classes, in_chans, out_indices)
+        if not isinstance(config, ResNetConfig):
+            raise TypeError(f"config must be a se_common.ResNetConfig, got {config!r}")
+        cfg = config
+        block = lookup(BLOCKS, cfg.block, "block", "se_flax.nnx.BLOCKS")
+        if attn_layer is None and cfg.attn is not None:
+            attn_layer = lookup(ATTN_LAYERS, cfg.attn, "attn", "se_flax.nnx.ATTN_LAYERS")
+        layers = BlockLayers(
+            act_fn=act_fn,
+            norm_layer=norm_layer,
+            attn_layer=attn_layer,
+            zero_init_last=cfg.zero_init_last if zero_init_last is None else zero_init_last,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            precision=precision,
+        )
+        self.config = cfg
+        self.in_chans = in_chans
+        self.features_only = features_only
+        self.out_indices = tuple(out_indices)
+        self.act_fn = act_fn
+        self.dtype = dtype
+        self.conv1 = layers.conv(in_chans, cfg.feature_channels[0], 7, 2, rngs=rngs)
+        self.bn1 = layers.norm(cfg.feature_channels[0], rngs=rngs)
+        names, stage_ends = [], []
+        blocks = cfg.blocks()
+        for i, spec in enumerate(blocks):
+            name = f"layer{spec.stage}_{spec.index}"
+            setattr(self, name, block(spec, layers, rngs=rngs))
+            names.append(name)
+            if i + 1 == len(blocks) or blocks[i + 1].stage != spec.stage:
+                stage_ends.append(i)
+        self.block_names = tuple(names)
+        self.stage_ends = tuple(stage_ends)
+        self.fc = (
+            nnx.Linear(
+                cfg.feature_channels[-1],
+                num_classes,
+                precision=precision,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
+            if num_classes and not features_only
+            else None
+        )
+
+    def __call__(self, x: Array) -> Array | list[Array]:
+        check_input(x, channels=self.in_chans)
+        x = self.act_fn(self.bn1(self.conv1(x)))
+        features = [x]
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad(3))  # pads with -inf
+        for i, name in enumerate(self.block_names):
+            x = getattr(self, name)(x)
+            if i in self.stage_ends:
+                features.append(x)
+        if self.features_only:
+            return [features[i] for i in self.out_indices]
+        dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
+        x = mean(x, (1, 2), dtype)
+        return x if self.fc is None else self.fc(x)
+
+
+def create_model(name: str, *, rngs: nnx.Rngs | None = None, **kwargs: Any) -> ResNet:
+    """Builds an NNX model by timm's name (every name :func:`se_flax.create_model` takes).
+
+    Args:
+        name: e.g. ``"seresnet50"``, ``"seresnext50_32x4d"``, ``"resnet18"``, ``"skresnet18"``.
+        rngs: random streams for initialisation (default ``nnx.Rngs(0)``, new on each call).
+        **kwargs: arguments of :class:`ResNet` (``num_classes``, ``in_chans``,
+            ``features_only``, ``out_indices``, ``attn_layer``, ``dtype``, ``param_dtype``, ...),
+            or ``attn=`` a name of ``se_common.ATTENTION`` or ``None``.
+
+    Example:
+        >>> model = create_model("seresnet50", num_classes=10, rngs=nnx.Rngs(0))
+    """
+    return ResNet(model_config(name, kwargs), rngs=nnx.Rngs(0) if rngs is None else rngs, **kwargs)
