@@ -27,15 +27,22 @@ EVAL_WORKLOADS = ("se_fwd", "sk_fwd", "infer")
 
 # mode -> (framework, description). Mode names are unique, so a mode implies its framework.
 MODES = {
-    "jit": ("jax", "jax.jit, NHWC"),
+    "jit": ("jax", "jax.jit of the linen module, NHWC"),
     "jit_donate": ("jax", "jax.jit, NHWC, input (se_*, sk_*) or train state (train) donated"),
+    "nnx_jit": ("jax", "NNX model under nnx.jit (infer, train), NHWC"),
+    "nnx_split": ("jax", "NNX model: nnx.split once, jax.jit over the state (infer, train), NHWC"),
     "eager": ("torch", "PyTorch eager, NCHW"),
     "channels_last": ("torch", "PyTorch eager, channels_last"),
     "compile": ("torch", "torch.compile (inductor), NCHW"),
 }
+# The NNX twins of the linen networks (se_flax.nnx), same weights and inputs as `jit`.
+NNX_MODES = ("nnx_jit", "nnx_split")
 # Donation has nothing to reuse at inference: the input is not the size of the output. (A
 # block's input is: SE's always, SK's at stride 1 with in = out channels, as benchmarked.)
-NOT_APPLICABLE = {("infer", "jit_donate")}
+# NNX modes run the networks only.
+NOT_APPLICABLE = {("infer", "jit_donate")} | {
+    (workload, mode) for workload in BLOCK_WORKLOADS for mode in NNX_MODES
+}
 DTYPES = ("float32", "bfloat16")
 ITEMSIZE = {"float32": 4, "bfloat16": 2}
 

@@ -21,6 +21,7 @@ from benchmarks._cases import (
     DTYPES,
     EXTRA_MODELS,
     MODES,
+    NNX_MODES,
     QUICK_SK_STAGES,
     QUICK_STAGES,
     RESNET18_STAGES,
@@ -59,8 +60,9 @@ QUICK = {
     "min_time": 0.002,
     "warmup": 0.01,
     "bandwidth_mib": 16,
-    # torch.compile's first call takes seconds to minutes: ask for it with --modes.
-    "modes": [m for m in MODES if m != "compile"],
+    # torch.compile's first call takes seconds to minutes, and the NNX modes compile the
+    # networks again (each train step several seconds): ask for them with --modes.
+    "modes": [m for m in MODES if m != "compile" and m not in NNX_MODES],
     "dtypes": ["float32"],
 }
 
@@ -93,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description=__doc__.split("\n")[0] + " Defaults: the full run (about 30 minutes on a "
+        description=__doc__.split("\n")[0] + " Defaults: the full run (about 40 minutes on a "
         "2-core CPU); --quick runs tiny shapes in well under a minute.",
     )
     p.add_argument(
@@ -109,7 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="comma-separated: "
         + ", ".join(f"{k} ({v[1]})" for k, v in MODES.items())
-        + " (default: all; --quick: all but compile)",
+        + " (default: all; --quick: all but compile, nnx_jit and nnx_split)",
     )
     p.add_argument(
         "--dtypes",

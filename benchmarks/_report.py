@@ -10,6 +10,7 @@ from benchmarks._cases import (
     ITEMSIZE,
     MODEL_WORKLOADS,
     MODES,
+    NNX_MODES,
     SE_WORKLOADS,
     SK_WORKLOADS,
     attention_pairs,
@@ -67,6 +68,28 @@ def attention_ratios(records: list[dict]) -> list[dict]:
     return rows
 
 
+def nnx_overheads(records: list[dict]) -> list[dict]:
+    """Each NNX network record's time per step over the linen ``jit`` record's (same workload,
+    network, dtype and batch: same weights and inputs), and the difference in seconds; one row
+    per pair, shaped like a record for ``_pivot``."""
+    index = _index(records)
+    rows = []
+    for r in index.values():
+        if r["mode"] not in NNX_MODES or r["workload"] not in MODEL_WORKLOADS:
+            continue
+        linen = index.get((r["workload"], "jit", r["dtype"], r["name"], r["batch"]))
+        if linen is not None:
+            keep = ("workload", "mode", "dtype", "name", "batch", "shape")
+            rows.append(
+                {
+                    **{k: r[k] for k in keep},
+                    "ratio": r["median_s"] / linen["median_s"],
+                    "extra_s": r["median_s"] - linen["median_s"],
+                }
+            )
+    return rows
+
+
 def targets(
     records: list[dict], machine: dict, se_batch: int, sk_batch: int | None = None
 ) -> list[dict]:
@@ -75,7 +98,8 @@ def targets(
     CPU: JAX SE block >= 1.5x PyTorch eager and >= 50% of the memory floor at every stage;
     JAX SE-ResNet inference >= PyTorch eager channels_last. GPU: SE block >= 85% of the
     memory floor, JAX SE/plain >= 0.90, JAX within 10% of torch.compile. Other ratios (the SK
-    block's speed, SK/plain) are listed with no goal.
+    block's speed, SK/plain, the NNX networks' speed over linen ``jit``'s) are listed with no
+    goal.
     """
     gpu = machine.get("gpu") is not None
     index, rows = _index(records), []
@@ -149,6 +173,12 @@ def targets(
             f"{row['workload']} {row['name']} {row['dtype']} {row['mode']}",
             row["ratio"],
             goal,
+        )
+    for row in nnx_overheads(records):
+        add(
+            "NNX / linen jit speed",
+            f"{row['workload']} {row['name']} {row['dtype']} {row['mode']}",
+            1 / row["ratio"],
         )
     return rows
 
@@ -251,6 +281,25 @@ def markdown(results: dict) -> str:
             "",
         ]
         lines += [*_pivot(ratios, MODEL_WORKLOADS, lambda r: f"{r['ratio']:.2f}"), ""]
+    overheads = nnx_overheads(records)
+    if overheads:
+        lines += [
+            "## NNX networks: time per step over linen `jit`'s (1.00: no overhead)",
+            "",
+            "The se_flax.nnx twin with the same weights and inputs: `nnx_jit` calls an `nnx.jit` "
+            "function of the model (and optimizer) each step; `nnx_split` splits them once and "
+            "calls a pure `jax.jit` function of their state. Each cell: the ratio of median "
+            "times per step, then their difference.",
+            "",
+        ]
+        lines += [
+            *_pivot(
+                overheads,
+                MODEL_WORKLOADS,
+                lambda r: f"{r['ratio']:.2f}, {r['extra_s'] * 1e3:+.3g} ms",
+            ),
+            "",
+        ]
     lines += ["## First call (compile) in seconds", ""]
     lines += [*_pivot(records, [r["workload"] for r in records], _compile_cell), ""]
     rows = results["targets"]
@@ -301,17 +350,25 @@ def plots(results: dict, out: Path) -> list[Path]:
         )
         return fig, axes
 
+    def color(mode: str) -> str:  # one colour per mode in every plot
+        return f"C{modes.index(mode)}"
+
     def bars(ax, groups, value):
-        width = 0.8 / max(len(modes), 1)
-        for j, mode in enumerate(modes):
-            ys = [value(g, mode) for g in groups]
-            xs = [i + (j - (len(modes) - 1) / 2) * width for i in range(len(groups))]
-            ax.bar(xs, [y or 0 for y in ys], width, label=mode)
+        values = {m: [value(g, m) for g in groups] for m in modes}
+        shown = [m for m in modes if any(y is not None for y in values[m])]  # NNX: networks only
+        width = 0.8 / max(len(shown), 1)
+        for j, mode in enumerate(shown):
+            xs = [i + (j - (len(shown) - 1) / 2) * width for i in range(len(groups))]
+            ax.bar(xs, [y or 0 for y in values[mode]], width, label=mode, color=color(mode))
         ax.set_xticks(range(len(groups)), groups)
 
     def finish(fig, axes, name: str) -> None:
-        if axes[0][0].get_legend_handles_labels()[0]:
-            axes[0][0].legend(fontsize=8)
+        handles = {}  # every mode drawn in any panel, in MODES order
+        for ax in axes.flat:
+            handles.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+        if handles:
+            shown = [m for m in modes if m in handles]
+            axes[0][0].legend([handles[m] for m in shown], shown, fontsize=8)
         fig.tight_layout()
         written.append(out / name)
         fig.savefig(written[-1], dpi=110)
@@ -351,7 +408,7 @@ def plots(results: dict, out: Path) -> list[Path]:
                         == (w, mode, dtype, sweep)
                     )
                     if pts:
-                        ax.plot(*zip(*pts, strict=True), marker="o", label=mode)
+                        ax.plot(*zip(*pts, strict=True), marker="o", label=mode, color=color(mode))
                 ax.axhline(results["bandwidth"]["median_GBps"], color="k", lw=0.8, ls="--")
                 ax.set_xscale("log", base=2)
                 ax.set_xlabel("batch")

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from benchmarks import _cli, _report
-from benchmarks._cases import MODES, QUICK_SK_STAGES, QUICK_STAGES, attention_pairs
+from benchmarks._cases import (
+    BLOCK_WORKLOADS,
+    MODES,
+    NNX_MODES,
+    QUICK_SK_STAGES,
+    QUICK_STAGES,
+    attention_pairs,
+)
 from benchmarks._timing import Runner, measure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,6 +203,80 @@ def test_quick_run_compile_and_bfloat16(tmp_path):
     # infer has no donated variant: nothing to reuse, so it is not planned
     assert not [
         r for r in results["records"] if (r["workload"], r["mode"]) == ("infer", "jit_donate")
+    ]
+
+
+def test_quick_run_nnx_modes(tmp_path):
+    """The NNX twin under nnx.jit and split/merge: every network record, and the report's
+    overhead table and speed ratios over linen jit. resnet10 only, and no linen jit case (the
+    main quick run covers it): each train case compiles for seconds. The overhead rows are
+    checked on this run's records plus linen jit records made from them."""
+    argv = ["--workloads", "infer,train", "--models", "resnet10", "--modes", "nnx_split,nnx_jit"]
+    results, _ = run_benchmarks(tmp_path, *argv)
+    check_results(results, argv, tmp_path / "bench")
+    by_key = {(r["workload"], r["mode"]): r for r in results["records"]}
+    assert set(by_key) == {(w, m) for w in ("infer", "train") for m in NNX_MODES}
+    assert {(r["framework"], r["layout"]) for r in results["records"]} == {("jax", "NHWC")}
+    text = (tmp_path / "bench" / "results.md").read_text()
+    assert text.count("| dtype | nnx_jit | nnx_split |") == 2  # networks, compile (MODES order)
+    assert "## NNX networks" not in text and not results["targets"]  # no linen jit to compare
+
+    for workload in ("infer", "train"):  # linen jit, 1.25x as fast as nnx_split
+        split = by_key[workload, "nnx_split"]
+        linen = {**split, "mode": "jit", "median_s": split["median_s"] / 1.25}
+        results["records"].append(_report.derive(linen, results["bandwidth"]["median_GBps"]))
+        by_key[workload, "jit"] = linen
+    results["targets"] = _report.targets(results["records"], results["machine"], 2, 2)
+    speeds = [t for t in results["targets"] if t["target"] == "NNX / linen jit speed"]
+    assert sorted(t["case"] for t in speeds) == sorted(
+        f"{w} resnet10 float32 {m}" for w in ("infer", "train") for m in NNX_MODES
+    )
+    for row in speeds:
+        workload, _, _, mode = row["case"].split()
+        linen, nnx = by_key[workload, "jit"], by_key[workload, mode]
+        assert row["value"] == pytest.approx(linen["median_s"] / nnx["median_s"])
+        assert row["goal"] is None and row["met"] is None
+    text = _report.markdown(results)
+    assert text.count("| dtype | jit | nnx_jit | nnx_split |") == 2  # NNX next to jit
+    section = text.split("## NNX networks: time per step over linen `jit`'s")[1].split("##")[0]
+    assert section.count("| dtype | nnx_jit | nnx_split |") == 1
+    for workload in ("infer", "train"):
+        line = next(x for x in section.splitlines() if x.startswith(f"| {workload} | resnet10 |"))
+        cells = [c.strip() for c in line.strip("|").split("|")][-2:]
+        for cell, mode in zip(cells, NNX_MODES, strict=True):
+            nnx, linen = by_key[workload, mode], by_key[workload, "jit"]
+            assert cell.startswith(f"{nnx['median_s'] / linen['median_s']:.2f}, ")
+            assert cell.endswith(" ms")
+        assert cells[1].startswith("1.25, +")
+
+
+def test_nnx_modes_plan_networks_only():
+    args = _cli.parse_args(["--quick", "--modes", "jit,nnx_jit,nnx_split"])
+    cases = _cli.planned(args)
+    nnx = [c for c in cases if c.mode in NNX_MODES]
+    assert nnx and all(c.workload in ("infer", "train") for c in nnx)
+    assert {c.framework for c in nnx} == {"jax"} and {c.layout for c in nnx} == {"NHWC"}
+    assert [c for c in cases if c.workload in BLOCK_WORKLOADS and c.mode == "jit"]
+    assert not set(NNX_MODES) & set(_cli.QUICK["modes"])  # --quick runs them when asked
+    assert set(NNX_MODES) <= set(_cli.FULL["modes"])
+
+
+def test_nnx_overhead_arithmetic():
+    net = {"workload": "train", "framework": "jax", "dtype": "float32", "name": "seresnet14"}
+    net = {**net, "batch": 2, "shape": [2, 32, 32, 3]}
+    linen = _report.derive({**net, "mode": "jit", "median_s": 0.1}, 2.0)
+    split = _report.derive({**net, "mode": "nnx_split", "median_s": 0.1}, 2.0)
+    jitted = _report.derive({**net, "mode": "nnx_jit", "median_s": 0.125}, 2.0)
+    other = _report.derive({**net, "mode": "nnx_jit", "dtype": "bfloat16", "median_s": 1.0}, 2.0)
+    rows = {r["mode"]: r for r in _report.nnx_overheads([linen, split, jitted, other])}
+    assert set(rows) == {"nnx_jit", "nnx_split"}  # no bfloat16 jit record: no ratio
+    assert rows["nnx_jit"]["ratio"] == pytest.approx(1.25)
+    assert rows["nnx_jit"]["extra_s"] == pytest.approx(0.025)
+    assert rows["nnx_split"]["ratio"] == pytest.approx(1.0)
+    targets = _report.targets([linen, split, jitted, other], {"gpu": None}, se_batch=4)
+    assert [(t["case"], t["value"]) for t in targets] == [
+        ("train seresnet14 float32 nnx_split", pytest.approx(1.0)),
+        ("train seresnet14 float32 nnx_jit", pytest.approx(0.8)),
     ]
 
 

@@ -104,8 +104,9 @@ class BatchNorm(nnx.Module):
         self.momentum = momentum
         self.epsilon = epsilon
         self.dtype = dtype
-        self.scale = nnx.Param(scale_init(rngs.params(), (c,), param_dtype))
-        self.bias = nnx.Param(bias_init(rngs.params(), (c,), param_dtype))
+        key = rngs.params()  # one key for both, as nnx.BatchNorm
+        self.scale = nnx.Param(scale_init(key, (c,), param_dtype))
+        self.bias = nnx.Param(bias_init(key, (c,), param_dtype))
         self.mean = nnx.BatchStat(jnp.zeros((c,), param_dtype))
         self.var = nnx.BatchStat(jnp.ones((c,), param_dtype))
         self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32))
@@ -120,18 +121,18 @@ class BatchNorm(nnx.Module):
             use_running_average = self.use_running_average
         y, updated = batch_norm(
             x,
-            self.scale.value,
-            self.bias.value,
-            self.mean.value,
-            self.var.value,
+            self.scale[...],
+            self.bias[...],
+            self.mean[...],
+            self.var[...],
             use_running_average,
             self.momentum,
             self.epsilon,
             self.dtype,
         )
         if updated is not None:
-            self.mean.value, self.var.value = updated
-            self.num_batches_tracked.value = self.num_batches_tracked.value + 1
+            self.mean[...], self.var[...] = updated
+            self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
         return y
 
 
@@ -171,8 +172,8 @@ class PointwiseConv(nnx.Module):
         self.precision = precision
 
     def __call__(self, x: Array) -> Array:
-        bias = None if self.bias is None else self.bias.value
-        return pointwise_conv(x, self.kernel.value, bias, self.strides, self.precision, self.dtype)
+        bias = None if self.bias is None else self.bias[...]
+        return pointwise_conv(x, self.kernel[...], bias, self.strides, self.precision, self.dtype)
 
 
 def conv(
