@@ -390,7 +390,7 @@ def test_train_and_eval_switch_every_norm(rng):
     """A new model trains (as NNX's and PyTorch's); ``eval()`` freezes every statistic,
     ``train()`` updates them all; a per-call override works on a BatchNorm."""
     model = abstract(lambda: se_nnx.ResNet(RESNET10["cbam"], num_classes=3, rngs=nnx.Rngs(0)))
-    norms = [m for _, m in model.iter_modules() if isinstance(m, se_nnx.BatchNorm)]
+    norms = [m for _, m in nnx.iter_modules(model) if isinstance(m, se_nnx.BatchNorm)]
     assert len(norms) == 16 and not any(n.use_running_average for n in norms)  # 3 in CBAMs
     model.eval()
     assert all(n.use_running_average for n in norms)

@@ -12,19 +12,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from torch import nn
 
 import se_common
 import se_flax
 import se_torch
 from se_common import BlockType, ResNetConfig, SelectiveKernelConfig
-from se_convert import torch_to_flax
+from se_convert import torch_to_flax, update_nnx
+from se_flax import nnx as se_nnx
 from tests.helpers import assert_trees_close, flatten, nchw_to_nhwc, randomize_
 
 
 def test_every_framework_maps_every_name():
-    assert set(se_torch.BLOCKS) == set(se_flax.BLOCKS) == set(se_common.BLOCK_TYPES)
-    assert set(se_torch.ATTN_LAYERS) == set(se_flax.ATTN_LAYERS) == set(se_common.ATTENTION)
+    for blocks in (se_torch.BLOCKS, se_flax.BLOCKS, se_nnx.BLOCKS):
+        assert set(blocks) == set(se_common.BLOCK_TYPES)
+    for layers in (se_torch.ATTN_LAYERS, se_flax.ATTN_LAYERS, se_nnx.ATTN_LAYERS):
+        assert set(layers) == set(se_common.ATTENTION)
     for name, config in se_common.MODEL_CONFIGS.items():
         assert config.block in se_common.BLOCK_TYPES, name
         assert config.attn is None or config.attn in se_common.ATTENTION, name
@@ -57,9 +61,22 @@ class FlaxTinyBlock(se_flax.ResidualBlock):
         return self.residual(layers.norm(train, name="bn1", last=True)(y), x, train)
 
 
-def assert_twins_agree(tmodel: nn.Module, fmodel: linen.Module, rng) -> dict:
-    """Random float64 weights: the strict conversion fills the Flax model's exact structure,
-    and eval logits, train logits and statistics agree to rounding level. Returns Flax's init."""
+class NnxTinyBlock(se_nnx.ResidualBlock):
+    """Its NNX twin, built from the backbone's layers."""
+
+    def __init__(self, spec, layers, *, rngs):
+        self.conv1 = layers.conv(spec.in_channels, spec.out_channels, 3, spec.stride, rngs=rngs)
+        self.bn1 = layers.norm(spec.out_channels, last=True, rngs=rngs)
+        super().__init__(spec, layers, rngs=rngs)
+
+    def __call__(self, x):
+        return self.residual(self.bn1(self.conv1(x)), x)
+
+
+def assert_twins_agree(tmodel: nn.Module, fmodel: linen.Module, rng, nnx_model=None) -> dict:
+    """Random float64 weights: the strict conversion fills the Flax model's exact structure
+    (and the NNX model's, if given), and eval logits, train logits and statistics agree to
+    rounding level. Returns Flax's init."""
     x = rng.standard_normal((2, 3, 32, 32))
     target = jax.eval_shape(
         functools.partial(fmodel.init, train=False),
@@ -83,6 +100,17 @@ def assert_twins_agree(tmodel: nn.Module, fmodel: linen.Module, rng) -> dict:
     assert_trees_close(flax_train, torch_train, rtol=1e-12, atol=1e-12, what="train")
     t_stats = torch_to_flax(tmodel)["batch_stats"]
     assert_trees_close(updates["batch_stats"], t_stats, rtol=1e-12, atol=1e-12, what="stats")
+    if nnx_model is not None:
+        update_nnx(nnx_model, variables)
+        forward = nnx.jit(lambda m, x: m(x))
+        nnx_model.eval()
+        nnx_eval = forward(nnx_model, nchw_to_nhwc(x))
+        nnx_model.train()
+        nnx_train = forward(nnx_model, nchw_to_nhwc(x))
+        assert_trees_close(nnx_eval, torch_eval, rtol=1e-12, atol=1e-12, what="NNX eval")
+        assert_trees_close(nnx_train, torch_train, rtol=1e-12, atol=1e-12, what="NNX train")
+        nnx_stats = nnx.to_pure_dict(nnx.state(nnx_model, nnx.BatchStat))
+        assert_trees_close(nnx_stats, t_stats, rtol=1e-12, atol=1e-12, what="NNX stats")
     return init
 
 
@@ -90,13 +118,20 @@ def test_a_new_block_type_is_one_row_per_place(monkeypatch, rng):
     monkeypatch.setitem(se_common.BLOCK_TYPES, "tiny", BlockType(expansion=1, grouped=False))
     monkeypatch.setitem(se_torch.BLOCKS, "tiny", TorchTinyBlock)
     monkeypatch.setitem(se_flax.BLOCKS, "tiny", FlaxTinyBlock)
+    monkeypatch.setitem(se_nnx.BLOCKS, "tiny", NnxTinyBlock)
     config = ResNetConfig("tiny", (1, 2, 1, 1), attn="se")  # a downsampling and a plain block
     tmodel = se_torch.ResNet(config, num_classes=5)
     assert isinstance(tmodel.layer2[1], TorchTinyBlock) and tmodel.layer2[0].downsample
     blocks = [b for b in tmodel.modules() if isinstance(b, TorchTinyBlock)]
     assert len(blocks) == 5 and all(torch.all(b.bn1.weight == 0) for b in blocks)
     fmodel = se_flax.ResNet(config, num_classes=5, param_dtype=jnp.float64)
-    init = assert_twins_agree(tmodel, fmodel, rng)
+    nnx_model = se_nnx.ResNet(config, num_classes=5, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    assert isinstance(nnx_model.layer2_1, NnxTinyBlock) and nnx_model.layer2_0.downsample
+    nnx_scales = [
+        b.bn1.scale[...] for _, b in nnx.iter_modules(nnx_model) if isinstance(b, NnxTinyBlock)
+    ]
+    assert len(nnx_scales) == 5 and all(np.all(np.asarray(v) == 0) for v in nnx_scales)
+    init = assert_twins_agree(tmodel, fmodel, rng, nnx_model)
     scales = {k: v for k, v in flatten(init["params"]).items() if k.endswith("bn1/scale")}
     assert len(scales) == 6  # the stem's is ones, each block's last is zero-initialised
     assert {k for k, v in scales.items() if np.all(np.asarray(v) == 0)} == set(scales) - {
@@ -117,10 +152,20 @@ def test_a_new_attention_layer_is_one_row_per_place(monkeypatch, rng):
         "hse",
         functools.partial(se_flax.SqueezeExcite, gate_fn=jax.nn.hard_sigmoid),
     )
+    monkeypatch.setitem(
+        se_nnx.ATTN_LAYERS,
+        "hse",
+        functools.partial(se_nnx.SqueezeExcite, gate_fn=jax.nn.hard_sigmoid),
+    )
     config = ResNetConfig("basic", (1, 1, 1, 1), attn="hse")
     tmodel = se_torch.ResNet(config, num_classes=5)
     assert isinstance(tmodel.layer1[0].se.gate, nn.Hardsigmoid)
-    assert_twins_agree(tmodel, se_flax.ResNet(config, num_classes=5, param_dtype="float64"), rng)
+    nnx_model = nnx.eval_shape(
+        lambda: se_nnx.ResNet(config, num_classes=5, param_dtype="float64", rngs=nnx.Rngs(0))
+    )
+    assert nnx_model.layer1_0.se.gate_fn is jax.nn.hard_sigmoid
+    fmodel = se_flax.ResNet(config, num_classes=5, param_dtype="float64")
+    assert_twins_agree(tmodel, fmodel, rng, nnx_model)
     assert se_torch.create_model("resnet18", attn="hse").layer4[1].se is not None
 
 
@@ -141,9 +186,13 @@ def test_a_name_without_a_framework_row_is_a_clear_error(monkeypatch):
         se_torch.ResNet(config)
     with pytest.raises(ValueError, match=r"block 'tiny' has no entry in se_flax.BLOCKS"):
         jax.eval_shape(se_flax.ResNet(config).init, jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+    with pytest.raises(ValueError, match=r"block 'tiny' has no entry in se_flax.nnx.BLOCKS"):
+        se_nnx.ResNet(config, rngs=nnx.Rngs(0))
     monkeypatch.setitem(se_common.ATTENTION, "hse", "SE with a hard-sigmoid gate")
     with pytest.raises(ValueError, match=r"attn 'hse' has no entry in se_torch.ATTN_LAYERS"):
         se_torch.create_model("resnet18", attn="hse")
+    with pytest.raises(ValueError, match=r"attn 'hse' has no entry in se_flax.nnx.ATTN_LAYERS"):
+        se_nnx.create_model("resnet18", attn="hse")
 
 
 def test_a_block_without_zero_init_last_says_how_to_build_it(monkeypatch):

@@ -14,7 +14,8 @@ import torch
 import se_flax
 import se_torch
 from se_common import MODEL_CONFIGS, ResNetConfig, SelectiveKernelConfig
-from se_convert import torch_to_flax
+from se_convert import torch_to_flax, update_nnx
+from se_flax import nnx as se_nnx
 from tests.helpers import assert_trees_close, nchw_to_nhwc
 
 # Parameter counts of timm 1.0.31's models of the same names (timm.create_model(name)).
@@ -327,5 +328,12 @@ def test_real_timm_checkpoints_load_and_match(name, rng):
     flax_model = se_flax.create_model(
         base, param_dtype=jnp.float64, **({"attn": attn} if attn else {})
     )
-    flax_logits = flax_model.apply(torch_to_flax(reference), nchw_to_nhwc(x.numpy()))
+    variables = torch_to_flax(reference)
+    flax_logits = flax_model.apply(variables, nchw_to_nhwc(x.numpy()))
     assert_trees_close(flax_logits, expected, rtol=1e-10, atol=1e-12, what=name)
+    nnx_model = se_nnx.create_model(
+        base, param_dtype=jnp.float64, **({"attn": attn} if attn else {})
+    )
+    update_nnx(nnx_model, variables).eval()
+    nnx_logits = nnx_model(jnp.asarray(nchw_to_nhwc(x.numpy())))
+    assert_trees_close(nnx_logits, expected, rtol=1e-10, atol=1e-12, what=f"NNX {name}")

@@ -11,12 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from torch import nn
 
 import se_flax
 import se_torch
 from se_common import ResNetConfig, SelectiveKernelConfig
-from se_convert import flax_to_torch, torch_to_flax
+from se_convert import flax_to_torch, torch_to_flax, update_nnx
+from se_flax import nnx as se_nnx
 from tests.helpers import assert_trees_close, flatten, nchw_to_nhwc, randomize_, torch_pass
 
 
@@ -36,6 +38,7 @@ class Case:
     shape: tuple[int, ...] = (2, 3, 64, 64)
     torch_kwargs: dict = field(default_factory=dict)
     flax_kwargs: dict = field(default_factory=dict)
+    nnx_kwargs: dict = field(default_factory=dict)
     config: ResNetConfig | None = None
 
 
@@ -69,6 +72,7 @@ F32_SENSITIVITY_RATIO = 5.0
 ODD_BN = {
     "torch_kwargs": {"norm_layer": functools.partial(nn.BatchNorm2d, eps=1e-3, momentum=0.3)},
     "flax_kwargs": {"norm_layer": functools.partial(se_flax.BatchNorm, epsilon=1e-3, momentum=0.7)},
+    "nnx_kwargs": {"norm_layer": functools.partial(se_nnx.BatchNorm, epsilon=1e-3, momentum=0.7)},
 }
 # The SE family by configuration: each attention layer in a ResNet-10 (ResNet-18's blocks, one
 # per stage), and a 1-block-per-stage SK-ResNeXt (grouped paths over the whole input,
@@ -264,6 +268,93 @@ def test_eval_train_statistics_and_gradients(case, rng):
                     f"{what}: {mode} grads relative L2 error {flax_l2:.3g} (PyTorch float32: "
                     f"{torch_l2:.3g}, float32 sensitivity of the float64 twin: {sensitivity})"
                 )
+
+
+# The NNX front-end through its own API (model.eval() / model.train(), nnx.jit, nnx.grad,
+# statistics updated in place), against PyTorch: one case per code path (the float64 SE
+# bottleneck, SK basic block with odd BatchNorm options, each attention layer) and the float32
+# SE-ResNet-18. Its programs are the linen ones (tests/test_nnx.py), so the bounds are theirs.
+# skresnet18's float64 gradients get 1e-10: on this test's data the SK attention's fc_reduce
+# (before a BatchNorm over 3 values per channel, see the SK note above) measured 2.5e-11.
+# float32 gradients: relative L2 distance to PyTorch's float32 ones, at most the sum of both
+# frameworks' distances to float64 (seresnet18: 3.6e-6 + 2.5e-6; bound 1e-4).
+NNX_CASES = [
+    c
+    for c in CASES
+    if (c.model, c.dtype)
+    in {
+        ("seresnet18", "float32"),
+        ("seresnext14", "float64"),
+        ("skresnet18", "float64"),
+        ("resnet10+cbam", "float64"),
+        ("resnet10+ese", "float64"),
+    }
+]
+
+
+def nnx_model(case: Case, **kwargs) -> nnx.Module:
+    """The NNX twin of ``flax_model(case)``, created abstractly (the weights are loaded)."""
+    options = {"num_classes": 7, "param_dtype": case.dtype, **case.nnx_kwargs, **kwargs}
+    if case.config is not None:
+        return nnx.eval_shape(lambda: se_nnx.ResNet(case.config, rngs=nnx.Rngs(0), **options))
+    return nnx.eval_shape(lambda: se_nnx.create_model(case.model, **options))
+
+
+@pytest.mark.parametrize("case", NNX_CASES, ids=lambda c: f"{c.model}-{c.dtype}")
+def test_nnx_eval_train_statistics_and_gradients(case, rng):
+    """Eval and train logits, statistics after each pass, and every gradient; then the trained
+    NNX model converts back into a PyTorch model (``flax_to_torch``) bit for bit."""
+    tmodel = randomized_torch_model(case, rng)
+    model = update_nnx(nnx_model(case), torch_to_flax(tmodel))
+    forward = nnx.jit(lambda m, x: m(x))
+
+    def loss(m, x, cot):
+        out = m(x)
+        return jnp.sum(out * cot), out
+
+    train_grad = nnx.jit(nnx.grad(loss, has_aux=True))
+    out_rtol, out_atol = case.out
+    for step in range(2):  # statistics after one and after two passes
+        what = f"NNX {case.model} {case.dtype} pass {step + 1}"
+        x = rng.standard_normal(case.shape).astype(case.dtype)
+        cot = rng.standard_normal((case.shape[0], 7)).astype(case.dtype)
+        t_eval, _, _ = torch_pass(tmodel, x, cot, train=False)
+        t_train, _, t_grads = torch_pass(tmodel, x, cot, train=True)
+        model.eval()
+        f_eval = forward(model, nchw_to_nhwc(x))
+        model.train()
+        f_grads, f_train = train_grad(model, nchw_to_nhwc(x), cot)
+        f_grads = flatten(nnx.to_pure_dict(f_grads))
+
+        assert_trees_close(f_eval, t_eval, rtol=out_rtol, atol=out_atol, what=f"{what} eval")
+        assert_trees_close(f_train, t_train, rtol=out_rtol, atol=out_atol, what=f"{what} train")
+        stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+        t_stats = torch_to_flax(tmodel)["batch_stats"]
+        assert_trees_close(stats, t_stats, rtol=out_rtol, atol=out_atol, what=f"{what} stats")
+        counts = {k: int(v) for k, v in flatten(stats).items() if k.endswith("batches_tracked")}
+        assert counts == {k: int(v) for k, v in flatten(t_stats).items() if k in counts}
+        assert f_grads.keys() == t_grads.keys()
+        if case.dtype == "float64":
+            errors = relative_errors(f_grads, t_grads)
+            worst = max(errors, key=errors.get)
+            bound = 1e-10 if case.model == "skresnet18" else case.grad
+            assert errors[worst] <= bound, f"{what} grad {worst}: {errors[worst]:.3g}"
+        else:
+            l2 = relative_l2_error(f_grads, t_grads)
+            assert l2 <= case.train_grad_l2, f"{what}: grads relative L2 {l2:.3g}"
+
+    back = flax_to_torch(model, randomized_torch_model(case, rng))
+    flat_back = flatten(torch_to_flax(back))
+    flat_model = flatten(
+        {
+            "params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+            "batch_stats": nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)),
+        }
+    )
+    assert flat_back.keys() == flat_model.keys()
+    for key, leaf in flat_model.items():
+        assert flat_back[key].dtype == leaf.dtype, key
+        np.testing.assert_array_equal(np.asarray(flat_back[key]), np.asarray(leaf), err_msg=key)
 
 
 # Feature maps of the SE backbones and one SK backbone (the attention variants share the path).
