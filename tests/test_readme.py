@@ -21,6 +21,8 @@ REGISTRIES = (
     se_torch.BLOCKS,
     se_flax.ATTN_LAYERS,
     se_flax.BLOCKS,
+    se_flax.nnx.ATTN_LAYERS,
+    se_flax.nnx.BLOCKS,
 )
 
 
@@ -40,3 +42,6 @@ def test_readme_examples_run():
     torch_y = namespace["se"](namespace["x_nchw"]).detach().numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(np.asarray(namespace["y_flax"]), torch_y, rtol=1e-5, atol=2e-6)
     assert namespace["hse_logits"].shape == (2, 10)  # the registered attention layer's model
+    # the NNX backbone example: linen's eval logits from the same converted variables
+    linen_logits = namespace["fmodel"].apply(namespace["variables"], namespace["x_nhwc"])
+    np.testing.assert_allclose(namespace["nnx_logits"], linen_logits, rtol=1e-6, atol=1e-6)
