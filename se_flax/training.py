@@ -1,8 +1,16 @@
 """A small, jit-compiled Flax training step (the twin of ``se_torch.training``).
 
+Linen: a :class:`TrainState` goes in, a new one comes out.
+
 >>> state = TrainState.create(apply_fn=model.apply, params=v["params"],
 ...                           batch_stats=v["batch_stats"], tx=se_flax.optim.sgd(0.1, 0.9))
 >>> state, metrics = train_step(state, images, labels)
+
+NNX: the model and an ``nnx.Optimizer`` are updated in place.
+
+>>> model = se_flax.nnx.create_model("seresnet18", num_classes=10, rngs=nnx.Rngs(0))
+>>> optimizer = nnx.Optimizer(model, se_flax.optim.sgd(0.1, 0.9), wrt=nnx.Param)
+>>> metrics = nnx_train_step(model, optimizer, images, labels)
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from flax import nnx
 from flax.training import train_state
 
 __all__ = [
@@ -22,9 +31,13 @@ __all__ = [
     "cross_entropy",
     "data_mesh",
     "eval_step",
+    "nnx_eval_step",
+    "nnx_train_step",
     "replicate",
     "restore_checkpoint",
+    "restore_nnx_checkpoint",
     "save_checkpoint",
+    "save_nnx_checkpoint",
     "shard_batch",
     "train_step",
 ]
@@ -110,6 +123,150 @@ def restore_checkpoint(directory: str | os.PathLike, state: TrainState) -> Train
     with ocp.StandardCheckpointer() as checkpointer:
         restored = checkpointer.restore(os.path.abspath(directory), target)
     return state.replace(**restored)
+
+
+def _in_mode(model: nnx.Module, train: bool) -> nnx.Module:
+    """A view of ``model`` (sharing its variables) in training or eval mode; ``model``'s own
+    mode is left as it is."""
+    return nnx.with_attributes(
+        model,
+        use_running_average=not train,
+        deterministic=not train,
+        raise_if_not_found=False,
+    )
+
+
+@nnx.jit
+def nnx_train_step(
+    model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array, labels: jax.Array
+) -> dict[str, jax.Array]:
+    """One NNX step, in place: train-mode forward, loss, gradients, ``optimizer.update``.
+
+    The twin of :func:`train_step` for an NNX model (e.g. ``se_flax.nnx.ResNet``). The forward
+    runs in training mode *whatever the model's mode* (BatchNorm normalises with the batch's
+    statistics and updates its running ones and ``num_batches_tracked``), and the model is left
+    in the mode it came in: no ``model.train()`` is needed, and none is done.
+
+    Args:
+        model: the NNX model; its ``nnx.Param`` and ``nnx.BatchStat`` variables are updated.
+        optimizer: ``nnx.Optimizer(model, tx, wrt=nnx.Param)``, e.g. with a transformation of
+            :mod:`se_flax.optim`; its state and ``step`` are updated.
+        images: ``(N, H, W, C)`` batch; labels: ``(N,)`` integer classes.
+
+    Returns:
+        The batch's ``loss`` and ``accuracy`` (computed before the update).
+
+    Example:
+        >>> optimizer = nnx.Optimizer(model, se_flax.optim.adamw(1e-3), wrt=nnx.Param)
+        >>> for images, labels in batches:
+        ...     metrics = nnx_train_step(model, optimizer, images, labels)
+    """
+
+    def loss_fn(model):
+        logits = _in_mode(model, train=True)(images)
+        return cross_entropy(logits, labels), logits
+
+    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, optimizer.wrt), has_aux=True)
+    (loss, logits), grads = grad_fn(model)
+    optimizer.update(model, grads)
+    return _metrics(loss, logits, labels)
+
+
+@nnx.jit
+def nnx_eval_step(model: nnx.Module, images: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """Loss and accuracy with the running statistics (eval mode), for an NNX model.
+
+    Evaluates in eval mode *whatever the model's mode* and changes nothing: no statistic is
+    updated and the model keeps its mode (the twin of :func:`eval_step`).
+    """
+    logits = _in_mode(model, train=False)(images)
+    return _metrics(cross_entropy(logits, labels), logits, labels)
+
+
+def _nnx_saved(model: nnx.Module, optimizer: nnx.Optimizer) -> dict[str, Any]:
+    return {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}
+
+
+def save_nnx_checkpoint(
+    directory: str | os.PathLike,
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    force: bool = False,
+) -> None:
+    """Saves an NNX model (every variable: parameters, statistics) and its optimizer (state and
+    step) with orbax.
+
+    Args:
+        directory: the checkpoint directory to create.
+        model: the NNX model.
+        optimizer: its ``nnx.Optimizer``.
+        force: overwrite an existing checkpoint; without it an existing one is an error.
+
+    Example:
+        >>> save_nnx_checkpoint("/tmp/ckpt", model, optimizer)
+        >>> model = se_flax.nnx.create_model("seresnet18", num_classes=10, rngs=nnx.Rngs(1))
+        >>> optimizer = nnx.Optimizer(model, se_flax.optim.sgd(0.1, 0.9), wrt=nnx.Param)
+        >>> restore_nnx_checkpoint("/tmp/ckpt", model, optimizer)  # resumes where it stopped
+    """
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.abspath(directory), _nnx_saved(model, optimizer), force=force)
+        checkpointer.wait_until_finished()
+
+
+def restore_nnx_checkpoint(
+    directory: str | os.PathLike, model: nnx.Module, optimizer: nnx.Optimizer
+) -> None:
+    """Restores a checkpoint of :func:`save_nnx_checkpoint` into ``model`` and ``optimizer``, in
+    place.
+
+    They give the structure (e.g. freshly created ones, or built under ``nnx.eval_shape``
+    and so holding no arrays: the optimizer too, with ``nnx.eval_shape``); every variable of
+    both is replaced, so training resumes bit-identically to an uninterrupted run. Modes
+    (``model.train()``/``model.eval()``) are not saved: the model keeps its own. The restored
+    arrays are committed to their devices, so a jitted step compiles once more on first use.
+
+    Raises:
+        ValueError: if the checkpoint's variables differ from the model's and optimizer's in
+            names, shapes or dtypes (e.g. another architecture, number of classes, parameter
+            dtype or optimizer), listing the differences; nothing is changed then.
+    """
+    directory = os.path.abspath(directory)
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _nnx_saved(model, optimizer))
+    with ocp.StandardCheckpointer() as checkpointer:
+        _check_matches(directory, checkpointer.metadata(directory).item_metadata.tree, target)
+        restored = checkpointer.restore(directory, target)
+    nnx.update(model, restored["model"])
+    nnx.update(optimizer, restored["optimizer"])
+
+
+def _check_matches(directory: str, saved: Any, target: Any) -> None:
+    """Raises a ValueError listing every leaf where ``saved`` (orbax metadata) and ``target``
+    differ: orbax would cast other dtypes silently and report only some other differences."""
+
+    def leaves(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {
+            jax.tree_util.keystr(path, simple=True, separator="."): (
+                tuple(leaf.shape),
+                str(jnp.dtype(leaf.dtype)),
+            )
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        }
+
+    have, want = leaves(saved), leaves(target)
+    problems = [f"{k}: not in the checkpoint" for k in sorted(want.keys() - have.keys())]
+    problems += [f"{k}: only in the checkpoint" for k in sorted(have.keys() - want.keys())]
+    problems += [
+        f"{k}: checkpoint {have[k][1]}{list(have[k][0])}, expected {want[k][1]}{list(want[k][0])}"
+        for k in sorted(want.keys() & have.keys())
+        if have[k] != want[k]
+    ]
+    if problems:
+        shown = "\n  ".join(problems[:12])
+        more = f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
+        raise ValueError(
+            f"checkpoint {directory} does not match the model and optimizer "
+            f"({len(problems)} differences):\n  {shown}{more}"
+        )
 
 
 def data_mesh(devices: Any = None) -> jax.sharding.Mesh:
