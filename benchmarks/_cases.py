@@ -30,13 +30,14 @@ MODES = {
     "jit": ("jax", "jax.jit of the linen module, NHWC"),
     "jit_donate": ("jax", "jax.jit, NHWC, input (se_*, sk_*) or train state (train) donated"),
     "nnx_jit": ("jax", "NNX model under nnx.jit (infer, train), NHWC"),
+    "nnx_tree": ("jax", "NNX model under nnx.jit(graph=False), modules as pytrees, NHWC"),
     "nnx_split": ("jax", "NNX model: nnx.split once, jax.jit over the state (infer, train), NHWC"),
     "eager": ("torch", "PyTorch eager, NCHW"),
     "channels_last": ("torch", "PyTorch eager, channels_last"),
     "compile": ("torch", "torch.compile (inductor), NCHW"),
 }
 # The NNX twins of the linen networks (se_flax.nnx), same weights and inputs as `jit`.
-NNX_MODES = ("nnx_jit", "nnx_split")
+NNX_MODES = ("nnx_jit", "nnx_tree", "nnx_split")
 # Donation has nothing to reuse at inference: the input is not the size of the output. (A
 # block's input is: SE's always, SK's at stride 1 with in = out channels, as benchmarked.)
 # NNX modes run the networks only.

@@ -111,7 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="comma-separated: "
         + ", ".join(f"{k} ({v[1]})" for k, v in MODES.items())
-        + " (default: all; --quick: all but compile, nnx_jit and nnx_split)",
+        + " (default: all; --quick: all but compile and the NNX modes)",
     )
     p.add_argument(
         "--dtypes",

@@ -287,7 +287,8 @@ def markdown(results: dict) -> str:
             "## NNX networks: time per step over linen `jit`'s (1.00: no overhead)",
             "",
             "The se_flax.nnx twin with the same weights and inputs: `nnx_jit` calls an `nnx.jit` "
-            "function of the model (and optimizer) each step; `nnx_split` splits them once and "
+            "function of the model (and optimizer) each step, `nnx_tree` the same with "
+            "`graph=False` (modules flattened as pytrees); `nnx_split` splits them once and "
             "calls a pure `jax.jit` function of their state. Each cell: the ratio of median "
             "times per step, then their difference.",
             "",

@@ -211,14 +211,16 @@ def test_quick_run_nnx_modes(tmp_path):
     overhead table and speed ratios over linen jit. resnet10 only, and no linen jit case (the
     main quick run covers it): each train case compiles for seconds. The overhead rows are
     checked on this run's records plus linen jit records made from them."""
-    argv = ["--workloads", "infer,train", "--models", "resnet10", "--modes", "nnx_split,nnx_jit"]
+    # nnx_tree runs nnx_jit's code with graph=False: one of the two is enough here.
+    modes = ("nnx_tree", "nnx_split")
+    argv = ["--workloads", "infer,train", "--models", "resnet10", "--modes", ",".join(modes)]
     results, _ = run_benchmarks(tmp_path, *argv)
     check_results(results, argv, tmp_path / "bench")
     by_key = {(r["workload"], r["mode"]): r for r in results["records"]}
-    assert set(by_key) == {(w, m) for w in ("infer", "train") for m in NNX_MODES}
+    assert set(by_key) == {(w, m) for w in ("infer", "train") for m in modes}
     assert {(r["framework"], r["layout"]) for r in results["records"]} == {("jax", "NHWC")}
     text = (tmp_path / "bench" / "results.md").read_text()
-    assert text.count("| dtype | nnx_jit | nnx_split |") == 2  # networks, compile (MODES order)
+    assert text.count("| dtype | nnx_tree | nnx_split |") == 2  # networks, compile (MODES order)
     assert "## NNX networks" not in text and not results["targets"]  # no linen jit to compare
 
     for workload in ("infer", "train"):  # linen jit, 1.25x as fast as nnx_split
@@ -229,7 +231,7 @@ def test_quick_run_nnx_modes(tmp_path):
     results["targets"] = _report.targets(results["records"], results["machine"], 2, 2)
     speeds = [t for t in results["targets"] if t["target"] == "NNX / linen jit speed"]
     assert sorted(t["case"] for t in speeds) == sorted(
-        f"{w} resnet10 float32 {m}" for w in ("infer", "train") for m in NNX_MODES
+        f"{w} resnet10 float32 {m}" for w in ("infer", "train") for m in modes
     )
     for row in speeds:
         workload, _, _, mode = row["case"].split()
@@ -237,13 +239,13 @@ def test_quick_run_nnx_modes(tmp_path):
         assert row["value"] == pytest.approx(linen["median_s"] / nnx["median_s"])
         assert row["goal"] is None and row["met"] is None
     text = _report.markdown(results)
-    assert text.count("| dtype | jit | nnx_jit | nnx_split |") == 2  # NNX next to jit
+    assert text.count("| dtype | jit | nnx_tree | nnx_split |") == 2  # NNX next to jit
     section = text.split("## NNX networks: time per step over linen `jit`'s")[1].split("##")[0]
-    assert section.count("| dtype | nnx_jit | nnx_split |") == 1
+    assert section.count("| dtype | nnx_tree | nnx_split |") == 1
     for workload in ("infer", "train"):
         line = next(x for x in section.splitlines() if x.startswith(f"| {workload} | resnet10 |"))
         cells = [c.strip() for c in line.strip("|").split("|")][-2:]
-        for cell, mode in zip(cells, NNX_MODES, strict=True):
+        for cell, mode in zip(cells, modes, strict=True):
             nnx, linen = by_key[workload, mode], by_key[workload, "jit"]
             assert cell.startswith(f"{nnx['median_s'] / linen['median_s']:.2f}, ")
             assert cell.endswith(" ms")
@@ -251,10 +253,11 @@ def test_quick_run_nnx_modes(tmp_path):
 
 
 def test_nnx_modes_plan_networks_only():
-    args = _cli.parse_args(["--quick", "--modes", "jit,nnx_jit,nnx_split"])
+    args = _cli.parse_args(["--quick", "--modes", "jit,nnx_jit,nnx_tree,nnx_split"])
     cases = _cli.planned(args)
     nnx = [c for c in cases if c.mode in NNX_MODES]
-    assert nnx and all(c.workload in ("infer", "train") for c in nnx)
+    assert {c.mode for c in nnx} == set(NNX_MODES)
+    assert all(c.workload in ("infer", "train") for c in nnx)
     assert {c.framework for c in nnx} == {"jax"} and {c.layout for c in nnx} == {"NHWC"}
     assert [c for c in cases if c.workload in BLOCK_WORKLOADS and c.mode == "jit"]
     assert not set(NNX_MODES) & set(_cli.QUICK["modes"])  # --quick runs them when asked
