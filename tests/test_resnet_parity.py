@@ -271,23 +271,21 @@ def test_eval_train_statistics_and_gradients(case, rng):
 
 
 # The NNX front-end through its own API (model.eval() / model.train(), nnx.jit, nnx.grad,
-# statistics updated in place), against PyTorch: one case per code path (the float64 SE
-# bottleneck, SK basic block with odd BatchNorm options, each attention layer) and the float32
-# SE-ResNet-18. Its programs are the linen ones (tests/test_nnx.py), so the bounds are theirs.
-# skresnet18's float64 gradients get 1e-10: on this test's data the SK attention's fc_reduce
-# (before a BatchNorm over 3 values per channel, see the SK note above) measured 2.5e-11.
+# statistics updated in place), against PyTorch: the float64 SE bottleneck (grouped) and a
+# float32 ResNet-10 with CBAM. The NNX models lower to the linen programs (tests/test_nnx.py,
+# every backbone), which the cases above check against PyTorch: these two check the NNX API
+# around them, with the bounds of the linen cases. (skresnet18 in float64, run here while this
+# was built: gradients within 2.5e-11 of the largest, in the SK attention's fc_reduce before its
+# BatchNorm over 3 values per channel; see the SK note above.)
 # float32 gradients: relative L2 distance to PyTorch's float32 ones, at most the sum of both
-# frameworks' distances to float64 (seresnet18: 3.6e-6 + 2.5e-6; bound 1e-4).
+# frameworks' distances to float64 (the case's train bound, 1e-3 for resnet10+cbam).
 NNX_CASES = [
     c
     for c in CASES
     if (c.model, c.dtype)
     in {
-        ("seresnet18", "float32"),
         ("seresnext14", "float64"),
-        ("skresnet18", "float64"),
-        ("resnet10+cbam", "float64"),
-        ("resnet10+ese", "float64"),
+        ("resnet10+cbam", "float32"),
     }
 ]
 
@@ -337,8 +335,7 @@ def test_nnx_eval_train_statistics_and_gradients(case, rng):
         if case.dtype == "float64":
             errors = relative_errors(f_grads, t_grads)
             worst = max(errors, key=errors.get)
-            bound = 1e-10 if case.model == "skresnet18" else case.grad
-            assert errors[worst] <= bound, f"{what} grad {worst}: {errors[worst]:.3g}"
+            assert errors[worst] <= case.grad, f"{what} grad {worst}: {errors[worst]:.3g}"
         else:
             l2 = relative_l2_error(f_grads, t_grads)
             assert l2 <= case.train_grad_l2, f"{what}: grads relative L2 {l2:.3g}"
