@@ -35,6 +35,7 @@ __all__ = [
     "BasicBlock",
     "BlockLayers",
     "Bottleneck",
+    "LayerOptions",
     "ResNet",
     "ResidualBlock",
     "SelectiveKernelBasic",
@@ -56,16 +57,18 @@ ATTN_LAYERS: dict[str, ModuleDef] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockLayers:
-    """How a backbone builds its layers: each option is a field here, applied in one method per
-    kind of layer. :class:`ResNet` makes one and hands it to every block (and its stem).
+class LayerOptions:
+    """Every option of a backbone's layers, once: the fields shared by the linen
+    :class:`BlockLayers` and its NNX twin ``se_flax.nnx.BlockLayers``, which add one method per
+    kind of layer in their front-end's idiom.
 
     Attributes:
         act_fn: the activation.
-        norm_layer: factory of the norms, called with ``use_running_average``, ``dtype``,
-            ``param_dtype``, ``name`` (and ``scale_init`` for a block's last norm when
-            ``zero_init_last``), as ``flax.linen.BatchNorm`` takes them; its own options
-            (momentum, epsilon) are bound in it, e.g. ``partial(BatchNorm, epsilon=1e-3)``.
+        norm_layer: factory of the norms, called as the front-end's BatchNorm is (linen:
+            ``use_running_average``, ``dtype``, ``param_dtype``, ``name``; NNX: ``num_features``,
+            ``dtype``, ``param_dtype``, ``rngs``), and with ``scale_init`` for a block's last
+            norm when ``zero_init_last``; its own options (momentum, epsilon) are bound in it,
+            e.g. ``partial(BatchNorm, epsilon=1e-3)``.
         attn_layer: factory of the blocks' attention layer, or ``None``.
         zero_init_last: initialise each block's last norm scale to zero.
         dtype, param_dtype, precision, kernel_init: of every convolution (and the norms' and
@@ -80,6 +83,19 @@ class BlockLayers:
     param_dtype: Dtype = jnp.float32
     precision: Any = None
     kernel_init: nn.initializers.Initializer = conv_kernel_init
+
+    def _norm_layer(self, last: bool) -> ModuleDef:
+        if last and self.zero_init_last:
+            return functools.partial(self.norm_layer, scale_init=nn.initializers.zeros_init())
+        return self.norm_layer
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockLayers(LayerOptions):
+    """How a linen backbone builds its layers: the options of :class:`LayerOptions`, applied in
+    one method per kind of layer. :class:`ResNet` makes one and hands it to every block (and its
+    stem).
+    """
 
     def conv(self, features: int, kernel_size: int, stride: int = 1, *, groups: int = 1, name: str):
         """A bias-free convolution with PyTorch's symmetric padding ``kernel_size // 2``."""
@@ -96,11 +112,6 @@ class BlockLayers:
             param_dtype=self.param_dtype,
             name=name,
         )
-
-    def _norm_layer(self, last: bool) -> ModuleDef:
-        if last and self.zero_init_last:
-            return functools.partial(self.norm_layer, scale_init=nn.initializers.zeros_init())
-        return self.norm_layer
 
     def norm(self, train: bool, *, name: str, last: bool = False) -> nn.Module:
         """A norm in the mode ``train``; ``last`` marks a block's last one (``zero_init_last``)."""

@@ -10,7 +10,6 @@ converted variables fill both: ``update_nnx(model, torch_to_flax(state_dict))``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,13 +21,13 @@ from flax import nnx
 from se_common import BlockSpec, ResNetConfig, check_head_options, lookup, model_config
 from se_flax._dtypes import Dtype, compute_dtype, mean
 from se_flax._layers import check_input, pad
+from se_flax._resnet import LayerOptions
 from se_flax.nnx._attention import CbamModule, EcaModule, EffectiveSEModule
 from se_flax.nnx._layers import (
     BatchNorm,
     ConvNormAct,
     ModuleDef,
     conv,
-    conv_kernel_init,
     held_param_dtype,
 )
 from se_flax.nnx._selective_kernel import SelectiveKernel
@@ -61,31 +60,16 @@ ATTN_LAYERS: dict[str, ModuleDef] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockLayers:
-    """How an NNX backbone builds its layers (the twin of :class:`se_flax.BlockLayers`): each
-    option is a field, applied in one method per kind of layer.
-
-    Attributes:
-        act_fn: the activation.
-        norm_layer: factory of the norms, called as ``norm_layer(num_features, dtype=...,
-            param_dtype=..., rngs=...)`` (and ``scale_init=`` for a block's last norm when
-            ``zero_init_last``), as ``nnx.BatchNorm`` takes them; its own options are bound in
-            it, e.g. ``partial(BatchNorm, momentum=0.7, epsilon=1e-3)``.
-        attn_layer: factory of the blocks' attention layer (see :data:`ATTN_LAYERS`), or
-            ``None``.
-        zero_init_last: initialise each block's last norm scale to zero.
-        dtype, param_dtype, precision, kernel_init: of every convolution (and the norms' and
-            attention layers' dtypes).
+class BlockLayers(LayerOptions):
+    """How an NNX backbone builds its layers (the twin of :class:`se_flax.BlockLayers`): the
+    options of :class:`se_flax.LayerOptions`, applied in one method per kind of layer, each
+    taking the input channels and ``rngs``. ``norm_layer`` is called as ``nnx.BatchNorm`` is:
+    ``norm_layer(num_features, dtype=..., param_dtype=..., rngs=...)``, e.g.
+    ``partial(BatchNorm, momentum=0.7, epsilon=1e-3)``; ``attn_layer`` as in
+    :data:`ATTN_LAYERS`.
     """
 
-    act_fn: Activation = nnx.relu
     norm_layer: ModuleDef = BatchNorm
-    attn_layer: ModuleDef | None = None
-    zero_init_last: bool = True
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
-    kernel_init: nnx.Initializer = conv_kernel_init
 
     @property
     def _dtypes(self) -> dict[str, Any]:
@@ -115,11 +99,6 @@ class BlockLayers:
             rngs=rngs,
             **self._dtypes,
         )
-
-    def _norm_layer(self, last: bool) -> ModuleDef:
-        if last and self.zero_init_last:
-            return functools.partial(self.norm_layer, scale_init=nnx.initializers.zeros_init())
-        return self.norm_layer
 
     def norm(self, features: int, *, last: bool = False, rngs: nnx.Rngs) -> nnx.Module:
         """A norm over ``features``; ``last`` marks a block's last one (``zero_init_last``)."""
