@@ -1,4 +1,5 @@
-"""JAX/Flax runners, NHWC: linen ``jit`` and ``jit_donate``; NNX ``nnx_jit`` and ``nnx_split``."""
+"""JAX/Flax runners, NHWC: linen ``jit`` and ``jit_donate``; NNX ``nnx_jit``, ``nnx_tree`` and
+``nnx_split``."""
 
 from __future__ import annotations
 

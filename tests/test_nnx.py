@@ -504,6 +504,10 @@ def test_bad_input_is_named():
         se_nnx.SelectiveKernel(15, rngs=r)
     with pytest.raises(ValueError, match=r"channels must be an integer >= 1, got 0"):
         se_nnx.EcaModule(0, rngs=r)
+    with pytest.raises(ValueError, match=r"input has 6 channels .* weights are for 8"):
+        se_nnx.ChannelAttn(8, rngs=r)(jnp.ones((1, 4, 4, 6), jnp.float32))
+    with pytest.raises(TypeError, match=r"floating-point input, got dtype int32"):
+        se_nnx.SpatialAttn(rngs=r)(jnp.ones((1, 4, 4, 6), jnp.int32))
     with pytest.raises(ValueError, match=r"spatial_kernel_size must be odd"):
         se_nnx.CbamModule(16, spatial_kernel_size=4, rngs=r)
     with pytest.raises(TypeError, match=r"config must be a se_common.ResNetConfig, got 'resnet"):

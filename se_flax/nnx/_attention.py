@@ -153,6 +153,7 @@ class ChannelAttn(nnx.Module):
         bias_init: nnx.Initializer = default_bias_init,
         rngs: nnx.Rngs,
     ) -> None:
+        self.channels = positive_int("channels", channels)
         rd = resolve_rd_channels(channels, rd_ratio, rd_channels, rd_divisor, default_divisor=1)
         dense = dict(
             use_bias=mlp_bias,
@@ -170,6 +171,7 @@ class ChannelAttn(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: Array) -> Array:
+        check_input(x, channels=self.channels)
         dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
         return channel_attn(x, self.fc1, self.fc2, self.act_fn, self.gate_fn, dtype)
 
@@ -206,6 +208,7 @@ class SpatialAttn(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: Array) -> Array:
+        check_input(x)
         dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
         return spatial_attn(x, self.conv, self.gate_fn, dtype)
 

@@ -49,6 +49,7 @@ def held_param_dtype(module: nnx.Module) -> jnp.dtype:
         for v in jax.tree.leaves(nnx.state(module, nnx.Param))
         if jnp.issubdtype(v.dtype, jnp.floating)
     }
+    # Every NNX module here holds parameters; float32 (the default param_dtype) is a fallback.
     return functools.reduce(jnp.promote_types, held) if held else jnp.dtype(jnp.float32)
 
 
