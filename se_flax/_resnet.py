@@ -89,6 +89,58 @@ class LayerOptions:
             return functools.partial(self.norm_layer, scale_init=nn.initializers.zeros_init())
         return self.norm_layer
 
+    # What each kind of layer takes from the options, as keywords both front-ends' layers accept
+    # (the NNX methods add the input channels and ``rngs``, the linen ones a ``name``).
+    @property
+    def _dtypes(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "param_dtype": self.param_dtype}
+
+    def _conv_options(self, kernel_size: int, stride: int, groups: int) -> dict[str, Any]:
+        """A bias-free convolution with PyTorch's symmetric padding ``kernel_size // 2``."""
+        return {
+            "kernel_size": (kernel_size, kernel_size),
+            "strides": (stride, stride),
+            "padding": pad(kernel_size),
+            "feature_group_count": groups,
+            "use_bias": False,
+            "kernel_init": self.kernel_init,
+            "precision": self.precision,
+            **self._dtypes,
+        }
+
+    def _conv_norm_act_options(
+        self, features: int, kernel_size: int, apply_act: bool, last: bool
+    ) -> dict[str, Any]:
+        return {
+            "features": features,
+            "kernel_size": kernel_size,
+            "apply_act": apply_act,
+            "act_fn": self.act_fn,
+            "norm_layer": self._norm_layer(last),
+            "precision": self.precision,
+            "kernel_init": self.kernel_init,
+            **self._dtypes,
+        }
+
+    def _selective_kernel_options(self, spec: BlockSpec) -> dict[str, Any]:
+        """The block's Selective Kernel unit, from ``spec.sk`` (stride and groups of its 3x3)."""
+        sk = spec.sk
+        return {
+            "features": spec.width,
+            "kernel_size": sk.kernel_size,
+            "stride": spec.stride,
+            "groups": spec.groups,
+            "rd_ratio": sk.rd_ratio,
+            "rd_divisor": sk.rd_divisor,
+            "keep_3x3": sk.keep_3x3,
+            "split_input": sk.split_input,
+            "act_fn": self.act_fn,
+            "norm_layer": self.norm_layer,
+            "precision": self.precision,
+            "kernel_init": self.kernel_init,
+            **self._dtypes,
+        }
+
 
 @dataclasses.dataclass(frozen=True)
 class BlockLayers(LayerOptions):
@@ -99,28 +151,11 @@ class BlockLayers(LayerOptions):
 
     def conv(self, features: int, kernel_size: int, stride: int = 1, *, groups: int = 1, name: str):
         """A bias-free convolution with PyTorch's symmetric padding ``kernel_size // 2``."""
-        return conv(
-            features,
-            (kernel_size, kernel_size),
-            (stride, stride),
-            pad(kernel_size),
-            feature_group_count=groups,
-            use_bias=False,
-            kernel_init=self.kernel_init,
-            precision=self.precision,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=name,
-        )
+        return conv(features, name=name, **self._conv_options(kernel_size, stride, groups))
 
     def norm(self, train: bool, *, name: str, last: bool = False) -> nn.Module:
         """A norm in the mode ``train``; ``last`` marks a block's last one (``zero_init_last``)."""
-        return self._norm_layer(last)(
-            use_running_average=not train,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=name,
-        )
+        return self._norm_layer(last)(use_running_average=not train, name=name, **self._dtypes)
 
     def conv_norm_act(
         self,
@@ -132,45 +167,18 @@ class BlockLayers(LayerOptions):
         name: str,
     ) -> ConvNormAct:
         """timm's ``ConvNormAct`` (SK blocks), applied as ``layer(x, train)``."""
-        return ConvNormAct(
-            features,
-            kernel_size,
-            apply_act=apply_act,
-            act_fn=self.act_fn,
-            norm_layer=self._norm_layer(last),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            kernel_init=self.kernel_init,
-            name=name,
-        )
+        options = self._conv_norm_act_options(features, kernel_size, apply_act, last)
+        return ConvNormAct(name=name, **options)
 
     def selective_kernel(self, spec: BlockSpec, *, name: str) -> SelectiveKernel:
         """The block's Selective Kernel unit, from ``spec.sk`` (stride and groups of its 3x3)."""
-        sk = spec.sk
-        return SelectiveKernel(
-            spec.width,
-            sk.kernel_size,
-            spec.stride,
-            groups=spec.groups,
-            rd_ratio=sk.rd_ratio,
-            rd_divisor=sk.rd_divisor,
-            keep_3x3=sk.keep_3x3,
-            split_input=sk.split_input,
-            act_fn=self.act_fn,
-            norm_layer=self.norm_layer,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            kernel_init=self.kernel_init,
-            name=name,
-        )
+        return SelectiveKernel(name=name, **self._selective_kernel_options(spec))
 
     def attn(self, *, name: str = "se") -> nn.Module | None:
         """The attention layer, applied as ``layer(y, train=...)``, or ``None``."""
         if self.attn_layer is None:
             return None
-        return self.attn_layer(name=name, dtype=self.dtype, param_dtype=self.param_dtype)
+        return self.attn_layer(name=name, **self._dtypes)
 
 
 class ResidualBlock(nn.Module):

@@ -71,10 +71,6 @@ class BlockLayers(LayerOptions):
 
     norm_layer: ModuleDef = BatchNorm
 
-    @property
-    def _dtypes(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "param_dtype": self.param_dtype}
-
     def conv(
         self,
         in_features: int,
@@ -86,19 +82,8 @@ class BlockLayers(LayerOptions):
         rngs: nnx.Rngs,
     ) -> nnx.Module:
         """A bias-free convolution with PyTorch's symmetric padding ``kernel_size // 2``."""
-        return conv(
-            in_features,
-            features,
-            (kernel_size, kernel_size),
-            (stride, stride),
-            pad(kernel_size),
-            feature_group_count=groups,
-            use_bias=False,
-            kernel_init=self.kernel_init,
-            precision=self.precision,
-            rngs=rngs,
-            **self._dtypes,
-        )
+        options = self._conv_options(kernel_size, stride, groups)
+        return conv(in_features, features, rngs=rngs, **options)
 
     def norm(self, features: int, *, last: bool = False, rngs: nnx.Rngs) -> nnx.Module:
         """A norm over ``features``; ``last`` marks a block's last one (``zero_init_last``)."""
@@ -115,39 +100,12 @@ class BlockLayers(LayerOptions):
         rngs: nnx.Rngs,
     ) -> ConvNormAct:
         """timm's ``ConvNormAct`` (SK blocks)."""
-        return ConvNormAct(
-            in_features,
-            features,
-            kernel_size,
-            apply_act=apply_act,
-            act_fn=self.act_fn,
-            norm_layer=self._norm_layer(last),
-            precision=self.precision,
-            kernel_init=self.kernel_init,
-            rngs=rngs,
-            **self._dtypes,
-        )
+        options = self._conv_norm_act_options(features, kernel_size, apply_act, last)
+        return ConvNormAct(in_features, rngs=rngs, **options)
 
     def selective_kernel(self, in_features: int, spec: BlockSpec, *, rngs: nnx.Rngs):
         """The block's Selective Kernel unit, from ``spec.sk`` (stride and groups of its 3x3)."""
-        sk = spec.sk
-        return SelectiveKernel(
-            in_features,
-            spec.width,
-            sk.kernel_size,
-            spec.stride,
-            groups=spec.groups,
-            rd_ratio=sk.rd_ratio,
-            rd_divisor=sk.rd_divisor,
-            keep_3x3=sk.keep_3x3,
-            split_input=sk.split_input,
-            act_fn=self.act_fn,
-            norm_layer=self.norm_layer,
-            precision=self.precision,
-            kernel_init=self.kernel_init,
-            rngs=rngs,
-            **self._dtypes,
-        )
+        return SelectiveKernel(in_features, rngs=rngs, **self._selective_kernel_options(spec))
 
     def attn(self, channels: int, *, rngs: nnx.Rngs) -> nnx.Module | None:
         """The attention layer over ``channels``, or ``None``."""
