@@ -25,6 +25,7 @@ __all__ = [
     "compute_dtype",
     "held_param_dtype",
     "mean",
+    "promoted_floating_dtype",
 ]
 
 Dtype = Any  # a dtype or anything jnp.dtype accepts
@@ -38,12 +39,15 @@ def compute_dtype(x: jax.Array, dtype: Dtype | None, param_dtype: Dtype) -> jnp.
 def held_param_dtype(module: nn.Module) -> jnp.dtype:
     """The floating dtype of the parameters a linen module holds, which may differ from its
     ``param_dtype`` (loaded weights), or its ``param_dtype`` while they are being created."""
-    held = {
-        jnp.dtype(v.dtype)
-        for v in jax.tree.leaves(module.variables.get("params", {}))
-        if jnp.issubdtype(v.dtype, jnp.floating)
-    }
-    return functools.reduce(jnp.promote_types, held) if held else jnp.dtype(module.param_dtype)
+    params = jax.tree.leaves(module.variables.get("params", {}))
+    return promoted_floating_dtype(params, module.param_dtype)
+
+
+def promoted_floating_dtype(arrays: Sequence[Any], default: Dtype) -> jnp.dtype:
+    """The promotion of the floating dtypes among ``arrays`` (parameters held by a linen or NNX
+    module), or ``default`` if there are none."""
+    held = {jnp.dtype(a.dtype) for a in arrays if jnp.issubdtype(a.dtype, jnp.floating)}
+    return functools.reduce(jnp.promote_types, held) if held else jnp.dtype(default)
 
 
 def accumulation_dtype(dtype: Dtype) -> jnp.dtype:

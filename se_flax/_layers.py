@@ -24,6 +24,7 @@ __all__ = [
     "default_bias_init",
     "default_kernel_init",
     "dense",
+    "is_pointwise",
     "pad",
     "pointwise_conv",
 ]
@@ -121,6 +122,12 @@ def pointwise_conv(
     return y if bias is None else y + bias
 
 
+def is_pointwise(kernel_size: tuple[int, int], feature_group_count: int, padding: Any) -> bool:
+    """Whether a convolution is an ungrouped, unpadded 1x1, which :class:`PointwiseConv` (linen
+    and NNX) computes as one matmul."""
+    return tuple(kernel_size) == (1, 1) and feature_group_count == 1 and padding == pad(1)
+
+
 def conv(
     features: int,
     kernel_size: tuple[int, int],
@@ -133,7 +140,7 @@ def conv(
     **options: Any,
 ) -> nn.Module:
     """``nn.Conv``, or its faster twin :class:`PointwiseConv` for ungrouped 1x1 kernels."""
-    if tuple(kernel_size) == (1, 1) and feature_group_count == 1 and padding == pad(1):
+    if is_pointwise(kernel_size, feature_group_count, padding):
         return PointwiseConv(features, tuple(strides), name=name, **options)
     return nn.Conv(
         features,

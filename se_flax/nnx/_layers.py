@@ -7,7 +7,6 @@ variables give the same numbers in both front-ends. Variable paths mirror the li
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,12 +16,12 @@ from flax import nnx
 
 from se_common import conv_padding
 from se_flax._batchnorm import batch_norm
-from se_flax._dtypes import Dtype
+from se_flax._dtypes import Dtype, promoted_floating_dtype
 from se_flax._layers import (
     conv_kernel_init,
     default_bias_init,
     default_kernel_init,
-    pad,
+    is_pointwise,
     pointwise_conv,
 )
 
@@ -44,13 +43,8 @@ Array = jax.Array
 def held_param_dtype(module: nnx.Module) -> jnp.dtype:
     """The promotion of the floating dtypes of every ``nnx.Param`` a module holds: what it
     computes in when no ``dtype`` is given (the linen modules' rule, for loaded weights too)."""
-    held = {
-        jnp.dtype(v.dtype)
-        for v in jax.tree.leaves(nnx.state(module, nnx.Param))
-        if jnp.issubdtype(v.dtype, jnp.floating)
-    }
     # Every NNX module here holds parameters; float32 (the default param_dtype) is a fallback.
-    return functools.reduce(jnp.promote_types, held) if held else jnp.dtype(jnp.float32)
+    return promoted_floating_dtype(jax.tree.leaves(nnx.state(module, nnx.Param)), jnp.float32)
 
 
 class BatchNorm(nnx.Module):
@@ -190,7 +184,7 @@ def conv(
     **options: Any,
 ) -> nnx.Module:
     """``nnx.Conv``, or its faster twin :class:`PointwiseConv` for ungrouped 1x1 kernels."""
-    if tuple(kernel_size) == (1, 1) and feature_group_count == 1 and padding == pad(1):
+    if is_pointwise(kernel_size, feature_group_count, padding):
         return PointwiseConv(in_features, features, tuple(strides), rngs=rngs, **options)
     return nnx.Conv(
         in_features,
