@@ -13,6 +13,7 @@ from se_common._configs import (
     BlockType,
     ResNetConfig,
     SelectiveKernelConfig,
+    config_name,
     get_config,
     model_config,
 )
@@ -23,6 +24,7 @@ from se_common._layers import (
     out_channels_or,
     selective_kernel_paths,
 )
+from se_common._pretrained import PretrainedCfg
 from se_common._widths import classic_rd_channels, make_divisible, resolve_rd_channels
 
 __all__ = [
@@ -31,11 +33,13 @@ __all__ = [
     "MODEL_CONFIGS",
     "BlockSpec",
     "BlockType",
+    "PretrainedCfg",
     "ResNetConfig",
     "SelectiveKernelConfig",
     "check_feature_map",
     "check_head_options",
     "classic_rd_channels",
+    "config_name",
     "conv_padding",
     "eca_kernel_size",
     "get_config",

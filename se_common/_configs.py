@@ -24,6 +24,7 @@ __all__ = [
     "BlockType",
     "ResNetConfig",
     "SelectiveKernelConfig",
+    "config_name",
     "get_config",
     "model_config",
 ]
@@ -248,6 +249,18 @@ def get_config(name: str) -> ResNetConfig:
         raise ValueError(
             f"unknown model {name!r}; known models: {', '.join(sorted(MODEL_CONFIGS))}"
         ) from None
+
+
+def config_name(config: ResNetConfig) -> str:
+    """The name of :data:`MODEL_CONFIGS` whose config equals ``config`` (``resnet50`` with
+    ``attn="se"`` is ``seresnet50``); ``ValueError`` when it has none."""
+    for name, known in MODEL_CONFIGS.items():
+        if known == config:
+            return name
+    raise ValueError(
+        f"no model name has this config ({config}); timm's layout records an architecture by "
+        f"name, one of {', '.join(sorted(MODEL_CONFIGS))}"
+    )
 
 
 def model_config(name: str, kwargs: dict[str, Any]) -> ResNetConfig:

@@ -3,6 +3,7 @@
     >>> from se_convert import torch_to_flax, flax_to_torch
     >>> variables = torch_to_flax(torch_module, target=flax_shapes)   # any model, by layer types
     >>> flax_to_torch(variables, torch_module)                        # loads strictly, in place
+    >>> tensors = read_pretrained("timm/seresnet50.a1_in1k").tensors  # timm's hub weights, NumPy
 
 The core (rule tables, engine, array moves, file formats) imports neither ``se_torch`` nor
 ``se_flax``, and torch only to read or write PyTorch tensors and files: NumPy/safetensors dicts
@@ -20,6 +21,7 @@ from se_convert._convert import (
     update_nnx,
 )
 from se_convert._formats import FORMATS, FileError, Framework, Weights, load, save
+from se_convert._hub import Pretrained, read_pretrained
 from se_convert._models import Model, model_names
 from se_convert._rules import CONTEXTS, LAYER_RULES, RULES, Child, Context, Layout, Rule, Tensor
 
@@ -36,6 +38,7 @@ __all__ = [
     "Framework",
     "Layout",
     "Model",
+    "Pretrained",
     "Rename",
     "Rule",
     "Tensor",
@@ -44,6 +47,7 @@ __all__ = [
     "flax_to_torch",
     "load",
     "model_names",
+    "read_pretrained",
     "save",
     "torch_to_flax",
     "update_nnx",

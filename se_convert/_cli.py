@@ -1,8 +1,9 @@
 """``se-convert INPUT OUTPUT``: convert weight files between PyTorch and Flax, safely.
 
 Formats by extension: .pth/.pt/.bin (PyTorch), .safetensors (either framework), .msgpack
-(flax.serialization), no extension (an orbax checkpoint directory). Exit status 2 on any error,
-with one message and nothing written.
+(flax.serialization), no extension (an orbax checkpoint directory). The input may also be
+timm's pretrained layout: a hub id, or a directory with config.json and model.safetensors.
+Exit status 2 on any error, with one message and nothing written.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ examples:
   se-convert resnet50_eca.pth resnet50_eca.safetensors --model resnet50 --attn eca
   se-convert se_block.pth se_block.safetensors          (a bare SE block needs no --model)
   se-convert seresnet18.msgpack seresnet18.pth --model seresnet18
+  se-convert timm/seresnet50.a1_in1k seresnet50.msgpack --verify   (a hub id: its cache, once
+                                                downloaded; HF_HUB_OFFLINE=1 reads only the cache)
+  se-convert my-seresnet50/ seresnet50.safetensors   (a directory with timm's config.json and
+                                                model.safetensors, as save_pretrained writes)
 PyTorch files are read with torch.load(weights_only=True): a pickle that would run code is
 refused, and nothing in it runs.
 """
@@ -36,7 +41,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", help="checkpoint to read")
+    p.add_argument(
+        "input",
+        help="checkpoint to read: a file, an orbax directory, a directory in timm's pretrained "
+        "layout (config.json + model.safetensors) or a hub id (timm/seresnet50.a1_in1k)",
+    )
     p.add_argument("output", help="file (or orbax directory) to write")
     p.add_argument(
         "--model",

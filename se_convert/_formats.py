@@ -1,4 +1,5 @@
-"""Weight files: read and write PyTorch, safetensors, msgpack and orbax checkpoints.
+"""Weight files: read and write PyTorch, safetensors, msgpack and orbax checkpoints; read timm's
+pretrained layout (a hub id, or a directory with ``config.json`` and ``model.safetensors``).
 
 >>> weights = load("seresnet18.pth")          # Weights(framework="torch", ...), no pickle code
 >>> save(weights, "seresnet18.safetensors")   # atomic; an existing file needs force=True
@@ -119,9 +120,21 @@ def _metadata_framework(metadata: dict[str, str]) -> str | None:
 def load(path: str | os.PathLike) -> Weights:
     """Reads a checkpoint of any supported format. Never runs code stored in a file.
 
+    ``path`` may also be timm's pretrained layout: a directory holding ``config.json`` and
+    ``model.safetensors``, or a hub id (``timm/seresnet50.a1_in1k``, ``hf-hub:...``) read
+    through the Hugging Face cache; the weights then record the config's architecture.
+
     Raises:
         FileError: unreadable, truncated or corrupted files, wrong formats, refused pickles.
     """
+    from se_convert._hub import CONFIG_FILE, is_hub_id, read_pretrained
+
+    if is_hub_id(path) or (Path(path) / CONFIG_FILE).is_file():
+        pretrained = read_pretrained(path)
+        note = f"read timm's layout from {pretrained.directory}"
+        if pretrained.cfg.tag:
+            note += f" (tag {pretrained.cfg.tag})"
+        return Weights("torch", pretrained.tensors, pretrained.architecture, notes=[note])
     path = Path(path)
     kind = file_format(path)
     if not path.exists():

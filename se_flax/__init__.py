@@ -10,10 +10,11 @@ PyTorch tensors and files).
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from se_common import make_divisible, resolve_rd_channels
+from se_common import PretrainedCfg, make_divisible, resolve_rd_channels
 from se_flax._attention import CbamModule, ChannelAttn, EcaModule, EffectiveSEModule, SpatialAttn
 from se_flax._batchnorm import BatchNorm
 from se_flax._layers import ConvNormAct, PointwiseConv
+from se_flax._pretrained import from_pretrained, save_pretrained
 from se_flax._resnet import (
     ATTN_LAYERS,
     BLOCKS,
@@ -44,6 +45,7 @@ __all__ = [
     "EffectiveSEModule",
     "LayerOptions",
     "PointwiseConv",
+    "PretrainedCfg",
     "ResNet",
     "ResidualBlock",
     "SELayer",
@@ -54,8 +56,10 @@ __all__ = [
     "SpatialAttn",
     "SqueezeExcite",
     "create_model",
+    "from_pretrained",
     "make_divisible",
     "resolve_rd_channels",
+    "save_pretrained",
 ]
 
 _SUBMODULES = ("convert", "nnx", "optim", "training")

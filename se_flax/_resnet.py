@@ -21,7 +21,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from se_common import BlockSpec, ResNetConfig, check_head_options, lookup, model_config
+from se_common import (
+    BlockSpec,
+    PretrainedCfg,
+    ResNetConfig,
+    check_head_options,
+    lookup,
+    model_config,
+)
 from se_flax._attention import CbamModule, EcaModule, EffectiveSEModule
 from se_flax._batchnorm import BatchNorm
 from se_flax._dtypes import Dtype, compute_dtype, held_param_dtype, mean
@@ -291,6 +298,8 @@ class ResNet(nn.Module):
             config's default (timm's: on for ResNets, off for SK-ResNets).
         dtype: computation dtype (e.g. ``jnp.bfloat16``); ``param_dtype``: parameter dtype.
         precision: precision of the convolutions and the classifier.
+        pretrained_cfg: the data config of pretrained weights (set by :func:`from_pretrained`:
+            input size, mean, std, ``preprocess``); no effect on the computation.
 
     Call as ``model.apply(variables, x, train=False)``; in training pass
     ``train=True, mutable=["batch_stats"]`` to get the updated statistics back.
@@ -318,6 +327,7 @@ class ResNet(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     precision: Any = None
+    pretrained_cfg: PretrainedCfg | None = None
 
     def __post_init__(self) -> None:
         check_head_options(self.num_classes, self.in_chans, self.out_indices)

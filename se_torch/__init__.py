@@ -1,8 +1,9 @@
 """PyTorch Squeeze-and-Excitation modules and relatives (NCHW), twins of ``se_flax``'s."""
 
-from se_common import make_divisible, resolve_rd_channels
+from se_common import PretrainedCfg, make_divisible, resolve_rd_channels
 from se_torch._attention import CbamModule, ChannelAttn, EcaModule, EffectiveSEModule, SpatialAttn
 from se_torch._layers import ConvNormAct
+from se_torch._pretrained import from_pretrained, save_pretrained
 from se_torch._resnet import (
     ATTN_LAYERS,
     BLOCKS,
@@ -28,6 +29,7 @@ __all__ = [
     "ConvNormAct",
     "EcaModule",
     "EffectiveSEModule",
+    "PretrainedCfg",
     "ResNet",
     "ResidualBlock",
     "SELayer",
@@ -40,6 +42,8 @@ __all__ = [
     "SqueezeExcite",
     "conv2d",
     "create_model",
+    "from_pretrained",
     "make_divisible",
     "resolve_rd_channels",
+    "save_pretrained",
 ]

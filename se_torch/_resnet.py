@@ -14,7 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from se_common import BlockSpec, ResNetConfig, check_head_options, lookup, model_config
+from se_common import (
+    BlockSpec,
+    PretrainedCfg,
+    ResNetConfig,
+    check_head_options,
+    lookup,
+    model_config,
+)
 from se_torch._attention import CbamModule, EcaModule, EffectiveSEModule
 from se_torch._layers import ConvNormAct, Factory, check_input
 from se_torch._selective_kernel import SelectiveKernel
@@ -249,6 +256,10 @@ class ResNet(nn.Module):
         zero_init_last: initialise each block's last BatchNorm scale to zero; ``None`` takes the
             config's default (timm's: on for ResNets, off for SK-ResNets).
 
+    Attributes:
+        pretrained_cfg: the data config of pretrained weights (set by :func:`from_pretrained`:
+            input size, mean, std, ``preprocess``), else ``None``; timm's models have one too.
+
     Shapes:
         input ``(N, in_chans, H, W)``; logits ``(N, num_classes)``, or a list of
         ``(N, C_i, H / s_i, W / s_i)`` feature maps with ``features_only``.
@@ -258,6 +269,8 @@ class ResNet(nn.Module):
         >>> model.eval()(torch.randn(1, 3, 224, 224)).shape
         torch.Size([1, 1000])
     """
+
+    pretrained_cfg: PretrainedCfg | None = None  # set by from_pretrained
 
     def __init__(
         self,

@@ -3,8 +3,16 @@ float64 enabled for rounding-level parity, and a seeded random generator per tes
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import zlib
+
+# Tests never touch the network: hub ids resolve offline, in an empty cache unless a test builds
+# one (set before huggingface_hub is imported: it reads these once).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="se-flax-test-hf-")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One intra-op thread per xdist worker: N workers on N cores, no oversubscription.
@@ -18,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)  # the one it made
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_default_matmul_precision", "highest")  # no TF32 on Ampere+ GPUs
 jax.config.update("jax_numpy_dtype_promotion", "strict")

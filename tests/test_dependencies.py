@@ -33,12 +33,17 @@ FORBIDDEN = {
 # The documented exceptions (README, "Repository layout"), all imported lazily, inside the
 # functions that need them: the converter's core touches torch only to read and write PyTorch
 # tensors and files; its command layer (se-convert --model/--verify) builds models by name with
-# both twins.
+# both twins; the twins' pretrained loaders and savers use the converter (and saving from Flax,
+# the PyTorch twin).
 OPTIONAL = {
     "se_convert/_arrays.py": {"torch"},
     "se_convert/_formats.py": {"torch"},
     "se_convert/_models.py": {"se_torch", "se_flax"},
     "se_convert/_command.py": {"torch"},
+    # se_torch.from_pretrained reads timm's layout and reports misfits with the converter's core
+    "se_torch/_pretrained.py": {"se_convert"},
+    # se_flax.save_pretrained writes PyTorch's keys and layouts, which the PyTorch twin gives
+    "se_flax/_pretrained.py": {"torch", "se_torch"},
 }
 
 

@@ -17,6 +17,7 @@ from se_flax.nnx._attention import (
     SpatialAttn,
 )
 from se_flax.nnx._layers import BatchNorm, ConvNormAct, PointwiseConv
+from se_flax.nnx._pretrained import from_pretrained, save_pretrained
 from se_flax.nnx._resnet import (
     ATTN_LAYERS,
     BLOCKS,
@@ -55,4 +56,6 @@ __all__ = [
     "SpatialAttn",
     "SqueezeExcite",
     "create_model",
+    "from_pretrained",
+    "save_pretrained",
 ]

@@ -18,7 +18,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from se_common import BlockSpec, ResNetConfig, check_head_options, lookup, model_config
+from se_common import (
+    BlockSpec,
+    PretrainedCfg,
+    ResNetConfig,
+    check_head_options,
+    lookup,
+    model_config,
+)
 from se_flax._dtypes import Dtype, compute_dtype, mean
 from se_flax._layers import check_input, pad
 from se_flax._resnet import LayerOptions
@@ -243,6 +250,10 @@ class ResNet(nnx.Module):
         precision: precision of the convolutions and the classifier.
         rngs: random streams for initialisation.
 
+    Attributes:
+        pretrained_cfg: the data config of pretrained weights (set by :func:`from_pretrained`:
+            input size, mean, std, ``preprocess``), else ``None``.
+
     Shapes:
         input ``(N, H, W, in_chans)``; logits ``(N, num_classes)``, or a list of
         ``(N, H / s_i, W / s_i, C_i)`` feature maps with ``features_only``.
@@ -253,6 +264,8 @@ class ResNet(nnx.Module):
         >>> model(jnp.ones((1, 224, 224, 3))).shape
         (1, 1000)
     """
+
+    pretrained_cfg: PretrainedCfg | None = None  # static: set by from_pretrained
 
     def __init__(
         self,

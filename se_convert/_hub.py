@@ -1,0 +1,380 @@
+"""timm's pretrained layout: a Hugging Face hub repo (``timm/seresnet50.a1_in1k``) or a directory
+holding ``config.json`` and ``model.safetensors``, as timm's ``save_for_hf`` and
+``push_to_hf_hub`` write them.
+
+    >>> pretrained = read_pretrained("timm/seresnet50.a1_in1k")   # or a local directory
+    >>> pretrained.architecture, pretrained.cfg.tag, len(pretrained.tensors)
+    ('seresnet50', 'a1_in1k', 320)
+
+Reading needs NumPy and safetensors only (no torch); a hub id also ``huggingface_hub``, with its
+cache (``HF_HOME``, ``HF_HUB_CACHE``), its download progress bar and ``HF_HUB_OFFLINE=1``. The
+framework front-ends (``se_flax.from_pretrained``, ``se_flax.nnx.from_pretrained``,
+``se_torch.from_pretrained``) build their model from what this returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from se_common import MODEL_CONFIGS
+from se_common._pretrained import PretrainedCfg
+from se_convert._formats import FileError, _atomic
+
+__all__ = [
+    "CONFIG_FILE",
+    "HUB_PREFIX",
+    "WEIGHTS_FILE",
+    "Pretrained",
+    "is_hub_id",
+    "read_pretrained",
+    "report",
+    "write_pretrained",
+]
+
+HUB_PREFIX = "hf-hub:"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+MAX_CONFIG_BYTES = 64 * 2**20  # a config with 21k label descriptions is a few MB
+HEAD = ("fc.weight", "fc.bias")  # the classifier's keys in every architecture built here
+# config.json's model_args this loader understands (timm's own export writes these three)
+MODEL_ARGS = {"in_chans": "input channels", "num_classes": "classes", "global_pool": "'avg' only"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+def is_hub_id(source: str | os.PathLike) -> bool:
+    """Whether ``source`` names a hub repo: ``hf-hub:owner/name[@revision]``, or
+    ``owner/name[@revision]`` where no such local path exists."""
+    if not isinstance(source, str):
+        return False
+    if source.startswith(HUB_PREFIX):
+        return True
+    return not Path(source).exists() and bool(_HUB_ID.match(source))
+
+
+@dataclass
+class Pretrained:
+    """What a pretrained repo or directory holds, read and checked.
+
+    Attributes:
+        cfg: the data config (:class:`se_common.PretrainedCfg`), ``source`` set.
+        tensors: the state_dict, PyTorch keys -> NumPy arrays, exactly as stored.
+        model_kwargs: ``create_model`` options from ``config.json``'s ``model_args``.
+        directory: where ``config.json`` and ``model.safetensors`` are (a snapshot of the
+            hub cache for a hub id).
+        notes: what loading changed or noticed (a new classifier, ...), for the report.
+    """
+
+    cfg: PretrainedCfg
+    tensors: dict[str, np.ndarray]
+    model_kwargs: dict[str, Any]
+    directory: Path
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def architecture(self) -> str:
+        return self.cfg.architecture
+
+    @property
+    def float_dtype(self) -> np.dtype:
+        """The weights' one floating dtype (a FileError if they mix several)."""
+        floats = {v.dtype for v in self.tensors.values() if v.dtype.kind == "f"}
+        floats |= {v.dtype for v in self.tensors.values() if v.dtype.name == "bfloat16"}
+        if len(floats) != 1:
+            names = ", ".join(sorted(d.name for d in floats)) or "none"
+            raise FileError(f"{self.cfg.source}: expected one floating dtype, got {names}")
+        return floats.pop()
+
+    def options(
+        self, num_classes: int | None, features_only: bool, **kwargs: Any
+    ) -> dict[str, Any]:
+        """The ``create_model`` options of the model asked for (``kwargs`` on top); drops the
+        weights' classifier from :attr:`tensors` (saying so in :attr:`notes`) where it is not
+        kept.
+
+        Args:
+            num_classes: ``None`` keeps the weights' classifier; another count builds a new,
+                initialised one (0: none, the pooled features).
+            features_only: feature maps, no classifier.
+        """
+        head = self._head(num_classes, features_only)
+        return {**self.model_kwargs, **head, **kwargs, "features_only": features_only}
+
+    def _head(self, num_classes: int | None, features_only: bool) -> dict[str, Any]:
+        kept = self.cfg.num_classes
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0
+        ):
+            raise ValueError(f"num_classes must be an integer >= 0 or None, got {num_classes!r}")
+        held = [k for k in HEAD if k in self.tensors]
+        if features_only:
+            why = "features_only=True"
+        elif num_classes is None or num_classes == kept:
+            return {"num_classes": kept}
+        elif num_classes == 0:
+            why = "num_classes=0: the model returns pooled features"
+        else:
+            why = f"a new classifier for {num_classes} classes is initialised"
+        if held:
+            for k in held:
+                del self.tensors[k]
+            self.notes.append(f"the weights' classifier fc ({kept} classes) is dropped: {why}")
+        return {"num_classes": kept if num_classes is None else num_classes}
+
+
+def _resolve(source: str | os.PathLike, revision: str | None) -> tuple[Path, str]:
+    """The directory holding the files, and a label for messages (the hub id or the path)."""
+    if not is_hub_id(source):
+        path = Path(source)
+        if not path.exists():
+            raise FileError(
+                f"{source}: no such directory, and not a hub id (owner/name, e.g. "
+                f"timm/seresnet50.a1_in1k, or hf-hub:owner/name)"
+            )
+        if not path.is_dir():
+            raise FileError(
+                f"{source}: expected a directory holding {CONFIG_FILE} and {WEIGHTS_FILE} "
+                f"(timm's save_for_hf layout) or a hub id"
+            )
+        if revision is not None:
+            raise FileError(f"{source}: revision= applies to hub ids, not local directories")
+        return path, str(path)
+    repo = str(source).removeprefix(HUB_PREFIX)
+    if "@" in repo:
+        if revision is not None:
+            raise FileError(f"{source}: a revision in the id and revision={revision!r}: give one")
+        repo, revision = repo.split("@", 1)
+    if not _HUB_ID.match(repo):
+        raise FileError(f"{source}: not a hub id (owner/name, e.g. timm/seresnet50.a1_in1k)")
+    label = repo if revision is None else f"{repo}@{revision}"
+    # a typo in a local path reads as a hub id: say that no such directory exists either
+    local = "" if str(source).startswith(HUB_PREFIX) else f" (no local directory {source} either)"
+    try:
+        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub import errors as hub_errors
+    except ImportError:
+        raise FileError(f"{label}: loading from the hub needs huggingface_hub") from None
+    paths = []
+    for filename in (CONFIG_FILE, WEIGHTS_FILE):
+        try:
+            paths.append(Path(hf_hub_download(repo, filename, revision=revision)))
+        except hub_errors.LocalEntryNotFoundError:
+            where = f"the Hugging Face cache ({constants.HF_HUB_CACHE})"
+            if constants.HF_HUB_OFFLINE:
+                raise FileError(
+                    f"{label}: {filename} is not in {where}{local}, and HF_HUB_OFFLINE=1 allows no "
+                    f"download. Download it once online (hf download {repo}), point HF_HOME or "
+                    f"HF_HUB_CACHE at a cache that holds it, or pass a local directory with "
+                    f"{CONFIG_FILE} and {WEIGHTS_FILE}"
+                ) from None
+            raise FileError(
+                f"{label}: cannot download {filename} (no connection to the hub?) and it is not "
+                f"in {where}{local}. Retry online, or pass a local directory with "
+                f"{CONFIG_FILE} and {WEIGHTS_FILE}"
+            ) from None
+        except hub_errors.RepositoryNotFoundError:
+            raise FileError(
+                f"{label}: no such repo on the hub{local} (or it is private: log in with "
+                f"hf auth login)"
+            ) from None
+        except hub_errors.RevisionNotFoundError:
+            raise FileError(f"{label}: the repo has no revision {revision!r}") from None
+        except hub_errors.EntryNotFoundError:
+            raise FileError(
+                f"{label}: the repo has no {filename}"
+                + (
+                    " (only PyTorch pickles? se-flax reads safetensors only; convert the .bin "
+                    "with se-convert first)"
+                    if filename == WEIGHTS_FILE
+                    else " (not a timm model repo)"
+                )
+            ) from None
+    return paths[0].parent, label
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileError(
+            f"{path.parent}: no {CONFIG_FILE}: a timm model directory holds {CONFIG_FILE} "
+            f"(architecture, pretrained_cfg) and {WEIGHTS_FILE}, as timm's save_for_hf writes them"
+        )
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise FileError(f"{path}: {size:,} bytes, more than a config holds ({MAX_CONFIG_BYTES:,})")
+    try:
+        config = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise FileError(f"{path}: not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(config, dict):
+        raise FileError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _model_kwargs(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``create_model`` options from ``model_args``; a FileError for any other argument."""
+    args = config.get("model_args") or {}
+    if not isinstance(args, dict):
+        raise FileError(f"{path}: model_args must be an object, got {args!r}")
+    unknown = sorted(set(args) - set(MODEL_ARGS))
+    if unknown:
+        known = ", ".join(f"{k} ({v})" for k, v in MODEL_ARGS.items())
+        raise FileError(
+            f"{path}: model_args {', '.join(unknown)} are not options of se-flax's "
+            f"{config.get('architecture')}; it reads {known}"
+        )
+    if args.get("global_pool", "avg") != "avg":
+        raise FileError(f"{path}: global_pool {args['global_pool']!r}: se-flax pools by 'avg'")
+    kwargs = {}
+    if "in_chans" in args:
+        kwargs["in_chans"] = args["in_chans"]
+    return kwargs
+
+
+def read_pretrained(source: str | os.PathLike, *, revision: str | None = None) -> Pretrained:
+    """Reads a timm model repo or directory: ``config.json`` and ``model.safetensors``.
+
+    Args:
+        source: a hub id (``timm/seresnet50.a1_in1k``, ``hf-hub:timm/...``, ``...@revision``),
+            downloaded through ``huggingface_hub``'s cache; or a local directory.
+        revision: a hub branch, tag or commit.
+
+    Raises:
+        FileError: a missing file, an unreadable config, an architecture se-flax does not
+            build, a repo not in the cache while offline; each says what to do.
+    """
+    directory, label = _resolve(source, revision)
+    config_path = directory / CONFIG_FILE
+    config = _read_config(config_path)
+    try:
+        cfg = PretrainedCfg.from_config(config, source=label)
+    except ValueError as e:
+        raise FileError(f"{config_path}: {e}") from None
+    if cfg.architecture not in MODEL_CONFIGS:
+        raise FileError(
+            f"{config_path}: architecture {cfg.architecture!r} is not one se-flax builds; it "
+            f"builds {', '.join(sorted(MODEL_CONFIGS))}"
+        )
+    kwargs = _model_kwargs(config, config_path)
+    if kwargs.get("in_chans", cfg.input_size[0]) != cfg.input_size[0]:
+        raise FileError(
+            f"{config_path}: model_args in_chans {kwargs['in_chans']} but input_size "
+            f"{cfg.input_size}"
+        )
+    kwargs["in_chans"] = cfg.input_size[0]
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        others = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pth"))
+        raise FileError(
+            f"{directory}: no {WEIGHTS_FILE}"
+            + (
+                f" (it has {', '.join(others)}: se-flax reads safetensors only; convert with "
+                f"se-convert first)"
+                if others
+                else ""
+            )
+        )
+    from se_convert._formats import load
+
+    stored = load(weights)
+    if stored.framework != "torch":
+        raise FileError(f"{weights}: holds Flax paths, not timm's PyTorch state_dict keys")
+    return Pretrained(cfg, stored.tensors, kwargs, directory)
+
+
+def report(pretrained: Pretrained, parameters: int, dtype: Any, verbose: bool) -> None:
+    """Prints (to stderr, with ``verbose``) what was loaded: one line, then the notes."""
+    if not verbose:
+        return
+    cfg = pretrained.cfg
+    tag = f", tag {cfg.tag}" if cfg.tag else ""
+    print(
+        f"loaded {cfg.source}: {cfg.architecture}{tag}, {parameters:,} parameters, "
+        f"{np.dtype(dtype).name} (stored {pretrained.float_dtype.name})",
+        file=sys.stderr,
+    )
+    for note in pretrained.notes:
+        print(f"  note: {note}", file=sys.stderr)
+
+
+def write_pretrained(
+    directory: str | os.PathLike,
+    tensors: dict[str, np.ndarray],
+    config: Any,
+    *,
+    in_chans: int,
+    num_classes: int,
+    pretrained_cfg: PretrainedCfg | None,
+    force: bool = False,
+) -> Path:
+    """Writes timm's layout for a model of ``se_common.MODEL_CONFIGS``: ``model.safetensors``
+    (the state_dict ``tensors``, metadata ``format: pt``) and ``config.json``, each atomically.
+
+    The architecture is the name of ``config``; the data config is ``pretrained_cfg``, else
+    timm's ResNet defaults. Other files in ``directory`` are left alone; an existing
+    ``config.json`` or ``model.safetensors`` is replaced only with ``force``.
+    """
+    from safetensors.numpy import save_file
+
+    from se_common import config_name
+
+    try:
+        architecture = config_name(config)
+    except ValueError as e:
+        raise FileError(f"save_pretrained: {e}") from None
+    if pretrained_cfg is None:
+        if in_chans != 3:
+            raise FileError(
+                f"save_pretrained: a model of {in_chans} input channels needs pretrained_cfg= "
+                f"with its mean and std (the defaults are ImageNet's, for 3 channels)"
+            )
+        pretrained_cfg = PretrainedCfg(architecture, num_classes=num_classes)
+    if not isinstance(pretrained_cfg, PretrainedCfg):
+        raise TypeError(
+            f"pretrained_cfg must be a se_common.PretrainedCfg, got {type(pretrained_cfg).__name__}"
+        )
+    if pretrained_cfg.architecture != architecture:
+        raise FileError(
+            f"save_pretrained: pretrained_cfg is for {pretrained_cfg.architecture!r}, the model "
+            f"is {architecture!r}"
+        )
+    if pretrained_cfg.input_size[0] != in_chans:
+        raise FileError(
+            f"save_pretrained: pretrained_cfg input_size {pretrained_cfg.input_size} but the "
+            f"model takes {in_chans} channels"
+        )
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileError(f"{directory}: exists and is not a directory")
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        if (directory / name).exists() and not force:
+            raise FileError(f"{directory / name} exists; pass force=True to overwrite it")
+    cfg = {**pretrained_cfg.to_dict(), "num_classes": num_classes}
+    cfg.setdefault("first_conv", "conv1")
+    cfg.setdefault("classifier", "fc")
+    if num_classes != pretrained_cfg.num_classes:  # timm: labels describe the old classifier
+        for key in ("label_names", "label_descriptions", "label_offset"):
+            cfg.pop(key, None)
+    text = json.dumps(
+        {
+            "architecture": architecture,
+            "num_classes": num_classes,
+            "num_features": config.feature_channels[-1],
+            "global_pool": "avg",
+            "model_args": {"in_chans": in_chans, "num_classes": num_classes, "global_pool": "avg"},
+            "pretrained_cfg": cfg,
+        },
+        indent=2,
+    )
+    with _atomic(directory / WEIGHTS_FILE, force) as tmp:
+        arrays = {k: np.asarray(v, order="C") for k, v in tensors.items()}
+        save_file(arrays, tmp, metadata={"format": "pt"})
+    with _atomic(directory / CONFIG_FILE, force) as tmp:
+        tmp.write_text(text + "\n")
+    return directory

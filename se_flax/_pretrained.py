@@ -1,0 +1,191 @@
+"""Pretrained weights in timm's layout (a hub repo or a directory) into Flax models, and back.
+
+Loading reads ``model.safetensors`` with NumPy and never imports torch. Saving writes PyTorch's
+state_dict keys and layouts, which only the PyTorch twin knows: it imports ``se_torch``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from se_common import PretrainedCfg
+from se_flax._dtypes import Dtype
+from se_flax._resnet import ResNet, create_model
+
+if TYPE_CHECKING:
+    from se_convert._hub import Pretrained
+
+__all__ = ["from_pretrained", "save_pretrained"]
+
+_INIT_SIZE = 32  # spatial size of the input that traces the variables' shapes (any size works)
+
+
+def _is_float(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jnp.floating)
+
+
+def convert_into(pretrained: Pretrained, shapes: Any) -> dict[str, Any]:
+    """The pretrained tensors as Flax variables of exactly ``shapes``' structure and dtypes,
+    less the classifier where :meth:`Pretrained.head` dropped it (``params/fc`` is then absent).
+
+    The conversion is strict (every tensor used, every variable filled, shapes checked) in the
+    stored dtype; floating variables are then cast to ``shapes``' dtypes (exact when widening).
+    """
+    from se_convert import ConversionError, torch_to_flax
+
+    shapes = {c: dict(v) for c, v in shapes.items()}
+    if "fc" in shapes.get("params", {}) and "fc.weight" not in pretrained.tensors:
+        shapes["params"].pop("fc")
+    stored = pretrained.float_dtype
+    target = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, stored if _is_float(s.dtype) else s.dtype),
+        shapes,
+    )
+    try:
+        variables = torch_to_flax(pretrained.tensors, target=target)
+    except ConversionError as e:  # the same lists, titled with the source
+        title = f"{pretrained.cfg.source}: the weights do not fit {pretrained.architecture}"
+        raise ConversionError(title, e.missing, e.unexpected, e.mismatched) from None
+    return jax.tree.map(lambda v, s: jnp.asarray(v, s.dtype), variables, shapes)
+
+
+def from_pretrained(
+    source: str | os.PathLike,
+    *,
+    num_classes: int | None = None,
+    features_only: bool = False,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    revision: str | None = None,
+    rng: jax.Array | int = 0,
+    verbose: bool = True,
+    **kwargs: Any,
+) -> tuple[ResNet, dict[str, Any]]:
+    """A linen model and its variables from timm's pretrained weights, without torch.
+
+    Args:
+        source: a hub id (``"timm/seresnet50.a1_in1k"``, optionally ``hf-hub:`` in front and
+            ``@revision`` behind), downloaded on first use into the Hugging Face cache
+            (``HF_HOME``/``HF_HUB_CACHE``; with ``HF_HUB_OFFLINE=1`` only the cache is read);
+            or a directory holding timm's ``config.json`` and ``model.safetensors``.
+        num_classes: ``None`` keeps the published classifier; another count drops it and
+            initialises a new one from ``rng`` (0: no classifier, pooled features).
+        features_only: feature maps instead of logits (the classifier is dropped).
+        dtype: computation dtype; ``param_dtype``: the variables' dtype (the stored weights
+            are cast: exact from float32 to float32 or float64).
+        revision: a hub branch, tag or commit.
+        rng: key (or seed) of a new classifier's initialisation.
+        verbose: print what was loaded (architecture, tag, parameters, dtype) and what
+            changed (a dropped classifier) to stderr.
+        **kwargs: other options of :func:`se_flax.create_model` (``out_indices``, ...).
+
+    Returns:
+        ``(model, variables)``, with ``model.pretrained_cfg`` the weights' data config
+        (:class:`se_common.PretrainedCfg`: ``preprocess`` prepares images as timm does).
+        Call ``model.apply(variables, x)`` (inference: ``train=False``, the default).
+
+    Raises:
+        se_convert.FileError: a missing or unreadable file, an architecture se-flax does not
+            build, a hub id not in the cache while offline.
+        se_convert.ConversionError: weights that do not fit the architecture, listed.
+
+    Example:
+        >>> model, variables = se_flax.from_pretrained("timm/seresnet50.a1_in1k")
+        >>> x = model.pretrained_cfg.preprocess([Image.open("cat.jpg").convert("RGB")])
+        >>> logits = model.apply(variables, x)           # (1, 1000)
+    """
+    from se_convert._hub import read_pretrained, report
+
+    pretrained = read_pretrained(source, revision=revision)
+    options = pretrained.options(num_classes, features_only, **kwargs)
+    model = create_model(
+        pretrained.architecture,
+        **options,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        pretrained_cfg=pretrained.cfg,
+    )
+    x = jax.ShapeDtypeStruct((1, _INIT_SIZE, _INIT_SIZE, model.in_chans), dtype or param_dtype)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    variables = convert_into(pretrained, shapes)
+    if "fc" in shapes["params"] and "fc" not in variables["params"]:  # a new classifier
+        key = jax.random.key(rng) if isinstance(rng, int) else rng
+        variables["params"]["fc"] = jax.jit(
+            lambda k: model.init(k, jnp.zeros(x.shape, x.dtype))["params"]["fc"]
+        )(key)  # traced whole, compiled to the classifier's initialisation only
+    count = sum(v.size for v in jax.tree.leaves(variables["params"]))
+    report(pretrained, count, param_dtype, verbose)
+    return model, variables
+
+
+def _nnx_head(model: Any) -> int:
+    return 0 if model.fc is None else model.fc.out_features
+
+
+def save_pretrained(
+    model: Any,
+    directory: str | os.PathLike,
+    variables: Any = None,
+    *,
+    pretrained_cfg: PretrainedCfg | None = None,
+    force: bool = False,
+) -> Path:
+    """Writes a linen model's variables, or an NNX model, in timm's layout: ``config.json``
+    and ``model.safetensors`` (PyTorch's keys and layouts, the variables' dtype, bit for bit).
+
+    ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...))``,
+    ``se_torch.from_pretrained`` and :func:`from_pretrained` load the directory;
+    ``huggingface_hub.upload_folder`` publishes it. Needs torch (the PyTorch twin gives the
+    keys).
+
+    Args:
+        model: a :class:`se_flax.ResNet` (with ``variables``) or a ``se_flax.nnx.ResNet``.
+        directory: created if needed; files other than the two are left alone.
+        variables: the linen model's ``{"params": ..., "batch_stats": ...}``.
+        pretrained_cfg: the data config to write; default the model's ``pretrained_cfg``, else
+            timm's ResNet defaults (224 x 224, ImageNet mean and std).
+        force: replace an existing ``config.json`` / ``model.safetensors``.
+
+    Example:
+        >>> se_flax.save_pretrained(model, "my-seresnet50", variables)
+    """
+    import torch
+
+    import se_torch
+    from se_convert import FileError, flax_to_torch
+    from se_convert._convert import _flat_flax
+
+    if isinstance(model, ResNet):
+        if variables is None:
+            raise TypeError("save_pretrained(linen model, directory, variables): no variables")
+        source = variables
+        num_classes = 0 if model.features_only else model.num_classes
+    else:
+        from se_flax.nnx import ResNet as NNXResNet
+
+        if not isinstance(model, NNXResNet):
+            raise TypeError(
+                f"save_pretrained takes a se_flax.ResNet or se_flax.nnx.ResNet, got "
+                f"{type(model).__name__}"
+            )
+        if variables is not None:
+            raise TypeError("an NNX model holds its variables: pass no variables")
+        source = model
+        num_classes = 0 if model.features_only else _nnx_head(model)
+    floats = {np.dtype(v.dtype) for v in _flat_flax(source).values() if _is_float(v.dtype)}
+    if len(floats) != 1:
+        names = ", ".join(sorted(d.name for d in floats)) or "none"
+        raise FileError(f"save_pretrained: expected one floating dtype, got {names}")
+    torch_model = se_torch.ResNet(model.config, num_classes=num_classes, in_chans=model.in_chans)
+    torch_model = torch_model.to(getattr(torch, floats.pop().name))
+    flax_to_torch(source, torch_model)  # strict: every variable placed, bit for bit
+    torch_model.pretrained_cfg = model.pretrained_cfg
+    return se_torch.save_pretrained(
+        torch_model, directory, pretrained_cfg=pretrained_cfg, force=force
+    )

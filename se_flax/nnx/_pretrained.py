@@ -1,0 +1,89 @@
+"""Pretrained weights in timm's layout into NNX models (and back, through
+:func:`se_flax.save_pretrained`). Loading never imports torch."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, traverse_util
+
+from se_flax._dtypes import Dtype
+from se_flax._pretrained import convert_into, save_pretrained
+from se_flax.nnx._resnet import ResNet, create_model
+
+__all__ = ["from_pretrained", "save_pretrained"]
+
+
+def from_pretrained(
+    source: str | os.PathLike,
+    *,
+    num_classes: int | None = None,
+    features_only: bool = False,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    revision: str | None = None,
+    rngs: nnx.Rngs | None = None,
+    verbose: bool = True,
+    **kwargs: Any,
+) -> ResNet:
+    """An NNX model holding timm's pretrained weights, in eval mode, without torch.
+
+    The twin of :func:`se_flax.from_pretrained` (same sources, options and checks); the
+    weights are loaded into the model in place.
+
+    Args:
+        source: a hub id (``"timm/seresnet50.a1_in1k"``, ``hf-hub:`` and ``@revision``
+            allowed), downloaded on first use into the Hugging Face cache (``HF_HUB_OFFLINE=1``:
+            the cache only), or a directory with timm's ``config.json`` and
+            ``model.safetensors``.
+        num_classes: ``None`` keeps the published classifier; another count drops it and keeps
+            the new one ``rngs`` initialised (0: pooled features).
+        features_only: feature maps instead of logits (the classifier is dropped).
+        dtype, param_dtype: computation and parameter dtypes (stored weights are cast).
+        revision: a hub branch, tag or commit.
+        rngs: random streams of a new classifier's initialisation (default ``nnx.Rngs(0)``);
+            the model is built abstract and filled, so nothing else is initialised.
+        verbose: print what was loaded and what changed to stderr.
+        **kwargs: other options of :func:`se_flax.nnx.create_model`.
+
+    Returns:
+        The model, in eval mode (``model.train()`` to fine-tune), with ``model.pretrained_cfg``
+        the weights' data config (:class:`se_common.PretrainedCfg`, with ``preprocess``).
+
+    Example:
+        >>> model = se_flax.nnx.from_pretrained("timm/seresnet50.a1_in1k")
+        >>> logits = model(model.pretrained_cfg.preprocess(images))
+    """
+    from se_convert import update_nnx
+    from se_convert._convert import _flat_flax
+    from se_convert._hub import read_pretrained, report
+
+    pretrained = read_pretrained(source, revision=revision)
+    options = pretrained.options(
+        num_classes, features_only, **kwargs, dtype=dtype, param_dtype=param_dtype
+    )
+    rngs = nnx.Rngs(0) if rngs is None else rngs
+
+    def build(rngs: nnx.Rngs) -> ResNet:
+        return create_model(pretrained.architecture, rngs=rngs, **options)
+
+    # Abstract, not initialised: an eager initialisation costs seconds of op compilation
+    # (seresnet50, 2-core CPU: 6.8 s cold, against 0.5 s for nnx.eval_shape).
+    model = nnx.eval_shape(build, rngs)
+    own = traverse_util.unflatten_dict(_flat_flax(model))
+    variables = convert_into(pretrained, own)
+    if "fc" in own.get("params", {}) and "fc" not in variables["params"]:  # a new classifier
+        head = nnx.jit(lambda r: nnx.to_pure_dict(nnx.state(build(r).fc, nnx.Param)))(rngs)
+        variables["params"]["fc"] = head  # compiled to the classifier's initialisation only
+    update_nnx(model, variables)
+    abstract = [p for p, v in _flat_flax(model).items() if not isinstance(v, jax.Array)]
+    if abstract:  # every variable must have been filled (update_nnx is strict; this is cheap)
+        raise RuntimeError(f"variables left uninitialised: {abstract[:5]}")
+    model.pretrained_cfg = pretrained.cfg
+    model.eval()
+    count = sum(v.size for v in jax.tree.leaves(variables["params"]))
+    report(pretrained, count, param_dtype, verbose)
+    return model
