@@ -46,16 +46,27 @@ MAX_CONFIG_BYTES = 64 * 2**20  # a config with 21k label descriptions is a few M
 HEAD = ("fc.weight", "fc.bias")  # the classifier's keys in every architecture built here
 # config.json's model_args this loader understands (timm's own export writes these three)
 MODEL_ARGS = {"in_chans": "input channels", "num_classes": "classes", "global_pool": "'avg' only"}
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
 def is_hub_id(source: str | os.PathLike) -> bool:
     """Whether ``source`` names a hub repo: ``hf-hub:owner/name[@revision]``, or
     ``owner/name[@revision]`` where no such local path exists."""
+    from se_convert._formats import FORMATS
+
     if not isinstance(source, str):
         return False
     if source.startswith(HUB_PREFIX):
         return True
+    files = {e for extensions, _ in FORMATS.values() for e in extensions if e}
+    if Path(source).suffix.lower() in files:  # a weight file's path, not a repo
+        return False
     return not Path(source).exists() and bool(_HUB_ID.match(source))
 
 
@@ -70,6 +81,7 @@ class Pretrained:
         directory: where ``config.json`` and ``model.safetensors`` are (a snapshot of the
             hub cache for a hub id).
         notes: what loading changed or noticed (a new classifier, ...), for the report.
+        stored: the floating dtype(s) of the file.
     """
 
     cfg: PretrainedCfg
@@ -77,20 +89,31 @@ class Pretrained:
     model_kwargs: dict[str, Any]
     directory: Path
     notes: list[str] = field(default_factory=list)
+    stored: str = field(init=False)  # the floating dtype(s) as stored, for the report
 
     @property
     def architecture(self) -> str:
         return self.cfg.architecture
 
+    def __post_init__(self) -> None:
+        """Weights stored in several floating dtypes are widened to one, exactly (float32, or
+        float64 if any is), and the notes say so."""
+        floats = {v.dtype for v in self.tensors.values() if _is_float(v.dtype)}
+        if not floats:
+            raise FileError(f"{self.directory}: {WEIGHTS_FILE} holds no floating tensors")
+        if len(floats) > 1:
+            wide = np.dtype(np.float64 if np.float64 in floats else np.float32)
+            self.tensors = {
+                k: v.astype(wide) if _is_float(v.dtype) else v for k, v in self.tensors.items()
+            }
+            names = ", ".join(sorted(d.name for d in floats))
+            self.notes.append(f"stored in {names}: widened to {wide.name} (exact)")
+        self.stored = ", ".join(sorted(d.name for d in floats))
+
     @property
     def float_dtype(self) -> np.dtype:
-        """The weights' one floating dtype (a FileError if they mix several)."""
-        floats = {v.dtype for v in self.tensors.values() if v.dtype.kind == "f"}
-        floats |= {v.dtype for v in self.tensors.values() if v.dtype.name == "bfloat16"}
-        if len(floats) != 1:
-            names = ", ".join(sorted(d.name for d in floats)) or "none"
-            raise FileError(f"{self.cfg.source}: expected one floating dtype, got {names}")
-        return floats.pop()
+        """The weights' floating dtype (after widening mixed ones)."""
+        return next(v.dtype for v in self.tensors.values() if _is_float(v.dtype))
 
     def options(
         self, num_classes: int | None, features_only: bool, **kwargs: Any
@@ -296,7 +319,7 @@ def report(pretrained: Pretrained, parameters: int, dtype: Any, verbose: bool) -
     tag = f", tag {cfg.tag}" if cfg.tag else ""
     print(
         f"loaded {cfg.source}: {cfg.architecture}{tag}, {parameters:,} parameters, "
-        f"{np.dtype(dtype).name} (stored {pretrained.float_dtype.name})",
+        f"{np.dtype(dtype).name} (stored {pretrained.stored})",
         file=sys.stderr,
     )
     for note in pretrained.notes:

@@ -14,6 +14,13 @@ import zlib
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="se-flax-test-hf-")
 
+# On a GPU: deterministic reductions (the bit-for-bit tests compare two runs), and no Triton GEMM
+# fusion (jax 0.11.2's XLA aborts compiling some of these programs in GemmFusion on an H200).
+# CPU builds accept and ignore both.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_gpu_deterministic_ops=true --xla_gpu_enable_triton_gemm=false"
+)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One intra-op thread per xdist worker: N workers on N cores, no oversubscription.
     os.environ["XLA_FLAGS"] = (

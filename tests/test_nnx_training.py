@@ -36,6 +36,7 @@ from tests.test_training import (  # noqa: F401  (_standard_promotion: an autous
     STEPS,
     OptCase,
     _standard_promotion,
+    tol64,
 )
 
 BATCH, SIZE = 8, 16  # 16x16 images: layers 3 and 4 still see 8 values per channel
@@ -159,7 +160,7 @@ def test_nnx_training_matches_torch_and_linen(name, rng):
     """12 steps of ``nnx_train_step`` on identical batches equal torch.optim's at rounding level
     (losses, every parameter and statistic) and linen's ``train_step`` bit for bit."""
     case, mode, tx = NNX_CASES[name].opt, NNX_CASES[name].mode, optax_tx(name)
-    tol = case.tol64
+    tol = tol64(case)
     tmodel = torch_model(rng)
     initial = torch_to_flax(tmodel)
     data, (extra,) = batches(rng), batches(rng, 1)

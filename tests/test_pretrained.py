@@ -28,7 +28,7 @@ import se_flax
 import se_torch
 from se_common import PretrainedCfg
 from se_common._pretrained import IMAGENET_MEAN, IMAGENET_STD
-from se_convert import ConversionError, FileError, read_pretrained
+from se_convert import ConversionError, FileError, load, read_pretrained
 from se_convert._cli import main as se_convert_main
 from tests.helpers import flatten, randomize_
 
@@ -420,6 +420,31 @@ def test_weights_that_do_not_fit_are_listed_at_once(tmp_path, rng, published, fr
             assert problem.startswith(name), (kind, problem)
 
 
+def test_mixed_floating_dtypes_are_widened_exactly_and_said(tmp_path, published, capsys):
+    def halve(t: dict) -> None:
+        for k in [k for k in t if "running_" not in k and t[k].dtype == np.float32]:
+            t[k] = t[k].astype(np.float16)  # half weights, float32 statistics
+
+    directory = broken(tmp_path, published, tensors=halve)
+    stored = load_file(directory / "model.safetensors")
+    _, variables = se_flax.from_pretrained(directory)
+    assert "stored in float16, float32: widened to float32 (exact)" in capsys.readouterr().err
+    assert np.array_equal(variables["params"]["fc"]["bias"], stored["fc.bias"].astype(np.float32))
+    loaded = se_torch.from_pretrained(directory, verbose=False)
+    assert torch.equal(loaded.fc.bias, torch.from_numpy(stored["fc.bias"].astype(np.float32)))
+
+
+def test_a_missing_weight_file_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    """``owner/name`` reads as a hub id only where no such path exists and it does not end in
+    a weight file's extension."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileError, match="no such file or directory"):
+        load("checkpoints/seresnet50.safetensors")
+    (tmp_path / "timm").mkdir()
+    with pytest.raises(FileError, match="no such file or directory"):
+        load("timm/seresnet50.pth")
+
+
 def test_only_pytorch_pickles_is_an_error_naming_safetensors(tmp_path, published):
     directory = broken(tmp_path, published)
     (directory / "model.safetensors").rename(directory / "pytorch_model.bin")
@@ -521,9 +546,9 @@ def test_preprocess_resizes_crops_and_pads_as_timm(rng, interpolation):
     np.testing.assert_allclose(padded[31:33, 31:33], np.broadcast_to(value, (2, 2, 3)), atol=1e-6)
 
 
-def test_preprocess_uses_the_test_size_on_request():
+def test_preprocess_uses_the_test_size_on_request(rng):
     cfg = PretrainedCfg(ARCH, test_input_size=(3, 288, 288), test_crop_pct=1.0)
-    image = np.zeros((300, 300, 3), np.uint8) + 7
+    image = rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)
     assert cfg.preprocess(image, use_test_size=True).shape == (1, 288, 288, 3)
     assert cfg.preprocess(image).shape == (1, 224, 224, 3)
 

@@ -171,9 +171,19 @@ def float64_run(case: OptCase, initial: dict, data: list) -> dict:
     return torch_to_flax(model)
 
 
+# On a GPU (XLA's cuDNN convolutions against PyTorch on the CPU) float64 runs part at rounding
+# level and the 12 steps amplify it: measured on an H200 (jax 0.11.2) up to 6.1e-11 in a conv
+# kernel and 6.7e-12 in a loss. The CPU bounds above stay for CPUs.
+GPU_TOL64 = 1e-9
+
+
+def tol64(case: OptCase) -> float:
+    return case.tol64 if jax.default_backend() == "cpu" else max(case.tol64, GPU_TOL64)
+
+
 @pytest.mark.parametrize("case,dtype", PARAMS)
 def test_training_steps_agree(case, dtype, rng):
-    tol = case.tol64 if dtype == "float64" else case.tol32
+    tol = tol64(case) if dtype == "float64" else case.tol32
     tmodel, optimizer, scheduler, state = twins(dtype, case)
     initial = {k: v.clone() for k, v in tmodel.state_dict().items()}
     data = list(batches(rng, dtype))
@@ -316,6 +326,7 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent(
 def test_data_parallel_equals_single_device():
     """8 simulated CPU devices, in a subprocess so the rest of the suite keeps one device."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"  # simulated CPU devices, also on a machine with a GPU
     result = subprocess.run(
         [sys.executable, "-c", DATA_PARALLEL_SCRIPT],
         capture_output=True,
