@@ -160,8 +160,9 @@ class PretrainedCfg:
         else:  # timm's legacy single-dict layout
             cfg = {k: v for k, v in config.items() if k not in ("architecture", "num_features")}
         cfg = dict(cfg)
-        if "num_classes" in config:  # timm: the top level overrides
-            cfg["num_classes"] = config["num_classes"]
+        for key in ("num_classes", "label_names", "label_descriptions"):
+            if key in config:  # timm: the top level overrides
+                cfg[key] = config[key]
         known = {k: cfg.pop(k) for k in _FIELDS if cfg.get(k) is not None}
         for key in ("tag", "input_size", "test_input_size"):  # JSON gives lists
             if isinstance(known.get(key), list):
@@ -218,8 +219,9 @@ class PretrainedCfg:
                 f"{', '.join(CROP_MODES)}"
             )
         size, crop_pct = self.input_size, self.crop_pct
-        if use_test_size and self.test_input_size is not None:
-            size, crop_pct = self.test_input_size, self.test_crop_pct or crop_pct
+        if use_test_size:  # as timm's resolve_data_config(use_test_size=True): each on its own
+            size = self.test_input_size or size
+            crop_pct = self.test_crop_pct or crop_pct
         channels, height, width = size
         if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim == 3):
             images = [images]

@@ -1,3 +1,3 @@
-from se_convert._cli import main
+from se_convert._cli import run
 
-raise SystemExit(main())
+run()

@@ -9,13 +9,19 @@ Exit status 2 on any error, with one message and nothing written.
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
 
 from se_common import ATTENTION
 from se_common._cli import positive
 from se_convert._command import convert_file
 from se_convert._convert import ConversionError
-from se_convert._formats import FileError
+from se_convert._formats import DEFAULT_MAX_BYTES, MAX_BYTES_ENV, FileError
 from se_convert._models import model_names
 
 EPILOG = """\
@@ -29,7 +35,9 @@ examples:
   se-convert my-seresnet50/ seresnet50.safetensors   (a directory with timm's config.json and
                                                 model.safetensors, as save_pretrained writes)
 PyTorch files are read with torch.load(weights_only=True): a pickle that would run code is
-refused, and nothing in it runs.
+refused, and nothing in it runs. Hostile files get bounded time and memory: more than
+--max-bytes of tensors, a pickle whose objects expand beyond 10**7 nodes, or a tensor whose
+storage is smaller than its elements is refused before anything is materialised.
 """
 ERROR_LINES = 4  # per category of a conversion error, without --verbose
 
@@ -79,7 +87,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1e-4,
         help="max abs difference --verify accepts (default 1e-4, float32)",
     )
-    p.add_argument("--force", action="store_true", help="overwrite an existing OUTPUT")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite an existing OUTPUT (a file, or a checkpoint directory se-flax wrote; "
+        "never another directory)",
+    )
+    p.add_argument(
+        "--max-bytes",
+        type=positive(int),
+        help=f"refuse an input holding more bytes of tensors (default {DEFAULT_MAX_BYTES:,}, "
+        f"or ${MAX_BYTES_ENV})",
+    )
     p.add_argument(
         "--verbose",
         action="store_true",
@@ -88,8 +107,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+@contextmanager
+def _quiet_stderr(enabled: bool, restore: bool = True) -> Iterator[TextIO]:
+    """Routes file descriptor 2 to a scratch file while converting, and yields a stream to the
+    real stderr for the command's own messages: the readers' logging and their background
+    threads' tracebacks (tensorstore's, on a corrupted orbax checkpoint) never reach the terminal.
+    ``restore=False`` leaves fd 2 on the scratch file (the process is about to exit, and those
+    threads may still print). ``--verbose`` lets everything through."""
+    if not enabled:
+        yield sys.stderr
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    scratch = tempfile.TemporaryFile()  # noqa: SIM115 (closed below, or left to the exit)
+    os.dup2(scratch.fileno(), 2)
+    err = os.fdopen(os.dup(saved), "w")
+    try:
+        yield err
+    finally:
+        err.flush()
+        err.close()
+        sys.stderr.flush()
+        if restore:
+            os.dup2(saved, 2)
+            scratch.close()
+        os.close(saved)
+
+
+def main(argv: list[str] | None = None, *, _exiting: bool = False) -> int:
     args = parse_args(argv)
+    messages = io.StringIO()
+    with _quiet_stderr(not args.verbose, restore=not _exiting) as real_stderr:
+        code = _convert(args, messages)
+        if _exiting:
+            real_stderr.write(messages.getvalue())
+    if not _exiting:
+        sys.stderr.write(messages.getvalue())
+    return code
+
+
+def _convert(args: argparse.Namespace, err: TextIO) -> int:
     try:
         report = convert_file(
             args.input,
@@ -100,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             verify=args.verify,
             force=args.force,
             tolerance=args.tolerance,
+            max_bytes=args.max_bytes,
             log=lambda message: print(f"note: {message}"),
         )
     except ConversionError as e:
@@ -108,13 +166,13 @@ def main(argv: list[str] | None = None) -> int:
             len(items) > limit for items in (e.missing, e.unexpected, e.mismatched)
         )
         hint = "\n(--verbose lists every problem)" if cut else ""
-        print(f"se-convert: error: {e.report(limit)}{hint}", file=sys.stderr)
+        print(f"se-convert: error: {e.report(limit)}{hint}", file=err)
         return 2
     except FileError as e:
-        print(f"se-convert: error: {e}", file=sys.stderr)
+        print(f"se-convert: error: {e}", file=err)
         return 2
     except Exception as e:  # never a traceback for a bad file: one line, status 2
-        print(f"se-convert: error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"se-convert: error: {type(e).__name__}: {e}", file=err)
         return 2
     print(
         f"{report['source']} -> {report['output']} ({report['direction']}"
@@ -128,3 +186,11 @@ def main(argv: list[str] | None = None) -> int:
             f"(tolerance {report['tolerance']:g}) on one random input, read back from the file"
         )
     return 0
+
+
+def run() -> None:
+    """The console entry point: ``main``, then an immediate exit, so that no reader's background
+    thread (tensorstore's, after a failed orbax read) prints into the terminal afterwards."""
+    code = main(_exiting=True)
+    sys.stdout.flush()
+    os._exit(code)

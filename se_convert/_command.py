@@ -41,20 +41,44 @@ def _float_dtype(weights: Weights) -> np.dtype | None:
     return floats.pop() if len(floats) == 1 else None
 
 
-def _to_flax(weights: Weights, model: Model | None) -> Weights:
-    """Flax-layout weights; with a backbone ``model``, checked against its Flax twin (in the
-    checkpoint's floating dtype: a bf16 file stays bf16)."""
+def _in_dtype(target: Any, dtype: np.dtype | None) -> Any:
+    """``target``'s float32 leaves in the checkpoint's floating dtype (a bf16 file stays bf16)."""
     import jax
 
-    target = None if model is None else model.flax_shapes()
+    if target is None or dtype is None:
+        return target
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, dtype if s.dtype == np.float32 else s.dtype),
+        target,
+    )
+
+
+def _to_flax(weights: Weights, model: Model | None) -> Weights:
+    """Flax-layout weights; with a ``model``, checked against its Flax twin: every variable
+    there, nothing else, the shapes and the checkpoint's dtype (a bare SE block's widths come
+    from the converted ``fc1``, and every other tensor must agree with them)."""
     dtype = _float_dtype(weights)
-    if target is not None and dtype is not None:
-        target = jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, dtype if s.dtype == np.float32 else s.dtype),
-            target,
-        )
-    variables = torch_to_flax(weights.tensors, target=target)
-    return Weights("flax", _flatten_flax(variables, "converted"))
+    target = None if model is None else model.flax_shapes()
+    variables = torch_to_flax(weights.tensors, target=_in_dtype(target, dtype))
+    converted = _flatten_flax(variables, "converted")
+    if model is not None and model.is_se_block:
+        _check_flax(converted, model, dtype)
+    return Weights("flax", converted)
+
+
+def _check_flax(tensors: dict[str, np.ndarray], model: Model, dtype: np.dtype | None) -> None:
+    """Flax-layout ``tensors`` against ``model``'s Flax twin, strictly (ConversionError)."""
+    from se_convert._convert import _compare, _flat_flax, _Problems
+
+    problems = _Problems()
+    target = _in_dtype(model.flax_shapes(tensors), dtype)
+    _compare(
+        {tuple(k.split("/")): v for k, v in tensors.items()},
+        _flat_flax(target),
+        problems,
+        side=f"{model.name} model",
+    )
+    problems.raise_if_any(f"the weights do not fit --model {model.name}")
 
 
 def _to_torch(weights: Weights, model: Model | None) -> Weights:
@@ -123,6 +147,7 @@ def convert_file(
     verify: bool = False,
     force: bool = False,
     tolerance: float = 1e-4,
+    max_bytes: int | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Converts ``source`` into ``output``; the formats (extensions) give the direction.
@@ -138,7 +163,10 @@ def convert_file(
         verify: read the written file back, check every tensor's key, shape, dtype and bits,
             run both frameworks on one random input from it and fail above ``tolerance`` (max
             abs difference); on failure nothing is written.
-        force: overwrite an existing ``output``.
+        force: overwrite an existing ``output`` (a file, or a checkpoint directory se-flax
+            wrote; never another directory).
+        max_bytes: refuse a ``source`` holding more bytes of tensors (default 16 GiB, or
+            ``$SE_CONVERT_MAX_BYTES``).
 
     Returns:
         A report: direction, tensors, parameters, dtypes, seconds and, with ``verify``, the
@@ -148,7 +176,7 @@ def convert_file(
         >>> convert_file("seresnet18.pth", "seresnet18.msgpack", "seresnet18", verify=True)
     """
     start = time.perf_counter()
-    weights = load(source)
+    weights = load(source, max_bytes=max_bytes)
     for note in weights.notes:
         log(note)
     if attn is not None and model is None and weights.model is None:
@@ -156,7 +184,8 @@ def convert_file(
     name = model or weights.model
     if attn is None and name == weights.model:
         attn = weights.attn  # as the file records it
-    chosen = None if name is None else Model(name, attn)
+    options = weights.options if name == weights.model else {}
+    chosen = None if name is None else Model(name, attn, **options)
     out_kind = file_format(output)
     allowed = FORMATS[out_kind][1]
     if framework is None:
@@ -169,12 +198,17 @@ def convert_file(
         )
     if framework == weights.framework:
         converted = Weights(framework, weights.tensors)
+        if chosen is not None and framework == "flax":
+            _check_flax(weights.tensors, chosen, _float_dtype(weights))
+        elif chosen is not None:
+            _to_flax(weights, chosen)  # a PyTorch copy is checked through its Flax twin
     elif framework == "flax":
         converted = _to_flax(weights, chosen)
     else:
         converted = _to_torch(weights, chosen)
     if chosen is not None:
         converted.model, converted.attn = chosen.name, chosen.attn
+        converted.options = chosen.options
     report: dict[str, Any] = {
         "source": str(source),
         "output": str(output),

@@ -494,7 +494,16 @@ def torch_to_flax(
     ).plan()
     flat: dict[FlaxPath, np.ndarray] = {}
     dropped = []
+    origin: dict[FlaxPath, str] = {}  # which source key each Flax path came from
     for key, entry in plan.items():
+        if entry.flax_path is not None and entry.flax_path in origin:
+            problems.unexpected.append(
+                f"{key}: lands on {_fmt(entry.flax_path)}, as {origin[entry.flax_path]} does "
+                f"(two source keys for one variable)"
+            )
+            continue
+        if entry.flax_path is not None:
+            origin[entry.flax_path] = key
         try:
             array = to_numpy(state_dict[key])
         except TypeError as e:
@@ -577,6 +586,12 @@ def flax_to_torch(
             continue
         if entry.flax_path not in flat:
             problems.missing.append(f"{_fmt(entry.flax_path)} (for {key})")
+            continue
+        if entry.flax_path in used:
+            problems.mismatched.append(
+                f"{key}: would take {_fmt(entry.flax_path)}, which another key takes (two "
+                f"module keys for one variable)"
+            )
             continue
         used.add(entry.flax_path)
         array = to_numpy(flat[entry.flax_path])

@@ -15,6 +15,7 @@ framework front-ends (``se_flax.from_pretrained``, ``se_flax.nnx.from_pretrained
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 import sys
@@ -52,6 +53,8 @@ def _is_float(dtype: np.dtype) -> bool:
     return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
+# timm factory arguments that change training only (no tensor): ignored, with a note
+TRAINING_ONLY = ("drop_rate", "drop_path_rate", "drop_block_rate", "pretrained_strict")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -65,9 +68,12 @@ def is_hub_id(source: str | os.PathLike) -> bool:
     if source.startswith(HUB_PREFIX):
         return True
     files = {e for extensions, _ in FORMATS.values() for e in extensions if e}
-    if Path(source).suffix.lower() in files:  # a weight file's path, not a repo
+    path = Path(source.split("@", 1)[0])
+    if path.suffix.lower() in files:  # a weight file's path, not a repo
         return False
-    return not Path(source).exists() and bool(_HUB_ID.match(source))
+    if Path(source).exists() or (path.parent.is_dir() and str(path.parent) != "."):
+        return False  # a local path (a typo under an existing folder stays local)
+    return bool(_HUB_ID.match(source))
 
 
 @dataclass
@@ -133,9 +139,16 @@ class Pretrained:
     def _head(self, num_classes: int | None, features_only: bool) -> dict[str, Any]:
         kept = self.cfg.num_classes
         if num_classes is not None and (
-            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0
+            isinstance(num_classes, bool)
+            or not isinstance(num_classes, numbers.Integral)
+            or num_classes < 0
         ):
             raise ValueError(f"num_classes must be an integer >= 0 or None, got {num_classes!r}")
+        if features_only and num_classes is not None:
+            raise ValueError(
+                f"features_only=True builds no classifier: num_classes={num_classes} would be "
+                f"ignored; pass one or the other"
+            )
         held = [k for k in HEAD if k in self.tensors]
         if features_only:
             why = "features_only=True"
@@ -149,11 +162,14 @@ class Pretrained:
             for k in held:
                 del self.tensors[k]
             self.notes.append(f"the weights' classifier fc ({kept} classes) is dropped: {why}")
-        return {"num_classes": kept if num_classes is None else num_classes}
+        elif num_classes:  # headless weights: the classifier is new all the same
+            self.notes.append(f"the weights have no classifier: {why}")
+        return {"num_classes": kept if num_classes is None else int(num_classes)}
 
 
-def _resolve(source: str | os.PathLike, revision: str | None) -> tuple[Path, str]:
-    """The directory holding the files, and a label for messages (the hub id or the path)."""
+def _resolve(source: str | os.PathLike, revision: str | None) -> tuple[Path, Path, str]:
+    """The config and weights files (for a hub id, as the cache holds them), and a label for
+    messages (the hub id or the path)."""
     if not is_hub_id(source):
         path = Path(source)
         if not path.exists():
@@ -168,7 +184,7 @@ def _resolve(source: str | os.PathLike, revision: str | None) -> tuple[Path, str
             )
         if revision is not None:
             raise FileError(f"{source}: revision= applies to hub ids, not local directories")
-        return path, str(path)
+        return path / CONFIG_FILE, path / WEIGHTS_FILE, str(path)
     repo = str(source).removeprefix(HUB_PREFIX)
     if "@" in repo:
         if revision is not None:
@@ -193,7 +209,8 @@ def _resolve(source: str | os.PathLike, revision: str | None) -> tuple[Path, str
             if constants.HF_HUB_OFFLINE:
                 raise FileError(
                     f"{label}: {filename} is not in {where}{local}, and HF_HUB_OFFLINE=1 allows no "
-                    f"download. Download it once online (hf download {repo}), point HF_HOME or "
+                    f"download. Download it once online (hf download {repo}"
+                    f"{'' if revision is None else f' --revision {revision}'}), point HF_HOME or "
                     f"HF_HUB_CACHE at a cache that holds it, or pass a local directory with "
                     f"{CONFIG_FILE} and {WEIGHTS_FILE}"
                 ) from None
@@ -201,6 +218,11 @@ def _resolve(source: str | os.PathLike, revision: str | None) -> tuple[Path, str
                 f"{label}: cannot download {filename} (no connection to the hub?) and it is not "
                 f"in {where}{local}. Retry online, or pass a local directory with "
                 f"{CONFIG_FILE} and {WEIGHTS_FILE}"
+            ) from None
+        except hub_errors.GatedRepoError:
+            raise FileError(
+                f"{label}: a gated repo: accept its terms on the hub, then log in with "
+                f"hf auth login"
             ) from None
         except hub_errors.RepositoryNotFoundError:
             raise FileError(
@@ -219,7 +241,9 @@ def _resolve(source: str | os.PathLike, revision: str | None) -> tuple[Path, str
                     else " (not a timm model repo)"
                 )
             ) from None
-    return paths[0].parent, label
+        except hub_errors.HfHubHTTPError as e:
+            raise FileError(f"{label}: the hub answered {str(e).splitlines()[0][:200]}") from None
+    return paths[0], paths[1], label
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -240,17 +264,22 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _model_kwargs(config: dict[str, Any], path: Path) -> dict[str, Any]:
-    """``create_model`` options from ``model_args``; a FileError for any other argument."""
+def _model_kwargs(config: dict[str, Any], path: Path, notes: list[str]) -> dict[str, Any]:
+    """``create_model`` options from ``model_args``: training-only arguments (dropout rates) are
+    ignored with a note; any other argument is a FileError."""
     args = config.get("model_args") or {}
     if not isinstance(args, dict):
         raise FileError(f"{path}: model_args must be an object, got {args!r}")
-    unknown = sorted(set(args) - set(MODEL_ARGS))
+    ignored = sorted(k for k in args if k in TRAINING_ONLY)
+    if ignored:
+        notes.append(f"model_args {', '.join(ignored)} ignored (training only; no weights)")
+    unknown = sorted(set(args) - set(MODEL_ARGS) - set(TRAINING_ONLY))
     if unknown:
         known = ", ".join(f"{k} ({v})" for k, v in MODEL_ARGS.items())
         raise FileError(
             f"{path}: model_args {', '.join(unknown)} are not options of se-flax's "
-            f"{config.get('architecture')}; it reads {known}"
+            f"{config.get('architecture')}; it reads {known}, and ignores "
+            f"{', '.join(TRAINING_ONLY)}"
         )
     if args.get("global_pool", "avg") != "avg":
         raise FileError(f"{path}: global_pool {args['global_pool']!r}: se-flax pools by 'avg'")
@@ -272,8 +301,8 @@ def read_pretrained(source: str | os.PathLike, *, revision: str | None = None) -
         FileError: a missing file, an unreadable config, an architecture se-flax does not
             build, a repo not in the cache while offline; each says what to do.
     """
-    directory, label = _resolve(source, revision)
-    config_path = directory / CONFIG_FILE
+    config_path, weights, label = _resolve(source, revision)
+    directory = config_path.parent
     config = _read_config(config_path)
     try:
         cfg = PretrainedCfg.from_config(config, source=label)
@@ -284,14 +313,14 @@ def read_pretrained(source: str | os.PathLike, *, revision: str | None = None) -
             f"{config_path}: architecture {cfg.architecture!r} is not one se-flax builds; it "
             f"builds {', '.join(sorted(MODEL_CONFIGS))}"
         )
-    kwargs = _model_kwargs(config, config_path)
+    notes: list[str] = []
+    kwargs = _model_kwargs(config, config_path, notes)
     if kwargs.get("in_chans", cfg.input_size[0]) != cfg.input_size[0]:
         raise FileError(
             f"{config_path}: model_args in_chans {kwargs['in_chans']} but input_size "
             f"{cfg.input_size}"
         )
     kwargs["in_chans"] = cfg.input_size[0]
-    weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         others = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pth"))
         raise FileError(
@@ -308,7 +337,7 @@ def read_pretrained(source: str | os.PathLike, *, revision: str | None = None) -
     stored = load(weights)
     if stored.framework != "torch":
         raise FileError(f"{weights}: holds Flax paths, not timm's PyTorch state_dict keys")
-    return Pretrained(cfg, stored.tensors, kwargs, directory)
+    return Pretrained(cfg, stored.tensors, kwargs, directory, notes)
 
 
 def report(pretrained: Pretrained, parameters: int, dtype: Any, verbose: bool) -> None:
@@ -384,12 +413,14 @@ def write_pretrained(
     if num_classes != pretrained_cfg.num_classes:  # timm: labels describe the old classifier
         for key in ("label_names", "label_descriptions", "label_offset"):
             cfg.pop(key, None)
+    labels = {k: cfg.pop(k) for k in ("label_names", "label_descriptions") if k in cfg}
     text = json.dumps(
         {
             "architecture": architecture,
             "num_classes": num_classes,
             "num_features": config.feature_channels[-1],
             "global_pool": "avg",
+            **labels,  # at the top, as timm's save_config_for_hf writes them
             "model_args": {"in_chans": in_chans, "num_classes": num_classes, "global_pool": "avg"},
             "pretrained_cfg": cfg,
         },

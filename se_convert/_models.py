@@ -39,6 +39,8 @@ class Model:
 
     name: str
     attn: str | None = None
+    num_classes: int = 1000  # a backbone's classifier (0: none), as its weights have it
+    in_chans: int = 3
 
     def __post_init__(self) -> None:
         if self.name not in MODEL_CONFIGS and self.name not in SE_BLOCKS:
@@ -49,11 +51,18 @@ class Model:
             raise FileError(f"unknown attn {self.attn!r}; known: {', '.join(sorted(ATTENTION))}")
 
     @property
+    def options(self) -> dict[str, int]:
+        """``num_classes`` and ``in_chans`` where they differ from the defaults (to record)."""
+        options = {"num_classes": self.num_classes, "in_chans": self.in_chans}
+        return {k: v for k, v in options.items() if v != {"num_classes": 1000, "in_chans": 3}[k]}
+
+    @property
     def is_se_block(self) -> bool:
         return self.name in SE_BLOCKS
 
     def _options(self) -> dict[str, Any]:
-        return {} if self.attn is None else {"attn": self.attn}
+        options = {"num_classes": self.num_classes, "in_chans": self.in_chans}
+        return options if self.attn is None else {**options, "attn": self.attn}
 
     def _widths(self, flax_tensors: dict[str, np.ndarray] | None) -> tuple[int, int, bool]:
         """(C, hidden width, biases) of a bare SE block, read from its Flax weights."""
@@ -64,6 +73,11 @@ class Model:
                 f"block's params/fc1/kernel (C, rd)"
             )
         channels, rd = kernel.shape
+        if channels < 1 or rd < 1:
+            raise FileError(
+                f"--model {self.name}: params/fc1/kernel has shape {kernel.shape}: an SE block's "
+                f"widths (C, rd) are >= 1"
+            )
         return channels, rd, "params/fc1/bias" in flax_tensors
 
     def torch(self, flax_tensors: dict[str, np.ndarray] | None = None) -> Any:
@@ -74,13 +88,13 @@ class Model:
             return se_torch.create_model(self.name, **self._options())
         channels, rd, bias = self._widths(flax_tensors)
         if self.name == "selayer":
-            reductions = [r for r in range(1, channels + 1) if channels // r == rd]
-            if not reductions or bias:
+            reduction = channels // (rd + 1) + 1  # the least r with C // r <= rd
+            if channels // reduction != rd or bias:
                 raise FileError(
                     f"--model selayer: fc1 {(channels, rd)}{' with a bias' if bias else ''} is "
                     f"no classic SELayer(C, reduction)"
                 )
-            return se_torch.SELayer(channels, reduction=reductions[0])
+            return se_torch.SELayer(channels, reduction=reduction)
         return se_torch.SqueezeExcite(channels, rd_channels=rd, bias=bias)
 
     def flax(self, flax_tensors: dict[str, np.ndarray] | None = None) -> Any:
@@ -96,21 +110,31 @@ class Model:
         """An NHWC input the model takes (batch 2)."""
         if self.is_se_block:
             return (2, 7, 7, self._widths(flax_tensors)[0])
-        return (2, 64, 64, 3)
+        return (2, 64, 64, self.in_chans)
 
-    def flax_shapes(self) -> Any:
-        """The abstract variables of a backbone's linen twin (``None`` for a bare SE block,
-        whose widths the weights give)."""
-        return None if self.is_se_block else _flax_shapes(MODEL_CONFIGS[self.name], self.attn)
+    def flax_shapes(self, flax_tensors: dict[str, np.ndarray] | None = None) -> Any:
+        """The abstract variables of the linen twin (a bare SE block's widths from
+        ``flax_tensors``; ``None`` for one without them)."""
+        if not self.is_se_block:
+            return _flax_shapes(
+                MODEL_CONFIGS[self.name], self.attn, self.num_classes, self.in_chans
+            )
+        if flax_tensors is None:
+            return None
+        import jax
+
+        x = jax.ShapeDtypeStruct(self.input_shape(flax_tensors), np.float32)
+        return jax.eval_shape(self.flax(flax_tensors).init, jax.random.key(0), x)
 
 
 @functools.cache
-def _flax_shapes(config: Any, attn: str | None) -> Any:
+def _flax_shapes(config: Any, attn: str | None, num_classes: int, in_chans: int) -> Any:
     """Traced once per architecture: a command converting many files builds it once."""
     import jax
 
     import se_flax
 
-    model = se_flax.ResNet(config if attn is None else dataclasses.replace(config, attn=attn))
-    x = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
+    config = config if attn is None else dataclasses.replace(config, attn=attn)
+    model = se_flax.ResNet(config, num_classes=num_classes, in_chans=in_chans)
+    x = jax.ShapeDtypeStruct((1, 32, 32, in_chans), np.float32)
     return jax.eval_shape(model.init, jax.random.key(0), x)

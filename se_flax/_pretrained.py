@@ -6,6 +6,7 @@ state_dict keys and layouts, which only the PyTorch twin knows: it imports ``se_
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,7 +116,7 @@ def from_pretrained(
     shapes = jax.eval_shape(model.init, jax.random.key(0), x)
     variables = convert_into(pretrained, shapes)
     if "fc" in shapes["params"] and "fc" not in variables["params"]:  # a new classifier
-        key = jax.random.key(rng) if isinstance(rng, int) else rng
+        key = jax.random.key(int(rng)) if isinstance(rng, numbers.Integral) else rng
         variables["params"]["fc"] = jax.jit(
             lambda k: model.init(k, jnp.zeros(x.shape, x.dtype))["params"]["fc"]
         )(key)  # traced whole, compiled to the classifier's initialisation only

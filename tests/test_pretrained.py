@@ -61,7 +61,7 @@ def publish(
 
 def hub_cache(home: Path, repo: str, files: Path) -> None:
     """``files`` placed as huggingface_hub caches a download: ``HF_HOME/hub/models--owner--name``
-    with ``snapshots/<commit>/`` and ``refs/main`` naming the commit."""
+    with ``snapshots/<commit>/``, and ``refs/main`` and ``refs/v1`` naming the commit."""
     commit = hashlib.sha1(repo.encode()).hexdigest()
     root = home / "hub" / f"models--{repo.replace('/', '--')}"
     (root / "snapshots" / commit).mkdir(parents=True)
@@ -69,6 +69,7 @@ def hub_cache(home: Path, repo: str, files: Path) -> None:
         shutil.copy(f, root / "snapshots" / commit / f.name)
     (root / "refs").mkdir()
     (root / "refs" / "main").write_text(commit)
+    (root / "refs" / "v1").write_text(commit)  # a tag, for ids with @v1
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ NO_TORCH_SCRIPT = textwrap.dedent(
     x, x64, out = np.load(sys.argv[1]), np.load(sys.argv[2]), sys.argv[3]
     model, variables = se_flax.from_pretrained("timm/seresnet18.tst_in1k")
     linen = jax.jit(model.apply)(variables, x)
-    nnx_model = se_flax.nnx.from_pretrained("hf-hub:timm/seresnet18.tst_in1k", verbose=False)
+    nnx_model = se_flax.nnx.from_pretrained("hf-hub:timm/seresnet18.tst_in1k@v1", verbose=False)
     nnx_out = nnx_model(x)
     m64, v64 = se_flax.from_pretrained("timm/seresnet18.f64", param_dtype=np.float64)
     out64 = jax.jit(m64.apply)(v64, x64)
@@ -455,7 +456,10 @@ def test_only_pytorch_pickles_is_an_error_naming_safetensors(tmp_path, published
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda c: c.update(model_args={"drop_rate": 0.2}), "model_args drop_rate are not options"),
+        (
+            lambda c: c.update(model_args={"block_args": {}}),
+            "model_args block_args are not options",
+        ),
         (lambda c: c.update(model_args={"global_pool": "max"}), "global_pool 'max'"),
         (lambda c: c["pretrained_cfg"].update(mean=[0.5, 0.5]), "mean must be 3 numbers"),
         (lambda c: c["pretrained_cfg"].update(interpolation="cubic"), "interpolation 'cubic'"),
@@ -551,6 +555,12 @@ def test_preprocess_uses_the_test_size_on_request(rng):
     image = rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)
     assert cfg.preprocess(image, use_test_size=True).shape == (1, 288, 288, 3)
     assert cfg.preprocess(image).shape == (1, 224, 224, 3)
+    crop_only = PretrainedCfg(ARCH, input_size=(3, 8, 8), crop_pct=0.5, test_crop_pct=1.0)
+    image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)  # at test_crop_pct 1: unchanged
+    expected = (image / 255 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
+    np.testing.assert_allclose(
+        crop_only.preprocess(image, use_test_size=True)[0], expected, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(
@@ -619,6 +629,69 @@ def test_pretrained_cfg_rides_on_nnx_jit(rng, published):
     assert np.isfinite(float(metrics["loss"])) and model.pretrained_cfg.tag == "tst_in1k"
     assert not np.array_equal(before, model.fc.kernel[...])
     assert jax.tree.leaves(nnx.state(model))  # still a whole model
+
+
+def test_training_only_model_args_are_ignored_with_a_note(tmp_path, published, capfd):
+    def dropout(c: dict) -> None:
+        c["model_args"].update(drop_rate=0.2, drop_path_rate=0.05)
+
+    directory = broken(tmp_path, published, config=dropout)
+    se_flax.from_pretrained(directory, features_only=True)
+    assert "model_args drop_path_rate, drop_rate ignored (training only" in capfd.readouterr().err
+
+
+def test_headless_weights_with_num_classes_say_the_classifier_is_new(tmp_path, rng, capfd):
+    directory = tmp_path / "headless"
+    model = randomize_(se_torch.create_model(ARCH, num_classes=0), rng, torch.float32)
+    se_torch.save_pretrained(model, directory)
+    _, variables = se_flax.from_pretrained(directory, num_classes=4)
+    assert "the weights have no classifier: a new classifier for 4 classes" in (
+        capfd.readouterr().err
+    )
+    assert variables["params"]["fc"]["kernel"].shape == (512, 4)
+    with pytest.raises(ValueError, match="features_only=True builds no classifier"):
+        se_flax.from_pretrained(directory, features_only=True, num_classes=4)
+
+
+def test_se_convert_keeps_a_fine_tuned_classifier_both_ways(tmp_path, rng, capfd):
+    """A 10-class model saved in timm's layout converts with its config's num_classes, and the
+    written file records it, so the way back needs no option either."""
+    model = randomize_(se_torch.create_model(ARCH, num_classes=10), rng, torch.float32).eval()
+    se_torch.save_pretrained(model, tmp_path / "tuned")
+    flax_file, back = tmp_path / "tuned.safetensors", tmp_path / "back.pth"
+    assert se_convert_main([str(tmp_path / "tuned"), str(flax_file)]) == 0
+    assert load(flax_file).options == {"num_classes": 10}
+    assert se_convert_main([str(flax_file), str(back)]) == 0, capfd.readouterr().err
+    for k, v in model.state_dict().items():
+        assert torch.equal(torch.load(back, weights_only=True)[k], v), k
+
+
+def test_another_architecture_loads_too(tmp_path, rng):
+    model = randomize_(se_torch.create_model("skresnet18"), rng, torch.float32).eval()
+    se_torch.save_pretrained(model, tmp_path / "sk")
+    x = images(rng)
+    flax_model, variables = se_flax.from_pretrained(tmp_path / "sk", verbose=False)
+    np.testing.assert_allclose(
+        flax_model.apply(variables, x), torch_out(model, x), rtol=RTOL32, atol=ATOL32
+    )
+
+
+def test_a_typo_under_an_existing_folder_stays_local(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileError, match="no such directory, and not a hub id"):
+        read_pretrained("runs/seresnet50")
+    with pytest.raises(FileError, match="not in the Hugging Face cache"):
+        read_pretrained("timm/seresnet50")  # no local timm/: a hub id
+
+
+def test_labels_at_the_top_of_timm_s_config_round_trip(tmp_path, published):
+    names = [f"class {i}" for i in range(1000)]
+    directory = broken(tmp_path, published, config=lambda c: c.update(label_names=names))
+    model, variables = se_flax.from_pretrained(directory, verbose=False)
+    assert model.pretrained_cfg.extra["label_names"] == names
+    se_flax.save_pretrained(model, tmp_path / "again", variables)
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["label_names"] == names
 
 
 # --- against timm itself (its own venv: torchvision has no CPU build here; skipped in CI) ------
