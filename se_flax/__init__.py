@@ -62,9 +62,10 @@ __all__ = [
     "save_pretrained",
 ]
 
-_SUBMODULES = ("convert", "nnx", "optim", "training")
+_SUBMODULES = ("convert", "distributed", "nnx", "optim", "training")
 
 if TYPE_CHECKING:
+    from se_flax import distributed as distributed
     from se_flax import nnx as nnx
     from se_flax import optim as optim
     from se_flax import training as training

@@ -16,6 +16,8 @@ NNX: the model and an ``nnx.Optimizer`` are updated in place.
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -27,6 +29,7 @@ from flax import nnx
 from flax.training import train_state
 
 __all__ = [
+    "Checkpoints",
     "TrainState",
     "cross_entropy",
     "data_mesh",
@@ -123,6 +126,161 @@ def restore_checkpoint(directory: str | os.PathLike, state: TrainState) -> Train
     with ocp.StandardCheckpointer() as checkpointer:
         restored = checkpointer.restore(os.path.abspath(directory), target)
     return state.replace(**restored)
+
+
+class Checkpoints:
+    """Numbered checkpoints of a :class:`TrainState` in one directory, the newest ``keep`` kept:
+    orbax's ``CheckpointManager``, which survives a crash at any point of a save.
+
+    Each save goes to ``<directory>/<step>`` through a temporary directory that orbax renames
+    into place only once every array and its metadata are written (its atomic finalisation), so
+    a run killed during a save leaves the previous checkpoints as they were and no step that
+    restores half-written; the temporary directory is removed when the next ``Checkpoints``
+    opens the directory. Old steps are first renamed out of the listing (into
+    ``<directory>/.deleted``), then removed, so a kill during that removal cannot leave a
+    half-deleted step either.
+
+    With several processes (``jax.distributed``), every process creates it and calls
+    :meth:`save` and :meth:`restore` together: orbax writes each array's shards once and
+    synchronises the processes.
+
+    Args:
+        directory: where the steps go (created if missing).
+        keep: how many of the newest steps to keep (``None``: all).
+        async_save: write in a background thread while training goes on (:meth:`save` returns
+            once the arrays are copied to host memory); :meth:`wait` or :meth:`close` waits for
+            it.
+        replica_parallel: with several replicas of an array (e.g. a replicated state on
+            several devices), each writes a slice of it. ``False``: one replica writes it all,
+            which spares the slicing programs compiled at the first save (2-4 s for an
+            SE-ResNet-10's arrays, 2 processes on a 2-core CPU). ``None``: orbax's default
+            (on, unless ``JAX_PLATFORMS`` names a GPU).
+
+    Example:
+        >>> with Checkpoints("/tmp/run/checkpoints", keep=3) as checkpoints:
+        ...     if checkpoints.latest_step() is not None:
+        ...         state = checkpoints.restore(state)  # the newest complete step
+        ...     for images, labels in batches:
+        ...         state, metrics = train_step(state, images, labels)
+        ...         checkpoints.save(state)
+    """
+
+    DELETED = ".deleted"
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep: int | None = 3,
+        async_save: bool = True,
+        replica_parallel: bool | None = None,
+    ):
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep must be >= 1 or None, got {keep}")
+        self.directory = Path(os.path.abspath(directory))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,  # what a killed save left behind
+            todelete_subdir=self.DELETED,  # renamed away atomically, then removed (_purge)
+            create=True,
+        )
+        registry = ocp.type_handlers.create_type_handler_registry(
+            (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=replica_parallel)),
+            (np.ndarray, ocp.type_handlers.NumpyHandler()),
+            *((t, ocp.type_handlers.ScalarHandler()) for t in (int, float, np.number)),
+        )
+        handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=handler
+        )
+        self._purge()
+
+    def _purge(self) -> None:
+        """Removes the steps orbax renamed into ``.deleted`` (on one process)."""
+        if jax.process_index() != 0:
+            return
+        deleted = self.directory / self.DELETED
+        if deleted.is_dir():
+            for old in deleted.iterdir():
+                shutil.rmtree(old, ignore_errors=True)
+
+    def all_steps(self) -> list[int]:
+        """The complete (finalised) steps, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest complete step, or ``None`` if there is none."""
+        return self._manager.latest_step()
+
+    def save(self, state: TrainState) -> None:
+        """Saves ``state`` as step ``state.step`` (an existing step is an error, never
+        overwritten), then drops the steps beyond the newest ``keep``."""
+        step = int(jax.device_get(state.step))
+        self._manager.save(step, args=ocp.args.PyTreeSave(_saved(state)), force=True)
+        self._purge()
+
+    def restore(
+        self, state: TrainState, step: int | None = None, *, mesh: jax.sharding.Mesh | None = None
+    ) -> TrainState:
+        """Restores step ``step`` (default: the newest complete one) into the structure of
+        ``state`` (e.g. a freshly created one, or ``jax.eval_shape`` of one).
+
+        Args:
+            state: gives the tree, shapes and dtypes (and, without ``mesh``, the placement of
+                its ``jax.Array`` leaves; other arrays go to the first local device).
+            step: which step; default the newest complete one.
+            mesh: place every array replicated over this mesh (e.g. :func:`data_mesh`): the
+                checkpoint may come from any number of processes and devices.
+
+        Raises:
+            FileNotFoundError: if there is no complete step.
+            ValueError: if the checkpoint's arrays differ from ``state``'s in names, shapes or
+                dtypes (listed); orbax alone would cast dtypes silently.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        if mesh is None:
+            default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        else:
+            default = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+        def abstract(x: Any) -> Any:
+            if isinstance(x, int | float):  # a Python scalar (TrainState.create's step) stays one
+                return x
+            sharding = default if mesh is not None else getattr(x, "sharding", None) or default
+            return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+        target = jax.tree.map(abstract, _saved(state))
+        saved = dict(self._manager.item_metadata(step))
+        arrays = ("params", "batch_stats", "opt_state")  # the step is a scalar, restored as saved
+        _check_matches(
+            str(self.directory / str(step)),
+            {k: saved.get(k) for k in arrays},
+            {k: target[k] for k in arrays},
+        )
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        restored = self._manager.restore(
+            step, args=ocp.args.PyTreeRestore(target, restore_args=restore_args)
+        )
+        return state.replace(**restored)
+
+    def wait(self) -> None:
+        """Waits until the last save is complete (finalised) on disk."""
+        self._manager.wait_until_finished()
+        self._purge()
+
+    def close(self) -> None:
+        """Waits for the last save and releases orbax's threads."""
+        self._manager.close()
+        self._purge()
+
+    def __enter__(self) -> Checkpoints:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def _in_mode(model: nnx.Module, train: bool) -> nnx.Module:

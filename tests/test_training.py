@@ -119,8 +119,9 @@ CASES = [
         lrs=flax_optim.multistep_lr(0.02, [4, 8], 0.5),
     ),
 ]
+# float32 where the optimizer's arithmetic differs (schedules are checked exactly in float64)
 PARAMS = [pytest.param(c, "float64", id=f"{c.name}-float64") for c in CASES] + [
-    pytest.param(c, "float32", id=f"{c.name}-float32") for c in CASES if c.tol32
+    pytest.param(c, "float32", id=f"{c.name}-float32") for c in CASES if c.tol32 and not c.lrs
 ]
 
 
