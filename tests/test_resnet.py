@@ -213,12 +213,13 @@ def test_pointwise_conv_is_nn_conv(strides, use_bias, rng):
 def test_train_mode_updates_only_batch_stats(rng):
     model = se_flax.create_model("seresnet18", num_classes=3)
     x = jnp.asarray(rng.standard_normal((2, 32, 32, 3)), jnp.float32)
-    variables = model.init(jax.random.key(0), x)
-    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)  # quicker than eager
+    train = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
+    logits, updates = train(variables, x)
     assert logits.shape == (2, 3) and set(updates) == {"batch_stats"}
     assert int(updates["batch_stats"]["bn1"]["num_batches_tracked"]) == 1
     assert not np.allclose(updates["batch_stats"]["bn1"]["mean"], 0)
-    eval_logits = model.apply(variables, x, train=False)  # no mutable needed in eval
+    eval_logits = jax.jit(model.apply)(variables, x)  # no mutable needed in eval
     assert eval_logits.shape == (2, 3)
 
 
