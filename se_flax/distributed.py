@@ -38,6 +38,19 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from se_common._cli import positive
+
+COUNT = positive(int)  # argparse type: an integer >= 1
+
+
+def non_negative(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 __all__ = [
     "COLLECTIVE_TIMEOUT_S",
     "HEARTBEAT_TIMEOUT_S",
@@ -339,26 +352,26 @@ def _parser() -> argparse.ArgumentParser:
         "processes, with checkpoints it resumes from (--out).",
     )
     p.add_argument("--out", required=True, help="checkpoints/ and metrics.jsonl go here")
-    p.add_argument("--steps", type=int, required=True, help="train up to this step")
-    p.add_argument("--batch", type=int, default=8, help="global batch size (default 8)")
+    p.add_argument("--steps", type=COUNT, required=True, help="train up to this step")
+    p.add_argument("--batch", type=COUNT, default=8, help="global batch size (default 8)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and data (default 0)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--lr", type=float, default=0.05, help="SGD, momentum 0.9 (default 0.05)")
-    p.add_argument("--keep", type=int, default=3, help="newest checkpoints kept (default 3)")
-    p.add_argument("--save-every", type=int, default=1, help="steps; 0: only the last")
+    p.add_argument("--keep", type=COUNT, default=3, help="newest checkpoints kept (default 3)")
+    p.add_argument("--save-every", type=non_negative, default=1, help="steps; 0: only the last")
     local = p.add_argument_group("on this machine")
-    local.add_argument("--processes", type=int, help="launch this many local CPU processes")
-    local.add_argument("--devices-per-process", type=int, default=1, help="CPU devices each")
+    local.add_argument("--processes", type=COUNT, help="launch this many local CPU processes")
+    local.add_argument("--devices-per-process", type=COUNT, default=1, help="CPU devices each")
     cluster = p.add_argument_group("one process of a cluster (detected where JAX can)")
     cluster.add_argument("--coordinator", help="host:port of process 0")
-    cluster.add_argument("--num-processes", type=int)
+    cluster.add_argument("--num-processes", type=COUNT)
     cluster.add_argument("--process-id", type=int)
-    cluster.add_argument("--cpu-devices", type=int, help="CPU devices this process simulates")
+    cluster.add_argument("--cpu-devices", type=COUNT, help="CPU devices this process simulates")
     limits = p.add_argument_group("timeouts (seconds)")
-    limits.add_argument("--init-timeout", type=int, default=INITIALIZATION_TIMEOUT_S)
-    limits.add_argument("--heartbeat-timeout", type=int, default=HEARTBEAT_TIMEOUT_S)
-    limits.add_argument("--collective-timeout", type=int, default=COLLECTIVE_TIMEOUT_S)
-    limits.add_argument("--shutdown-timeout", type=int, default=SHUTDOWN_TIMEOUT_S)
+    limits.add_argument("--init-timeout", type=COUNT, default=INITIALIZATION_TIMEOUT_S)
+    limits.add_argument("--heartbeat-timeout", type=COUNT, default=HEARTBEAT_TIMEOUT_S)
+    limits.add_argument("--collective-timeout", type=COUNT, default=COLLECTIVE_TIMEOUT_S)
+    limits.add_argument("--shutdown-timeout", type=COUNT, default=SHUTDOWN_TIMEOUT_S)
     return p
 
 
