@@ -13,6 +13,11 @@ import ml_dtypes
 import numpy as np
 
 
+def is_floating(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is a floating type, bfloat16 (``ml_dtypes``, kind ``V``) included."""
+    return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
 def is_torch_tensor(x: Any) -> bool:
     torch = sys.modules.get("torch")  # a tensor can only exist if torch was imported already
     return torch is not None and isinstance(x, torch.Tensor)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from se_convert._arrays import to_numpy, to_torch
+from se_convert._arrays import is_floating, to_numpy, to_torch
 from se_convert._convert import flax_to_torch, torch_to_flax
 from se_convert._formats import (
     FORMATS,
@@ -31,13 +31,9 @@ from se_convert._models import SE_BLOCKS, Model
 __all__ = ["convert_file"]
 
 
-def _is_float(v: np.ndarray) -> bool:
-    return v.dtype.kind == "f" or v.dtype.name == "bfloat16"
-
-
 def _float_dtype(weights: Weights) -> np.dtype | None:
     """The one floating dtype of a checkpoint's tensors, None if it has several (or none)."""
-    floats = {v.dtype for v in weights.tensors.values() if _is_float(v)}
+    floats = {v.dtype for v in weights.tensors.values() if is_floating(v.dtype)}
     return floats.pop() if len(floats) == 1 else None
 
 
@@ -121,7 +117,7 @@ def _max_difference(torch_side: Weights, flax_side: Weights, model: Model, seed:
         {k: to_torch(v) for k, v in torch_side.tensors.items()}, strict=True
     )
     variables = jax.tree.map(
-        lambda v: v.astype(np.float32) if _is_float(v) else v, flax_side.variables()
+        lambda v: v.astype(np.float32) if is_floating(v.dtype) else v, flax_side.variables()
     )
     x = np.random.default_rng(seed).standard_normal(model.input_shape(flax_side.tensors))
     x = x.astype(np.float32)

@@ -235,12 +235,12 @@ def _check_paths(tensors: dict[str, np.ndarray], path: Path) -> None:
     """Flax paths must form a tree: a leaf (``params/fc1``) where others have children
     (``params/fc1/kernel``) would be dropped when nesting them."""
     names = set(tensors)
-    clashes = sorted(k for k in names for p in _prefixes(k) if p in names)
+    clashes = {k: p for k in names for p in _prefixes(k) if p in names}  # child -> a leaf above
     if clashes:
+        children, leaves = sorted(clashes), sorted(set(clashes.values()))
         raise FileError(
-            f"{path}: {', '.join(clashes[:5])}: under another tensor's name "
-            f"({', '.join(sorted({p for k in clashes for p in _prefixes(k) if p in names})[:5])}); "
-            f"a Flax path is a leaf or a subtree, not both"
+            f"{path}: {', '.join(children[:5])}: under another tensor's name "
+            f"({', '.join(leaves[:5])}); a Flax path is a leaf or a subtree, not both"
         )
 
 

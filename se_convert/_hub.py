@@ -27,6 +27,7 @@ import numpy as np
 
 from se_common import MODEL_CONFIGS
 from se_common._pretrained import PretrainedCfg
+from se_convert._arrays import is_floating
 from se_convert._formats import FileError, _atomic
 
 __all__ = [
@@ -47,10 +48,6 @@ MAX_CONFIG_BYTES = 64 * 2**20  # a config with 21k label descriptions is a few M
 HEAD = ("fc.weight", "fc.bias")  # the classifier's keys in every architecture built here
 # config.json's model_args this loader understands (timm's own export writes these three)
 MODEL_ARGS = {"in_chans": "input channels", "num_classes": "classes", "global_pool": "'avg' only"}
-
-
-def _is_float(dtype: np.dtype) -> bool:
-    return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
 # timm factory arguments that change training only (no tensor): ignored, with a note
@@ -104,13 +101,13 @@ class Pretrained:
     def __post_init__(self) -> None:
         """Weights stored in several floating dtypes are widened to one, exactly (float32, or
         float64 if any is), and the notes say so."""
-        floats = {v.dtype for v in self.tensors.values() if _is_float(v.dtype)}
+        floats = {v.dtype for v in self.tensors.values() if is_floating(v.dtype)}
         if not floats:
             raise FileError(f"{self.directory}: {WEIGHTS_FILE} holds no floating tensors")
         if len(floats) > 1:
             wide = np.dtype(np.float64 if np.float64 in floats else np.float32)
             self.tensors = {
-                k: v.astype(wide) if _is_float(v.dtype) else v for k, v in self.tensors.items()
+                k: v.astype(wide) if is_floating(v.dtype) else v for k, v in self.tensors.items()
             }
             names = ", ".join(sorted(d.name for d in floats))
             self.notes.append(f"stored in {names}: widened to {wide.name} (exact)")
@@ -119,7 +116,7 @@ class Pretrained:
     @property
     def float_dtype(self) -> np.dtype:
         """The weights' floating dtype (after widening mixed ones)."""
-        return next(v.dtype for v in self.tensors.values() if _is_float(v.dtype))
+        return next(v.dtype for v in self.tensors.values() if is_floating(v.dtype))
 
     def options(
         self, num_classes: int | None, features_only: bool, **kwargs: Any
