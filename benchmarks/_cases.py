@@ -76,6 +76,17 @@ QUICK_SK_STAGES = {
     "stage3": (2, 2, 64),
     "stage4": (1, 1, 128),
 }
+# (M, K, N) of the roofline matmuls (M x K) @ (K x N): the im2col GEMMs of ResNet-50's 3x3
+# convolutions at batch 8, 224x224 (stage 1 to 4), and a square one.
+ROOFLINE_SHAPES = [
+    (25088, 576, 64),
+    (6272, 1152, 128),
+    (1568, 2304, 256),
+    (392, 4608, 512),
+    (2048, 2048, 2048),
+]
+# --quick: small shapes, a smoke measurement (far from the machine's peak).
+QUICK_ROOFLINE_SHAPES = [(784, 144, 16), (256, 256, 256)]
 # The SK unit as skresnet18 builds it (timm's sk_kwargs: rd_ratio 1/8, rd_divisor 16, split input).
 SK_CONFIG: SelectiveKernelConfig = MODEL_CONFIGS["skresnet18"].sk
 # --quick models: ResNet-50's bottleneck design and ResNet-18's basic design, one block per stage

@@ -1,12 +1,14 @@
 """``python -m benchmarks``: SE and SK blocks, SE-/SK-ResNet throughput, JAX vs PyTorch, one run.
 
-Writes ``DIR/results.json`` (one record per measurement, plus machine, versions, settings and
-the measured memory bandwidth), ``DIR/results.md`` and PNG plots.
+Writes ``DIR/results.json`` (one record per measurement, plus machine, versions, settings, the
+measured memory bandwidth, the matmul roofline and the networks' FLOPs), ``DIR/results.md`` and
+PNG plots.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -20,12 +22,15 @@ from pathlib import Path
 from benchmarks._cases import (
     DTYPES,
     EXTRA_MODELS,
+    MODEL_WORKLOADS,
     MODES,
     NNX_MODES,
+    QUICK_ROOFLINE_SHAPES,
     QUICK_SK_STAGES,
     QUICK_STAGES,
     RESNET18_STAGES,
     RESNET50_STAGES,
+    ROOFLINE_SHAPES,
     WORKLOADS,
     plan,
 )
@@ -44,6 +49,7 @@ FULL = {
     "min_time": 0.05,
     "warmup": 0.2,
     "bandwidth_mib": 256,
+    "roofline_shapes": ROOFLINE_SHAPES,
     "modes": list(MODES),
     "dtypes": list(DTYPES),
 }
@@ -60,11 +66,20 @@ QUICK = {
     "min_time": 0.002,
     "warmup": 0.01,
     "bandwidth_mib": 16,
+    "roofline_shapes": QUICK_ROOFLINE_SHAPES,
     # torch.compile's first call takes seconds to minutes, and the NNX modes compile the
     # networks again (each train step several seconds): ask for them with --modes.
     "modes": [m for m in MODES if m != "compile" and m not in NNX_MODES],
     "dtypes": ["float32"],
 }
+
+
+# The same statement as the README's.
+DURATIONS = (
+    "Durations on 2 CPU cores: the full run (the defaults) about 40-60 minutes (estimated from "
+    "the recorded runs' case times); --quick about 1 minute when the cores are idle (63 s "
+    "measured), 2-3 minutes while other jobs share them."
+)
 
 
 def _list(choices):
@@ -95,8 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description=__doc__.split("\n")[0] + " Defaults: the full run (about 40 minutes on a "
-        "2-core CPU); --quick runs tiny shapes in well under a minute.",
+        description=__doc__.split("\n")[0] + " " + DURATIONS,
     )
     p.add_argument(
         "--workloads",
@@ -104,7 +118,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=list(WORKLOADS),
         help="comma-separated: " + ", ".join(f"{k} ({v})" for k, v in WORKLOADS.items()),
     )
-    p.add_argument("--frameworks", type=_list(["jax", "torch"]), default=["jax", "torch"])
+    p.add_argument(
+        "--frameworks",
+        type=_list(["jax", "torch"]),
+        default=["jax", "torch"],
+        help="comma-separated: jax, torch (default: both). Only the modes of these frameworks "
+        "run, and the matmul roofline is measured in these frameworks",
+    )
     p.add_argument(
         "--modes",
         type=_list(list(MODES)),
@@ -136,8 +156,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--sweep-stage",
         choices=[*list(RESNET50_STAGES), "none"],
-        default="stage3",
-        help="stage shape of the SE batch sweep ('none' to skip it)",
+        default=None,
+        help="stage shape of the SE batch sweep, one of --stages ('none' to skip it; default: "
+        "stage3, or the selected stage nearest to it)",
     )
     p.add_argument(
         "--sweep-batches",
@@ -193,14 +214,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="tiny shapes and models (resnet14/seresnet14, resnet10/skresnet10), few repeats: "
-        "a smoke run",
+        help="tiny shapes and models (resnet14/seresnet14, resnet10/skresnet10), few repeats, "
+        "small roofline matmuls: a smoke run (results.md says so, and judges no target)",
     )
     p.add_argument(
         "--out",
         type=Path,
         default=Path("runs/benchmarks"),
         help="output directory (default runs/benchmarks)",
+    )
+    p.add_argument(
+        "--xla-flags",
+        default="",
+        metavar="FLAGS",
+        help="appended to XLA_FLAGS before jax is imported, e.g. "
+        "--xla-flags='--xla_cpu_use_thunk_runtime=false' (XLA aborts on a flag it does not "
+        "know); recorded in results.json and results.md: measures a flag set without touching "
+        "the library",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -222,7 +252,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     all_stages = defaults["stages"]
     args.stage_shapes = {s: all_stages[s] for s in (args.stages or all_stages)}
     args.sk_stage_shapes = {s: defaults["sk_stages"][s] for s in args.stage_shapes}
-    args.sweep_stage = None if args.sweep_stage == "none" else args.sweep_stage
+    args.sweep_stage = _sweep_stage(p, args.sweep_stage, list(args.stage_shapes))
     args.modes = [m for m in args.modes if MODES[m][0] in args.frameworks]
     if not args.modes:
         p.error(f"none of --modes belongs to --frameworks {','.join(args.frameworks)}")
@@ -234,12 +264,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _set_threads(threads: int) -> None:
-    """The same thread count for both frameworks; call before importing jax or torch."""
+def _sweep_stage(p: argparse.ArgumentParser, asked: str | None, stages: list[str]) -> str | None:
+    """The SE sweep's stage: ``--sweep-stage`` if it is one of ``--stages``, None for 'none';
+    when not given, stage3 or the selected stage nearest to it (the later one on a tie)."""
+    if asked == "none":
+        return None
+    if asked is None:
+        order = list(RESNET50_STAGES)
+        middle = order.index("stage3")
+        return min(stages, key=lambda s: (abs(order.index(s) - middle), -order.index(s)))
+    if asked not in stages:
+        p.error(
+            f"--sweep-stage {asked} is not one of --stages {','.join(stages)}: add it to "
+            "--stages, or pass --sweep-stage none"
+        )
+    return asked
+
+
+def _set_threads(threads: int, xla_flags: str = "") -> None:
+    """The same thread count for both frameworks, and ``xla_flags`` appended to XLA_FLAGS; call
+    before importing jax or torch."""
     cpus = sorted(os.sched_getaffinity(0))
     if threads < len(cpus):
         os.sched_setaffinity(0, cpus[:threads])  # XLA sizes its thread pool from the affinity
-    flags = os.environ.get("XLA_FLAGS", "")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()
+    os.environ["XLA_FLAGS"] = flags
     found = re.search(r"intra_op_parallelism_threads=(\d+)", flags)
     if found and int(found.group(1)) != threads:
         raise SystemExit(
@@ -282,13 +331,13 @@ def planned(args: argparse.Namespace) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _set_threads(args.threads)
+    _set_threads(args.threads, args.xla_flags)
 
     import torch
     from tqdm import tqdm
 
     from benchmarks import _jax, _machine, _report, _torch
-    from benchmarks._timing import measure
+    from benchmarks._timing import NOISE_LIMIT, measure_checked
 
     torch.set_num_threads(args.threads)
     defaults = QUICK if args.quick else FULL
@@ -298,17 +347,30 @@ def main(argv: list[str] | None = None) -> int:
     cache = _machine.last_level_cache_bytes() if machine["gpu"] is None else 0
     bandwidth = {"start": _machine.memory_bandwidth(defaults["bandwidth_mib"] * 2**20)}
     bandwidth["median_GBps"] = bandwidth["start"]["median_GBps"]
+    roofline = _machine.matmul_roofline(
+        args.frameworks,
+        args.dtypes,
+        defaults["roofline_shapes"],
+        args.repeats,
+        args.min_time,
+        defaults["warmup"],
+        smoke=args.quick,
+        seed=args.seed,
+    )
     results = {
-        "schema": 1,
+        "schema": 2,
         "command": shlex.join(
             ["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)]
         ),
         "settings": {
             "quick": args.quick,
             "threads": args.threads,
+            "xla_flags": args.xla_flags,
             "repeats": args.repeats,
             "min_time_s": args.min_time,
             "warmup_s": defaults["warmup"],
+            "noise_limit": NOISE_LIMIT,
+            "remeasure_noisy": not args.quick,
             "seed": args.seed,
             "se_batch": args.se_batch,
             "sweep_stage": args.sweep_stage,
@@ -322,28 +384,33 @@ def main(argv: list[str] | None = None) -> int:
         },
         "machine": machine,
         "bandwidth": bandwidth,
+        "roofline": roofline,
+        "flops_method": FLOPS_METHOD,
+        "flops": [],
         "records": [],
         "targets": [],
     }
     print(
-        f"{len(cases)} cases; copy bandwidth {bandwidth['median_GBps']:.1f} GB/s; "
-        f"{args.threads} threads; writing to {args.out}",
+        f"{len(cases)} cases; copy bandwidth {bandwidth['median_GBps']:.1f} GB/s; matmul "
+        + ", ".join(f"{d} {g:.4g} GFLOP/s" for d, g in roofline["GFLOPs"].items())
+        + (" (smoke)" if args.quick else "")
+        + f"; {args.threads} threads; writing to {args.out}",
         flush=True,
     )
     start = time.perf_counter()
+    xla_flops = {}  # (workload, network) -> FLOPs of one float32 call, from a JAX runner
     bar = tqdm(cases, disable=args.no_progress, unit="case", dynamic_ncols=True)
     for case in bar:
         bar.set_description(f"{case.workload} {case.name} b{case.batch} {case.dtype} {case.mode}")
         record = case.as_record()
         record["slots"] = _slots(case, cache)
-        case_start = time.perf_counter()
+        case_start, runner = time.perf_counter(), None
         try:
             build = _jax.runner if case.framework == "jax" else _torch.runner
-            timing = measure(
-                build(case, record["slots"], args.seed),
-                args.repeats,
-                args.min_time,
-                defaults["warmup"],
+            runner = build(case, record["slots"], args.seed)
+            # A noisy case is measured once more in a full run; the less noisy result is kept.
+            timing = measure_checked(
+                runner, args.repeats, args.min_time, defaults["warmup"], not args.quick
             )
             record.update(timing)
         except Exception as error:  # one failed case must not lose the others
@@ -354,7 +421,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             bar.write(f"FAILED {case.key()}:\n{traceback.format_exc(limit=3)}")
         record["case_s"] = time.perf_counter() - case_start  # set-up and all calls
-        results["records"].append(_report.derive(record, bandwidth["median_GBps"]))
+        # The network's FLOPs from the program just compiled and timed (jit's cache: no
+        # compilation); failing that, counted after the loop.
+        key = (case.workload, case.name)
+        count = runner and runner.extra.get("xla_flops")
+        if count and record["median_s"] is not None and case.dtype == "float32":
+            with contextlib.suppress(Exception):
+                xla_flops.setdefault(key, count() / case.batch)
+        results["records"].append(
+            _report.derive(record, bandwidth["median_GBps"], roofline["GFLOPs"])
+        )
         _write_json(results, args.out)
     results["seconds"] = time.perf_counter() - start
     # Measured again at the end; floor shares use the higher of the two (the stricter floor).
@@ -365,9 +441,17 @@ def main(argv: list[str] | None = None) -> int:
     bandwidth["method"] = (
         bandwidth["end"]["method"] + "; the higher median of two runs, at the start and at the end"
     )
+    results["flops"] = _network_flops(results["records"], xla_flops, args)
+    per_image = {
+        (row["workload"], row["name"]): row["flops_per_image"]
+        for row in results["flops"]
+        if row.get("flops_per_image") is not None
+    }
     for record in results["records"]:
-        _report.derive(record, bandwidth["median_GBps"])
-    results["targets"] = _report.targets(results["records"], machine, args.se_batch, args.sk_batch)
+        _report.derive(record, bandwidth["median_GBps"], roofline["GFLOPs"], per_image)
+    results["targets"] = _report.targets(
+        results["records"], machine, args.se_batch, args.sk_batch, judge=not args.quick
+    )
     _write_json(results, args.out)
     (args.out / "results.md").write_text(_report.markdown(results))
     written = _report.plots(results, args.out)
@@ -379,6 +463,42 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"{len(failed)} cases failed: see the errors in results.md", file=sys.stderr)
     return 1 if failed else 0
+
+
+FLOPS_METHOD = (
+    "XLA's cost analysis (`flops`) of the compiled float32 JAX program "
+    "(`jax.jit(f).lower(...).compile().cost_analysis()`), divided by the batch: every operation "
+    "counted (a multiply-add as 2, an elementwise operation as 1; convolution taps that fall on "
+    "padding are not); the same count serves bfloat16 and both frameworks, which run the same "
+    "math. The cross-check counts 2 x the multiply-adds of the forward pass's convolutions and "
+    "dense layers from the traced shapes, padding included"
+)
+
+
+def _network_flops(records: list[dict], xla_flops: dict, args: argparse.Namespace) -> list[dict]:
+    """FLOPs per image of each network and workload measured: XLA's count from a JAX runner's
+    compiled float32 program (compiled here where no runner compiled it), and the analytic
+    forward count."""
+    from benchmarks import _jax
+
+    rows, forward = [], {}
+    for key in dict.fromkeys(
+        (r["workload"], r["name"]) for r in records if r["workload"] in MODEL_WORKLOADS
+    ):
+        workload, name = key
+        row = {"workload": workload, "name": name, "image_size": args.image_size}
+        try:
+            if key not in xla_flops:
+                total = _jax.network_flops(workload, name, args.model_batch, args.image_size)
+                xla_flops[key] = total / args.model_batch
+            row["flops_per_image"] = xla_flops[key]
+            if name not in forward:
+                forward[name] = _jax.forward_matmul_flops(name, args.image_size)
+            row["forward_matmul_flops_per_image"] = forward[name]
+        except Exception as error:  # no count: no roofline share, the records are kept
+            row["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+        rows.append(row)
+    return rows
 
 
 def _write_json(results: dict, out: Path) -> None:

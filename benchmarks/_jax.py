@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import se_flax
 import se_flax.nnx
@@ -130,7 +132,11 @@ def runner(case: Case, slots: int, seed: int) -> Runner:
     model = _model(case, dtype)
     if case.workload == "infer":
         fn = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
-        return Runner(lambda i: fn(variables, images[i % slots]), jax.block_until_ready)
+        return Runner(
+            lambda i: fn(variables, images[i % slots]),
+            jax.block_until_ready,
+            extra={"xla_flops": lambda: _xla_flops(fn, variables, images[0])},
+        )
 
     state = [
         TrainState.create(
@@ -146,7 +152,11 @@ def runner(case: Case, slots: int, seed: int) -> Runner:
         state[0], metrics = fn(state[0], images[i % slots], labels[i % slots])
         return metrics
 
-    return Runner(train, lambda outputs: jax.block_until_ready((outputs, state[0])))
+    return Runner(
+        train,
+        lambda outputs: jax.block_until_ready((outputs, state[0])),
+        extra={"xla_flops": lambda: _xla_flops(fn, state[0], images[0], labels[0])},
+    )
 
 
 def _nnx_runner(
@@ -171,7 +181,11 @@ def _nnx_runner(
             return Runner(lambda i: forward(model, images[i % slots]), jax.block_until_ready)
         graphdef, state = nnx.split(model)
         pure = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
-        return Runner(lambda i: pure(state, images[i % slots]), jax.block_until_ready)
+        return Runner(
+            lambda i: pure(state, images[i % slots]),
+            jax.block_until_ready,
+            extra={"xla_flops": lambda: _xla_flops(pure, state, images[0])},
+        )
 
     model.train()  # BatchNorm: batch statistics, running statistics updated
     optimizer = nnx.Optimizer(model, _tx(), wrt=nnx.Param)
@@ -213,4 +227,79 @@ def _nnx_runner(
         states[0], metrics = pure_step(states[0], images[i % slots], labels[i % slots])
         return metrics
 
-    return Runner(train_split, lambda outputs: jax.block_until_ready((outputs, states[0])))
+    return Runner(
+        train_split,
+        lambda outputs: jax.block_until_ready((outputs, states[0])),
+        extra={"xla_flops": lambda: _xla_flops(pure_step, states[0], images[0], labels[0])},
+    )
+
+
+def _xla_flops(fn, *args) -> float:
+    """FLOPs of one call of the jitted ``fn`` on ``args``: XLA's cost analysis of the compiled
+    program (``"flops"``: 2 per multiply-add, 1 per elementwise operation). Called after the
+    runner's timed calls, the lowering and compilation come from jit's cache."""
+    cost = fn.lower(*args).compile().cost_analysis()
+    if isinstance(cost, list | tuple):  # older jax: one dict per program
+        cost = cost[0]
+    return float(cost["flops"])
+
+
+def _abstract_network(workload: str, name: str, batch: int, image_size: int):
+    """The float32 network's jitted eval forward (``infer``) or training step (``train``) and
+    abstract arguments for it: nothing is initialised or run."""
+    case = Case(workload, "jax", "jit", "float32", name, batch, (batch, image_size, image_size, 3))
+    model = _model(case, jnp.float32)
+    x = jax.ShapeDtypeStruct(case.shape, jnp.float32)
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros(case.shape), train=False)
+    )
+    if workload == "infer":
+        return jax.jit(lambda variables, x: model.apply(variables, x, train=False)), (variables, x)
+
+    def create(variables):
+        params, stats = variables["params"], variables["batch_stats"]
+        return TrainState.create(apply_fn=model.apply, params=params, batch_stats=stats, tx=_tx())
+
+    state = jax.eval_shape(create, variables)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    return jax.jit(train_step.__wrapped__), (state, x, labels)
+
+
+def network_flops(workload: str, name: str, batch: int, image_size: int) -> float:
+    """XLA's FLOPs of one float32 ``infer`` or ``train`` call of network ``name`` at ``batch``
+    (compiles it: for runs in which no JAX runner compiled it in float32)."""
+    fn, args = _abstract_network(workload, name, batch, image_size)
+    return _xla_flops(fn, *args)
+
+
+def _subjaxprs(eqn):
+    for value in eqn.params.values():
+        for item in value if isinstance(value, list | tuple) else (value,):
+            if isinstance(item, ClosedJaxpr):
+                yield item.jaxpr
+            elif isinstance(item, Jaxpr):
+                yield item
+
+
+def _matmul_flops(jaxpr) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        out = math.prod(eqn.outvars[0].aval.shape) if eqn.outvars else 0
+        if eqn.primitive.name == "dot_general":
+            (contracting, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2 * out * math.prod(lhs[d] for d in contracting)
+        elif eqn.primitive.name == "conv_general_dilated":
+            kernel = eqn.invars[1].aval.shape
+            _, in_features, *spatial = eqn.params["dimension_numbers"].rhs_spec
+            total += 2 * out * kernel[in_features] * math.prod(kernel[d] for d in spatial)
+        for sub in _subjaxprs(eqn):
+            total += _matmul_flops(sub)
+    return total
+
+
+def forward_matmul_flops(name: str, image_size: int) -> int:
+    """The analytic cross-check: 2 x the multiply-adds of the convolutions and dense layers of
+    one image's eval forward pass (from the traced program's shapes; no elementwise work)."""
+    fn, args = _abstract_network("infer", name, 1, image_size)
+    return _matmul_flops(jax.make_jaxpr(fn)(*args).jaxpr)

@@ -15,6 +15,9 @@ from benchmarks._cases import (
     SK_WORKLOADS,
     attention_pairs,
 )
+from benchmarks._timing import NOISE_LIMIT, is_noisy
+
+NOISY = "†"  # marks a noisy record, and every ratio or share computed from one
 
 # Passes over the feature map that any SE implementation must make (the memory floor):
 # forward: read x to pool, read x again to scale, write y. Forward + backward (returning
@@ -23,19 +26,38 @@ from benchmarks._cases import (
 FLOOR_PASSES = {"se_fwd": 3, "se_fwdbwd": 4}
 
 
-def derive(record: dict, bandwidth_GBps: float) -> dict:
-    """Adds throughput (images per second) and, for SE blocks, the memory-floor numbers (SK
-    blocks and networks are compute-bound: no floor)."""
+def derive(
+    record: dict,
+    bandwidth_GBps: float,
+    roofline_GFLOPs: dict | None = None,
+    flops: dict | None = None,
+) -> dict:
+    """Adds throughput (images per second), the noise flag and, for SE blocks, the memory-floor
+    numbers (SK blocks and networks are compute-bound: no floor); for networks whose FLOPs per
+    image are in ``flops`` (``(workload, name) -> FLOPs``), the share of the matmul roofline of
+    the record's dtype (``roofline_GFLOPs``: dtype -> GFLOP/s)."""
     if record.get("median_s") is None:
         return record
     record["throughput"] = record["batch"] / record["median_s"]
+    record["noisy"] = is_noisy(record)
     if record["workload"] in FLOOR_PASSES:
         n, h, w, c = record["shape"]
         floor = FLOOR_PASSES[record["workload"]] * n * h * w * c * ITEMSIZE[record["dtype"]]
         record["floor_bytes"] = floor
         record["achieved_GBps"] = floor / record["median_s"] / 1e9
         record["floor_fraction"] = record["achieved_GBps"] / bandwidth_GBps
+    per_image = (flops or {}).get((record["workload"], record["name"]))
+    if record["workload"] in MODEL_WORKLOADS and per_image is not None:
+        record["flops_per_image"] = per_image
+        roofline = (roofline_GFLOPs or {}).get(record["dtype"])
+        if roofline:
+            record["roofline_fraction"] = record["throughput"] * per_image / (roofline * 1e9)
     return record
+
+
+def _noisy(*records: dict) -> bool:
+    """Whether any of the records a number comes from is noisy."""
+    return any(r.get("noisy", False) for r in records)
 
 
 def _index(records: list[dict]) -> dict:
@@ -63,6 +85,7 @@ def attention_ratios(records: list[dict]) -> list[dict]:
                         "name": f"{model}/{plain}",
                         "label": label,
                         "ratio": base["median_s"] / r["median_s"],
+                        "noisy": _noisy(r, base),
                     }
                 )
     return rows
@@ -85,13 +108,18 @@ def nnx_overheads(records: list[dict]) -> list[dict]:
                     **{k: r[k] for k in keep},
                     "ratio": r["median_s"] / linen["median_s"],
                     "extra_s": r["median_s"] - linen["median_s"],
+                    "noisy": _noisy(r, linen),
                 }
             )
     return rows
 
 
 def targets(
-    records: list[dict], machine: dict, se_batch: int, sk_batch: int | None = None
+    records: list[dict],
+    machine: dict,
+    se_batch: int,
+    sk_batch: int | None = None,
+    judge: bool = True,
 ) -> list[dict]:
     """The issue's targets, evaluated on this run's records (ratios within one run).
 
@@ -99,14 +127,17 @@ def targets(
     JAX SE-ResNet inference >= PyTorch eager channels_last. GPU: SE block >= 85% of the
     memory floor, JAX SE/plain >= 0.90, JAX within 10% of torch.compile. Other ratios (the SK
     block's speed, SK/plain, the NNX networks' speed over linen ``jit``'s) are listed with no
-    goal.
+    goal. ``judge=False`` (a ``--quick`` smoke run) lists every value with no goal or verdict.
+    Each row is ``noisy`` when a record it comes from is.
     """
     gpu = machine.get("gpu") is not None
     index, rows = _index(records), []
 
-    def add(target, case, value, goal=None):
+    def add(target, case, value, goal, *sources):
+        goal = goal if judge else None
         met = None if goal is None else bool(value >= goal)
-        rows.append({"target": target, "case": case, "value": value, "goal": goal, "met": met})
+        row = {"target": target, "case": case, "value": value, "goal": goal, "met": met}
+        rows.append({**row, "noisy": _noisy(*sources)})
 
     models = sorted({r["name"] for r in records if r["workload"] in MODEL_WORKLOADS})
     dtypes = sorted({r["dtype"] for r in records})
@@ -126,7 +157,7 @@ def targets(
                     if eager is not None:
                         ratio = eager["median_s"] / jax_["median_s"]
                         goal = 1.5 if se and not gpu else None
-                        add(f"JAX {block} / torch eager speed", case, ratio, goal)
+                        add(f"JAX {block} / torch eager speed", case, ratio, goal, jax_, eager)
                     if not se:
                         continue
                     goal = 0.85 if gpu else 0.5
@@ -135,6 +166,7 @@ def targets(
                         case,
                         jax_["floor_fraction"],
                         goal if workload == "se_fwd" else None,
+                        jax_,
                     )
     for workload in MODEL_WORKLOADS:
         for dtype in dtypes:
@@ -157,6 +189,8 @@ def targets(
                             case,
                             cl["median_s"] / jax_["median_s"],
                             goal,
+                            jax_,
+                            cl,
                         )
                     compiled = index.get((workload, "compile", dtype, model, batch))
                     if compiled is not None:
@@ -165,6 +199,8 @@ def targets(
                             case,
                             compiled["median_s"] / jax_["median_s"],
                             0.9 if gpu else None,
+                            jax_,
+                            compiled,
                         )
     for row in attention_ratios(records):
         goal = 0.9 if gpu and row["mode"] in jax_modes and row["label"] == "SE" else None
@@ -173,12 +209,15 @@ def targets(
             f"{row['workload']} {row['name']} {row['dtype']} {row['mode']}",
             row["ratio"],
             goal,
+            row,
         )
     for row in nnx_overheads(records):
         add(
             "NNX / linen jit speed",
             f"{row['workload']} {row['name']} {row['dtype']} {row['mode']}",
             1 / row["ratio"],
+            None,
+            row,
         )
     return rows
 
@@ -204,41 +243,95 @@ def _pivot(records: list[dict], workloads, cell) -> list[str]:
     return lines
 
 
+def _mark(r: dict) -> str:
+    return NOISY if r.get("noisy") else ""
+
+
 def _se_cell(r: dict) -> str:
     if r.get("median_s") is None:
         return "error"
-    return f"{r['median_s'] * 1e3:.3g} ms ±{r['iqr_s'] * 1e3:.2g}, {r['floor_fraction']:.0%}"
+    return (
+        f"{r['median_s'] * 1e3:.3g} ms ±{r['iqr_s'] * 1e3:.2g}, {r['floor_fraction']:.0%}{_mark(r)}"
+    )
 
 
 def _time_cell(r: dict) -> str:
     if r.get("median_s") is None:
         return "error"
-    return f"{r['median_s'] * 1e3:.3g} ms ±{r['iqr_s'] * 1e3:.2g}"
+    return f"{r['median_s'] * 1e3:.3g} ms ±{r['iqr_s'] * 1e3:.2g}{_mark(r)}"
 
 
 def _model_cell(r: dict) -> str:
     if r.get("median_s") is None:
         return "error"
-    return f"{r['throughput']:.3g}/s ±{r['iqr_s'] / r['median_s']:.0%}"
+    share = r.get("roofline_fraction")
+    share = "" if share is None else f", {share:.0%}"
+    return f"{r['throughput']:.3g}/s ±{r['iqr_s'] / r['median_s']:.0%}{share}{_mark(r)}"
 
 
 def _compile_cell(r: dict) -> str:
     return "error" if r.get("compile_s") is None else f"{r['compile_s']:.3g}"
 
 
+def _table(lines: list[str]) -> list[str]:
+    """A table, a footnote when a cell is marked noisy, and a blank line."""
+    if any(NOISY in line for line in lines):
+        lines = [
+            *lines,
+            "",
+            f"{NOISY} noisy: the interquartile range exceeds {NOISE_LIMIT:.0%} of the median "
+            "(or a record this number comes from does).",
+        ]
+    return [*lines, ""]
+
+
+def _shape(shape) -> str:
+    m, k, n = shape
+    return f"{m}x{k} @ {k}x{n}"
+
+
+def _roofline_lines(roofline: dict) -> list[str]:
+    if not roofline.get("GFLOPs"):
+        return ["- matmul roofline: not measured"]
+    best = [
+        f"{dtype} {value:.4g} GFLOP/s ({roofline['best'][dtype]['framework']}, "
+        f"{_shape(roofline['best'][dtype]['shape'])})"
+        for dtype, value in roofline["GFLOPs"].items()
+    ]
+    smoke = " (--quick: small shapes, a smoke measurement)" if roofline.get("smoke") else ""
+    return [
+        "- matmul roofline: " + ", ".join(best) + smoke + "; the best median over "
+        "frameworks and shapes (all of them below)"
+    ]
+
+
 def markdown(results: dict) -> str:
-    """The run as Markdown: machine, bandwidth, tables per workload, compile times, targets."""
+    """The run as Markdown: machine, bandwidth, roofline, tables per workload, compile times,
+    targets."""
     m, bw, records = results["machine"], results["bandwidth"], results["records"]
+    settings = results["settings"]
+    quick = settings.get("quick", False)
+    roofline = results.get("roofline", {})
     v = m["versions"]
-    lines = [
-        "# se-flax benchmarks",
-        "",
+    lines = ["# se-flax benchmarks", ""]
+    if quick:
+        lines += [
+            "**Smoke run (`--quick`): tiny shapes and models, few repeats, a small-shape matmul "
+            "roofline. It shows that every case runs, not how fast this machine is; no targets "
+            "are judged.**",
+            "",
+        ]
+    lines += [
         f"- machine: {m['cpu']}, {m['cpus_used']} of {m['cpu_count']} CPUs used, "
         f"{m['memory_gib']} GiB, last-level cache {m['last_level_cache_mib']:g} MiB; "
         f"GPU: {m['gpu'] or 'none'}; {m['platform']}",
         f"- threads: {m['threads']['requested']} for both frameworks "
         f"(torch intra-op {m['threads']['torch_intra_op']}, "
         f"XLA_FLAGS `{m['threads']['XLA_FLAGS']}`)",
+    ]
+    if settings.get("xla_flags"):
+        lines.append(f"- `--xla-flags`: `{settings['xla_flags']}` (appended to XLA_FLAGS)")
+    lines += [
         f"- versions: python {v['python']}, jax {v['jax']}, jaxlib {v['jaxlib']}, "
         f"flax {v['flax']}, torch {v['torch']}, numpy {v['numpy']}, "
         f"se-flax {v['se-flax']} ({m['git_commit']})",
@@ -246,19 +339,25 @@ def markdown(results: dict) -> str:
         f"{bw['start']['median_GBps']:.1f} at the start, "
         f"{bw['end']['median_GBps']:.1f} at the end; "
         f"{bw['end']['method']})",
+        *_roofline_lines(roofline),
         f"- date: {m['date']}; command: `{results['command']}`",
         "",
         "Times are medians per call over repeats (± interquartile range). Inputs rotate through "
         "2-8 buffers (`slots`), enough to exceed twice the last-level cache unless 8 small "
         "inputs fit in it. Percentages are the "
         "SE block's memory floor (forward: 2 reads + 1 write of the feature map; forward + "
-        "backward: 3 reads + 1 write) over the measured copy bandwidth.",
+        "backward: 3 reads + 1 write) over the measured copy bandwidth, and a network's "
+        "FLOPs per second (images/s x FLOPs per image) over the matmul roofline of its dtype. "
+        f"{NOISY} marks a noisy record, whose interquartile range exceeds {NOISE_LIMIT:.0%} of "
+        "its median"
+        + ("" if quick else " after it was measured once more (the less noisy measurement is kept)")
+        + ", and every ratio computed from one.",
         "",
     ]
     se = [r for r in records if r["workload"] in SE_WORKLOADS]
     if se:
         lines += ["## SE block: time per call, share of the memory floor", ""]
-        lines += [*_pivot(se, SE_WORKLOADS, _se_cell), ""]
+        lines += _table(_pivot(se, SE_WORKLOADS, _se_cell))
     sk = [r for r in records if r["workload"] in SK_WORKLOADS]
     if sk:
         lines += [
@@ -269,18 +368,40 @@ def markdown(results: dict) -> str:
             "statistics, running statistics updated).",
             "",
         ]
-        lines += [*_pivot(sk, SK_WORKLOADS, _time_cell), ""]
+        lines += _table(_pivot(sk, SK_WORKLOADS, _time_cell))
     nets = [r for r in records if r["workload"] in MODEL_WORKLOADS]
     if nets:
-        lines += ["## Networks: images per second (± relative IQR)", ""]
-        lines += [*_pivot(nets, MODEL_WORKLOADS, _model_cell), ""]
+        lines += [
+            "## Networks: images per second (± relative IQR), share of the matmul roofline",
+            "",
+        ]
+        lines += _table(_pivot(nets, MODEL_WORKLOADS, _model_cell))
+        flops = results.get("flops", [])
+        if flops:
+            lines += [
+                "FLOPs per image: " + results.get("flops_method", "") + ".",
+                "",
+                "| workload | network | input | GFLOP per image (XLA) | "
+                "forward conv + dense, 2 x multiply-adds |",
+                "|---|---|---|---|---|",
+            ]
+            for row in flops:
+                size = row["image_size"]
+                analytic = row.get("forward_matmul_flops_per_image")
+                analytic = "" if analytic is None else f"{analytic / 1e9:.4g}"
+                xla = row.get("flops_per_image")
+                xla = row.get("error", "error") if xla is None else f"{xla / 1e9:.4g}"
+                lines.append(
+                    f"| {row['workload']} | {row['name']} | {size}x{size} | {xla} | {analytic} |"
+                )
+            lines.append("")
     ratios = attention_ratios(records)
     if ratios:
         lines += [
             "## Attention networks: throughput over the plain twin's (SE/plain, SK/plain)",
             "",
         ]
-        lines += [*_pivot(ratios, MODEL_WORKLOADS, lambda r: f"{r['ratio']:.2f}"), ""]
+        lines += _table(_pivot(ratios, MODEL_WORKLOADS, lambda r: f"{r['ratio']:.2f}{_mark(r)}"))
     overheads = nnx_overheads(records)
     if overheads:
         lines += [
@@ -293,31 +414,50 @@ def markdown(results: dict) -> str:
             "times per step, then their difference.",
             "",
         ]
-        lines += [
-            *_pivot(
+        lines += _table(
+            _pivot(
                 overheads,
                 MODEL_WORKLOADS,
-                lambda r: f"{r['ratio']:.2f}, {r['extra_s'] * 1e3:+.3g} ms",
-            ),
-            "",
-        ]
+                lambda r: f"{r['ratio']:.2f}, {r['extra_s'] * 1e3:+.3g} ms{_mark(r)}",
+            )
+        )
     lines += ["## First call (compile) in seconds", ""]
     lines += [*_pivot(records, [r["workload"] for r in records], _compile_cell), ""]
     rows = results["targets"]
-    if rows:
-        lines += [
-            "## Targets (reported, not asserted)",
-            "",
-            "| target | case | value | goal | met |",
-            "|---|---|---|---|---|",
+    if rows and quick:
+        lines += ["## Ratios (smoke run: no targets judged)", ""]
+        table = ["| ratio | case | value |", "|---|---|---|"]
+        table += [
+            f"| {row['target']} | {row['case']} | {row['value']:.2f}{_mark(row)} |" for row in rows
         ]
+        lines += _table(table)
+    elif rows:
+        lines += ["## Targets (reported, not asserted)", ""]
+        table = ["| target | case | value | goal | met |", "|---|---|---|---|---|"]
         for row in rows:
             goal = "" if row["goal"] is None else f"{row['goal']:g}"
             met = {None: "", True: "yes", False: "**no**"}[row["met"]]
-            lines.append(
-                f"| {row['target']} | {row['case']} | {row['value']:.2f} | {goal} | {met} |"
+            table.append(
+                f"| {row['target']} | {row['case']} | {row['value']:.2f}{_mark(row)} | {goal} "
+                f"| {met} |"
             )
-        lines.append("")
+        lines += _table(table)
+    if roofline.get("records"):
+        lines += [
+            "## Matmul roofline: GFLOP/s per framework, dtype and shape",
+            "",
+            roofline["method"] + ".",
+            "",
+        ]
+        table = ["| framework | dtype | matmul | GFLOP/s | ms per call |", "|---|---|---|---|---|"]
+        for r in roofline["records"]:
+            if "GFLOPs" not in r:
+                cells = f"{r.get('error', 'error')} | "
+            else:
+                time = f"{r['median_s'] * 1e3:.3g} ±{r['iqr_s'] * 1e3:.2g}"
+                cells = f"{r['GFLOPs']:.4g}{_mark(r)} | {time}"
+            table.append(f"| {r['framework']} | {r['dtype']} | {_shape(r['shape'])} | {cells} |")
+        lines += _table(table)
     errors = [r for r in records if r.get("error")]
     if errors:
         lines += ["## Errors", ""]

@@ -74,3 +74,43 @@ def measure(runner: Runner, repeats: int, min_time: float, warmup_time: float) -
         "repeats": repeats,
         "number": number,
     }
+
+
+# A measurement whose interquartile range exceeds this share of its median is noisy: flagged in
+# the tables and results.json (and, in a full run, measured once more).
+NOISE_LIMIT = 0.25
+
+
+def relative_iqr(timing: dict) -> float:
+    """Interquartile range over median of a measurement (0 where either is missing)."""
+    median, iqr = timing.get("median_s"), timing.get("iqr_s")
+    return iqr / median if median and iqr is not None else 0.0
+
+
+def is_noisy(timing: dict) -> bool:
+    return relative_iqr(timing) > NOISE_LIMIT
+
+
+def less_noisy(first: dict, second: dict) -> dict:
+    """The measurement to keep after a noisy ``first`` was repeated as ``second``: the one with
+    the smaller relative IQR (``first`` on a tie), marked ``remeasured``, keeping ``first``'s
+    ``compile_s`` (the second ran compiled) and both measurements' median and IQR."""
+    kept = second if relative_iqr(second) < relative_iqr(first) else first
+    return {
+        **kept,
+        "compile_s": first["compile_s"],
+        "remeasured": True,
+        "kept": "second" if kept is second else "first",
+        "measurements": [{k: t[k] for k in ("median_s", "iqr_s")} for t in (first, second)],
+    }
+
+
+def measure_checked(
+    runner: Runner, repeats: int, min_time: float, warmup_time: float, remeasure: bool
+) -> dict:
+    """``measure``, and where the result is noisy and ``remeasure`` is set, ``measure`` once
+    more on the same (compiled) runner, keeping the less noisy of the two (``less_noisy``)."""
+    timing = measure(runner, repeats, min_time, warmup_time)
+    if remeasure and is_noisy(timing):
+        timing = less_noisy(timing, measure(runner, repeats, min_time, warmup_time))
+    return timing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -99,30 +100,59 @@ def batch_norm(
     dtype = compute_dtype(x, dtype, scale.dtype)
     acc = accumulation_dtype(dtype)
     xf = x.astype(acc)
-    if use_running_average:
-        mean, var = running_mean.astype(acc), running_var.astype(acc)
-        updated = None
-    else:
-        n = math.prod(x.shape[:-1])
-        if n < 2:
-            raise ValueError(
-                f"BatchNorm in training needs more than 1 value per channel, got input shape "
-                f"{x.shape}"
-            )
-        axes = tuple(range(x.ndim - 1))
-        mean = jnp.mean(xf, axis=axes)
-        var = jnp.mean(jnp.square(xf - mean), axis=axes)
-        new = []
-        for stat, batch in ((running_mean, mean), (running_var, var * (n / (n - 1)))):
-            # In the wider of the accumulation and the statistic's dtype, stored back in the
-            # statistic's own.
-            work = max(acc, jnp.dtype(stat.dtype), key=lambda d: jnp.finfo(d).bits)
-            m = momentum
-            new.append((m * stat.astype(work) + (1 - m) * batch.astype(work)).astype(stat.dtype))
-        updated = (new[0], new[1])
-    alpha = jax.lax.rsqrt(var + epsilon) * scale.astype(acc)
     if use_running_average:  # PyTorch's eval kernel: x * alpha + (bias - mean * alpha)
-        y = xf * alpha + (bias.astype(acc) - mean * alpha)
-    else:  # centred first: autodiff through x * alpha - mean * alpha would cancel badly
-        y = (xf - mean) * alpha + bias.astype(acc)
-    return y.astype(dtype), updated
+        alpha = jax.lax.rsqrt(running_var.astype(acc) + epsilon) * scale.astype(acc)
+        y = xf * alpha + (bias.astype(acc) - running_mean.astype(acc) * alpha)
+        return y.astype(dtype), None
+    n = math.prod(x.shape[:-1])
+    if n < 2:
+        raise ValueError(
+            f"BatchNorm in training needs more than 1 value per channel, got input shape {x.shape}"
+        )
+    y, mean, var = _normalize_batch(xf, scale.astype(acc), bias.astype(acc), epsilon)
+    new = []
+    for stat, batch in ((running_mean, mean), (running_var, var * (n / (n - 1)))):
+        # In the wider of the accumulation and the statistic's dtype, stored back in the
+        # statistic's own.
+        work = max(acc, jnp.dtype(stat.dtype), key=lambda d: jnp.finfo(d).bits)
+        m = momentum
+        new.append((m * stat.astype(work) + (1 - m) * batch.astype(work)).astype(stat.dtype))
+    return y.astype(dtype), (new[0], new[1])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _normalize_batch(x, scale, bias, epsilon):
+    """``(x - mean) / sqrt(var + epsilon) * scale + bias`` with the batch's ``mean`` and biased
+    ``var`` over every axis but the last (two passes, as PyTorch), returned too:
+    ``(y, mean, var)``.
+
+    Its derivative is written out (below) rather than traced: transposed, it is BatchNorm's
+    closed-form backward pass, which XLA runs 1.3-2.3x faster than the autodiff of the forward
+    pass (forward + backward with a ReLU, float32, ResNet-50 shapes at batch 8, on a 2-core AMD
+    EPYC); the two agree to rounding. A JVP, not a VJP, so forward-mode (``jax.jvp``,
+    Hessian-vector products) works as before.
+    """
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes)
+    centred = x - mean
+    var = jnp.mean(jnp.square(centred), axis=axes)
+    # Centred first: x * alpha - mean * alpha would cancel badly.
+    return centred * (jax.lax.rsqrt(var + epsilon) * scale) + bias, mean, var
+
+
+@_normalize_batch.defjvp
+def _normalize_batch_jvp(epsilon, primals, tangents):
+    x, scale, bias = primals
+    dx, dscale, dbias = tangents
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes)
+    centred = x - mean
+    var = jnp.mean(jnp.square(centred), axis=axes)
+    rstd = jax.lax.rsqrt(var + epsilon)
+    y = centred * (rstd * scale) + bias
+    dmean = jnp.mean(dx, axis=axes)
+    dcentred = dx - dmean
+    dvar = 2 * jnp.mean(centred * dcentred, axis=axes)
+    drstd = -0.5 * rstd**3 * dvar
+    dy = dcentred * (rstd * scale) + centred * (drstd * scale + rstd * dscale) + dbias
+    return (y, mean, var), (dy, dmean, dvar)

@@ -117,3 +117,69 @@ def test_statistics_update_with_the_momentum_and_unbiased_variance(rng):
         stats["var"], 0.7 * old["var"] + 0.3 * flat.var(0, ddof=1), rtol=1e-13
     )
     assert int(stats["num_batches_tracked"]) == 8 and stats["mean"].dtype == jnp.float64
+
+
+def _traced_batch_norm(x, scale, bias, epsilon):
+    """The training-mode forward pass, differentiated by tracing (the reference)."""
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+    return (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias, mean, var
+
+
+def close(actual, expected, tol: float) -> None:
+    """Leaf by leaf, within ``tol`` of the largest |expected| of each leaf."""
+    for i, (a, e) in enumerate(
+        zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True)
+    ):
+        scale = max(float(np.abs(e).max()), 1e-30)
+        err = float(np.abs(np.asarray(a) - np.asarray(e)).max()) / scale
+        assert err <= tol, f"leaf {i}: {err:.3g} of its largest"
+
+
+def test_written_out_derivative_equals_traced_and_pytorch(rng):
+    """BatchNorm's training derivative is written out (a custom JVP, for speed): in float64 its
+    reverse mode, forward mode and forward-over-reverse (Hessian-vector products) equal those
+    of the traced forward pass at rounding level, and its gradients equal PyTorch's."""
+    from se_flax._batchnorm import _normalize_batch
+
+    shape = (3, 5, 4, 6)
+    x, dx, cot = (rng.standard_normal(shape) * 2 + 0.5 for _ in range(3))
+    scale, bias, dscale = (rng.standard_normal(6) for _ in range(3))
+    stat_cot = rng.standard_normal(6), rng.standard_normal(6)
+
+    def loss(f):
+        def value(x, scale, bias):
+            y, mean, var = f(x, scale, bias, 1e-3)
+            return jnp.sum(jnp.tanh(y) * cot) + jnp.sum(mean * stat_cot[0] + var * stat_cot[1])
+
+        return value
+
+    ours, traced = loss(_normalize_batch), loss(_traced_batch_norm)
+    args = (x, scale, bias)
+    grad = jax.grad(ours, argnums=(0, 1, 2))(*args)
+    close(grad, jax.grad(traced, argnums=(0, 1, 2))(*args), 1e-12)
+    tangents = (dx, dscale, np.zeros(6))
+    close(
+        jax.jvp(lambda *a: _normalize_batch(*a, 1e-3), args, tangents),
+        jax.jvp(lambda *a: _traced_batch_norm(*a, 1e-3), args, tangents),
+        1e-12,
+    )
+    hvp = lambda f: jax.jvp(jax.grad(f), (x, scale, bias), tangents)[1]  # noqa: E731
+    close(hvp(ours), hvp(traced), 1e-11)
+
+    bn = torch.nn.BatchNorm2d(6, eps=1e-3).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.from_numpy(scale))
+        bn.bias.copy_(torch.from_numpy(bias))
+    tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_()
+    t_y = torch.tanh(bn(tx))
+    t_y.backward(torch.from_numpy(np.ascontiguousarray(cot.transpose(0, 3, 1, 2))))
+    no_stats = jax.grad(
+        lambda x, s, b: jnp.sum(jnp.tanh(_normalize_batch(x, s, b, 1e-3)[0]) * cot),
+        argnums=(0, 1, 2),
+    )(*args)
+    close(
+        no_stats,
+        (nchw_to_nhwc(tx.grad.numpy()), bn.weight.grad.numpy(), bn.bias.grad.numpy()),
+        1e-12,
+    )

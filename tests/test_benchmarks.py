@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import _cli, _report
+from benchmarks import _cli, _report, _timing
 from benchmarks._cases import (
     BLOCK_WORKLOADS,
     MODES,
     NNX_MODES,
+    QUICK_ROOFLINE_SHAPES,
     QUICK_SK_STAGES,
     QUICK_STAGES,
     attention_pairs,
 )
-from benchmarks._timing import Runner, measure
+from benchmarks._timing import Runner, less_noisy, measure, measure_checked
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {
@@ -41,8 +42,10 @@ FIELDS = {
     "number": int,
     "slots": int,
     "case_s": float,
+    "noisy": bool,
 }
 FLOOR_FIELDS = {"floor_bytes", "achieved_GBps", "floor_fraction"}
+ROOFLINE_FIELDS = {"flops_per_image", "roofline_fraction"}
 
 
 def run_benchmarks(tmp_path: Path, *args: str) -> tuple[dict, str]:
@@ -82,6 +85,35 @@ def check_results(results: dict, argv: list[str], out: Path) -> None:
     runs = [results["bandwidth"][when] for when in ("start", "end")]
     assert bandwidth == max(run["median_GBps"] for run in runs) > 0
     assert all(len(run["samples_GBps"]) >= 5 for run in runs)
+    # Matmul roofline: every selected framework, dtype and (quick) shape; the best per dtype
+    roofline = results["roofline"]
+    assert roofline["smoke"] and set(roofline["GFLOPs"]) == set(args.dtypes)
+    assert len(roofline["records"]) == len(args.frameworks) * len(args.dtypes) * len(
+        QUICK_ROOFLINE_SHAPES
+    )
+    for r in roofline["records"]:
+        assert "error" not in r, r
+        assert r["GFLOPs"] == pytest.approx(r["flops"] / r["median_s"] / 1e9)
+        m, k, n = r["shape"]
+        assert r["flops"] == 2 * m * k * n and isinstance(r["noisy"], bool) and r["GFLOPs"] > 0
+    for dtype, best in roofline["GFLOPs"].items():
+        assert best == max(r["GFLOPs"] for r in roofline["records"] if r["dtype"] == dtype)
+    # FLOPs per image: one row per network and workload measured, XLA's and the analytic count
+    nets = {(r["workload"], r["name"]) for r in results["records"] if "roofline_fraction" in r}
+    flops = {(f["workload"], f["name"]): f for f in results["flops"]}
+    assert set(flops) == {
+        (w, m) for w in ("infer", "train") if w in args.workloads for m in args.models
+    }
+    assert nets == set(flops)
+    for row in flops.values():
+        assert "error" not in row, row
+        assert row["flops_per_image"] > 0 and row["forward_matmul_flops_per_image"] > 0
+    train = [f["flops_per_image"] for (w, _), f in flops.items() if w == "train"]
+    forward = [f["forward_matmul_flops_per_image"] for f in flops.values()]
+    assert not train or min(train) > max(forward)  # forward, backward, update: more than forward
+    assert results["settings"]["xla_flags"] == (
+        next((a.split("=", 1)[1] for a in argv if a.startswith("--xla-flags=")), "")
+    )
     for r in results["records"]:
         assert "error" not in r, r
         for key, kind in FIELDS.items():
@@ -106,7 +138,24 @@ def check_results(results: dict, argv: list[str], out: Path) -> None:
         else:
             assert (h, w, c) == (args.image_size, args.image_size, 3)
             assert not FLOOR_FIELDS & r.keys()
+            per_image = flops[r["workload"], r["name"]]["flops_per_image"]
+            assert r["flops_per_image"] == per_image
+            assert r["roofline_fraction"] == pytest.approx(
+                r["throughput"] * per_image / (roofline["GFLOPs"][r["dtype"]] * 1e9)
+            )
+        if r["workload"] not in ("infer", "train"):
+            assert not ROOFLINE_FIELDS & r.keys()
+        assert r["noisy"] == (r["iqr_s"] > 0.25 * r["median_s"])
+        assert "remeasured" not in r  # --quick: no second measurement
     text = (out / "results.md").read_text()
+    # a smoke run says so first, and judges no target
+    assert text.startswith("# se-flax benchmarks\n\n**Smoke run (`--quick`)")
+    assert "## Targets" not in text and "| goal | met |" not in text
+    assert all(t["goal"] is None and t["met"] is None for t in results["targets"])
+    assert "- matmul roofline: " in text and "## Matmul roofline" in text
+    assert text.count("†") == 0 or "† noisy: the interquartile range exceeds 25%" in text
+    if results["settings"]["xla_flags"]:
+        assert f"- `--xla-flags`: `{results['settings']['xla_flags']}`" in text
     for workload in args.workloads:
         assert f"| {workload} |" in text
     if {"sk_fwd", "sk_fwdbwd"} & set(args.workloads):
@@ -198,6 +247,7 @@ def test_quick_run_compile_and_bfloat16(tmp_path):
         "none",
         "--models",
         "seresnet14",
+        "--xla-flags=--xla_cpu_multi_thread_eigen=true",
     ]
     results, _ = run_benchmarks(tmp_path, *argv)
     check_results(results, argv, tmp_path / "bench")
@@ -206,6 +256,8 @@ def test_quick_run_compile_and_bfloat16(tmp_path):
     assert not [
         r for r in results["records"] if (r["workload"], r["mode"]) == ("infer", "jit_donate")
     ]
+    # --xla-flags reached XLA_FLAGS (after the inherited flags, before the thread flags)
+    assert results["machine"]["threads"]["XLA_FLAGS"].startswith("--xla_cpu_multi_thread_eigen")
 
 
 def test_quick_run_nnx_modes(tmp_path):
@@ -241,6 +293,9 @@ def test_quick_run_nnx_modes(tmp_path):
         assert row["value"] == pytest.approx(linen["median_s"] / nnx["median_s"])
         assert row["goal"] is None and row["met"] is None
     text = _report.markdown(results)
+    assert "## Ratios (smoke run: no targets judged)" in text
+    full = _report.markdown({**results, "settings": {**results["settings"], "quick": False}})
+    assert "**Smoke run" not in full and "| target | case | value | goal | met |" in full
     assert text.count("| dtype | jit | nnx_tree | nnx_split |") == 2  # NNX next to jit
     section = text.split("## NNX networks: time per step over linen `jit`'s")[1].split("##")[0]
     assert section.count("| dtype | nnx_tree | nnx_split |") == 1
@@ -250,7 +305,7 @@ def test_quick_run_nnx_modes(tmp_path):
         for cell, mode in zip(cells, modes, strict=True):
             nnx, linen = by_key[workload, mode], by_key[workload, "jit"]
             assert cell.startswith(f"{nnx['median_s'] / linen['median_s']:.2f}, ")
-            assert cell.endswith(" ms")
+            assert cell.rstrip("†").endswith(" ms")  # † when a record was noisy
         assert cells[1].startswith("1.25, +")
 
 
@@ -295,6 +350,7 @@ def test_nnx_overhead_arithmetic():
         (["--repeats", "0"], "argument --repeats: expected a value > 0, got 0"),
         (["--threads", "100000"], "--threads 100000 exceeds the"),
         (["--models", "resnet51"], "argument --models: expected a comma-separated subset"),
+        (["--stages", "stage4", "--sweep-stage", "stage3"], "--sweep-stage stage3 is not one of"),
     ],
 )
 def test_bad_arguments(argv, message, capsys):
@@ -364,3 +420,112 @@ def test_sk_records_have_no_floor_and_give_speed_and_ratio_targets():
     ]
     assert rows[0]["value"] == pytest.approx(1.5) and rows[1]["value"] == pytest.approx(0.8)
     assert all(r["goal"] is None and r["met"] is None for r in rows)
+
+
+@pytest.mark.parametrize(
+    "stages,sweep", [("stage4", "stage4"), ("stage1,stage2", "stage2"), ("stage3,stage4", "stage3")]
+)
+def test_sweep_stage_defaults_to_a_selected_stage(stages, sweep):
+    """--stages without stage3 used to raise KeyError: the sweep runs at a selected stage."""
+    args = _cli.parse_args(["--quick", "--stages", stages])
+    assert args.sweep_stage == sweep
+    cases = _cli.planned(args)
+    se = {(c.name, c.batch) for c in cases if c.workload == "se_fwd"}
+    assert se == {(s, args.se_batch) for s in stages.split(",")} | {
+        (sweep, b) for b in args.sweep_batches
+    }
+    assert _cli.parse_args(["--stages", stages, "--sweep-stage", "none"]).sweep_stage is None
+
+
+def test_xla_flags_are_appended_before_the_thread_flags(monkeypatch):
+    for name in ("OMP_NUM_THREADS", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
+        monkeypatch.delenv(name, raising=False)  # restored afterwards
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    threads = len(os.sched_getaffinity(0))  # no affinity change
+    assert _cli.parse_args(["--xla-flags", "--xla_foo=1 --xla_bar=2"]).xla_flags == (
+        "--xla_foo=1 --xla_bar=2"
+    )
+    _cli._set_threads(threads, "--xla_foo=1")
+    assert os.environ["XLA_FLAGS"] == (
+        "--xla_dump_to=/tmp/x --xla_foo=1 --xla_cpu_multi_thread_eigen=true "
+        f"intra_op_parallelism_threads={threads}"
+    )
+    monkeypatch.setenv("XLA_FLAGS", "")
+    with pytest.raises(SystemExit, match="intra_op_parallelism_threads=999"):
+        _cli._set_threads(threads, f"intra_op_parallelism_threads={999}")
+
+
+def _net(mode, name, median_s, iqr_s, workload="infer"):
+    record = {"workload": workload, "framework": MODES[mode][0], "mode": mode, "name": name}
+    record = {**record, "dtype": "float32", "batch": 2, "shape": [2, 32, 32, 3]}
+    return {**record, "median_s": median_s, "iqr_s": iqr_s}
+
+
+def test_noisy_records_flag_their_cells_and_every_ratio_from_them():
+    flops = {("infer", "resnet10"): 3e9, ("infer", "skresnet10"): 3e9}
+    roofline = {"float32": 100.0}
+    steady = _report.derive(_net("jit", "resnet10", 0.1, 0.02), 2.0, roofline, flops)
+    noisy = _report.derive(_net("jit", "skresnet10", 0.1, 0.026), 2.0, roofline, flops)
+    eager = _report.derive(_net("eager", "resnet10", 0.2, 0.0), 2.0, roofline, flops)
+    twin = _report.derive(_net("eager", "skresnet10", 0.4, 0.01), 2.0, roofline, flops)
+    assert not steady["noisy"] and noisy["noisy"] and not eager["noisy"]  # IQR > 25% of median
+    # roofline share: images/s x FLOPs per image / roofline
+    assert steady["roofline_fraction"] == pytest.approx(20 * 3e9 / 100e9)
+    assert _report._model_cell(steady) == "20/s ±20%, 60%"
+    assert _report._model_cell(noisy) == "20/s ±26%, 60%†"
+    ratios = {r["mode"]: r for r in _report.attention_ratios([steady, noisy, eager, twin])}
+    assert ratios["jit"]["noisy"] and not ratios["eager"]["noisy"]
+    rows = _report.targets([steady, noisy, eager, twin], {"gpu": None}, se_batch=2)
+    assert {(r["case"].split()[-1], r["noisy"]) for r in rows} == {("jit", True), ("eager", False)}
+    table = _report._table(["| a |", "|---|", f"| {_report._model_cell(noisy)} |"])
+    assert table[-2].startswith("† noisy: the interquartile range exceeds 25% of the median")
+    assert _report._table(["| a |", "|---|", "| 1 |"]) == ["| a |", "|---|", "| 1 |", ""]
+    # no FLOPs count or no roofline for the dtype: no share
+    assert "roofline_fraction" not in _report.derive(_net("jit", "resnet18", 0.1, 0), 2.0)
+    bf16 = _report.derive(
+        {**_net("jit", "resnet10", 0.1, 0), "dtype": "bfloat16"}, 2.0, roofline, flops
+    )
+    assert "roofline_fraction" not in bf16 and bf16["flops_per_image"] == 3e9
+
+
+def test_a_noisy_measurement_is_repeated_once_and_the_less_noisy_kept(monkeypatch):
+    def timing(median, iqr, compile_s=1.0):
+        return {"median_s": median, "iqr_s": iqr, "compile_s": compile_s, "min_s": median}
+
+    queue = []
+    monkeypatch.setattr(_timing, "measure", lambda *args: queue.pop(0))
+    queue[:] = [timing(1.0, 0.5), timing(1.2, 0.1, 0.01)]
+    kept = measure_checked(None, 3, 0.0, 0.0, remeasure=True)
+    assert kept["median_s"] == 1.2 and kept["remeasured"] and kept["kept"] == "second"
+    assert kept["compile_s"] == 1.0  # the first call of the first measurement
+    assert kept["measurements"] == [
+        {"median_s": 1.0, "iqr_s": 0.5},
+        {"median_s": 1.2, "iqr_s": 0.1},
+    ]
+    queue[:] = [timing(1.0, 0.5), timing(1.0, 0.9)]  # noisier again: the first is kept, flagged
+    kept = measure_checked(None, 3, 0.0, 0.0, remeasure=True)
+    assert kept["median_s"] == 1.0 and kept["kept"] == "first"
+    assert _report.derive({**_net("jit", "resnet10", 0, 0), **kept}, 2.0)["noisy"]
+    queue[:] = [timing(1.0, 0.5)]  # --quick: never repeated
+    assert "remeasured" not in measure_checked(None, 3, 0.0, 0.0, remeasure=False)
+    queue[:] = [timing(1.0, 0.2)]  # steady: never repeated
+    assert "remeasured" not in measure_checked(None, 3, 0.0, 0.0, remeasure=True)
+    assert not queue
+    assert less_noisy(timing(1.0, 0.3), timing(2.0, 0.6))["kept"] == "first"  # a tie: the first
+
+
+def test_roofline_and_flops_helpers_count_what_they_say():
+    from benchmarks import _jax, _machine
+
+    roofline = _machine.matmul_roofline(["jax"], ["float32"], [(8, 16, 4)], 2, 0.0, 0.0)
+    (record,) = roofline["records"]
+    assert record["flops"] == 2 * 8 * 16 * 4 and record["GFLOPs"] > 0
+    assert roofline["GFLOPs"] == {"float32": record["GFLOPs"]} and not roofline["smoke"]
+    assert roofline["best"] == {"float32": {"framework": "jax", "shape": [8, 16, 4]}}
+    # resnet10 at 32x32: its convolutions and dense layer, counted from the shapes
+    stem = 16 * 16 * 64 * 7 * 7 * 3  # 7x7 stride 2, 3 -> 64 channels
+    convs = [(8, 64, 64, 9)] * 2 + [(4, 64, 128, 9), (4, 128, 128, 9), (4, 64, 128, 1)]
+    convs += [(2, 128, 256, 9), (2, 256, 256, 9), (2, 128, 256, 1)]
+    convs += [(1, 256, 512, 9), (1, 512, 512, 9), (1, 256, 512, 1)]
+    macs = stem + sum(s * s * i * o * k for s, i, o, k in convs) + 512 * 1000
+    assert _jax.forward_matmul_flops("resnet10", 32) == 2 * macs

@@ -40,11 +40,12 @@ class Case:
     flax_kwargs: dict = field(default_factory=dict)
     nnx_kwargs: dict = field(default_factory=dict)
     config: ResNetConfig | None = None
-    passes: int = 3  # statistics after one and after several passes
+    passes: int = 2  # statistics after one pass and after a second one
 
 
-# Measured worst differences over 3 passes and the SE models. float64: eval logits <= 3.9e-15,
-# train logits <= 8.7e-14, statistics <= 3.3e-14, gradients <= 4.7e-13 of each tensor's largest.
+# Measured worst differences over 3 passes (the cases now run 2, to keep the suite quick) and the
+# SE models. float64: eval logits <= 3.9e-15, train logits <= 8.7e-14, statistics <= 3.3e-14,
+# gradients <= 4.7e-13 of each tensor's largest.
 # float32: logits <= 2e-5, statistics <= 5e-6.
 #
 # float32 gradients are compared with a float64 twin (same weights and statistics) as whole
@@ -88,10 +89,12 @@ ODD_BN = {
 #   test's data sits 1.6e-7 from zero and flips in Flax's float32 (measured 4.0e-4; PyTorch 2.8e-7,
 #   whose rounding happens not to flip it): the data-dependent case the note above describes.
 RESNET10 = {a: ResNetConfig("basic", (1, 1, 1, 1), attn=a) for a in ("eca", "cbam", "ese")}
-# One deep model (seresnext50_32x4d: about 50 batch-statistics BatchNorms, two passes: its
+# One deep model (seresnext50_32x4d: about 50 batch-statistics BatchNorms, one pass: its
 # float64 references make it the suite's costliest case) shows how float32 gradients behave
 # with depth; float64, which checks the arithmetic, runs each code path once at
 # one block per stage (the SE bottleneck, grouped: seresnext50_32x4d's blocks, 14 layers).
+# seresnet18 runs in float64 only (with the odd BatchNorm options); its float32 case (measured
+# 2.5e-6 / 3.6e-6 above) was dropped to keep the suite within its time budget.
 SERESNEXT14 = ResNetConfig("bottleneck", (1, 1, 1, 1), 32, 4, attn="se")
 SKRESNEXT = ResNetConfig(
     "bottleneck",
@@ -103,9 +106,8 @@ SKRESNEXT = ResNetConfig(
 )
 CASES = [
     Case("seresnet18", "float64", **F64, shape=(2, 3, 65, 63), **ODD_BN),
-    Case("seresnet18", "float32", **F32, train_grad_l2=1e-4, shape=(2, 3, 65, 63), **ODD_BN),
     Case("seresnext14", "float64", **F64, config=SERESNEXT14),
-    Case("seresnext50_32x4d", "float32", **F32, train_grad_l2=5e-2, passes=2),
+    Case("seresnext50_32x4d", "float32", **F32, train_grad_l2=5e-2, passes=1),
     Case("skresnet18", "float64", **F64, shape=(3, 3, 41, 39), **ODD_BN),
     Case("skresnet18", "float32", **F32, train_grad_l2=1e-3, shape=(3, 3, 41, 39)),
     Case("skresnext-1111", "float64", **F64, shape=(3, 3, 64, 64), config=SKRESNEXT),

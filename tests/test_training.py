@@ -279,7 +279,7 @@ def test_checkpoint_resume_is_bit_identical(rng, tmp_path):
 DATA_PARALLEL_SCRIPT = textwrap.dedent(
     """
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     import jax
     jax.config.update("jax_enable_x64", True)
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -289,15 +289,15 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent(
     from se_flax import optim
     from se_flax.training import TrainState, data_mesh, replicate, shard_batch, train_step
 
-    assert jax.device_count() == 8, jax.devices()
+    assert jax.device_count() == 4, jax.devices()
     model = se_flax.ResNet(ResNetConfig("basic", (1, 1, 1, 1), attn="se"), num_classes=5,
                            param_dtype="float64")
     rng = np.random.default_rng(0)
-    x0 = rng.standard_normal((8, 32, 32, 3))
+    x0 = rng.standard_normal((4, 16, 16, 3))
     v = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x0)  # quicker than eager threefry
     state = TrainState.create(apply_fn=model.apply, params=v["params"],
                               batch_stats=v["batch_stats"], tx=optim.sgd(0.01, momentum=0.9))
-    data = [(rng.standard_normal((8, 32, 32, 3)), rng.integers(0, 5, 8)) for _ in range(3)]
+    data = [(rng.standard_normal((4, 16, 16, 3)), rng.integers(0, 5, 4)) for _ in range(3)]
     single = state
     for x, y in data:
         single, m1 = train_step(single, x, y)
@@ -305,7 +305,7 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent(
     parallel = replicate(state, mesh)
     for x, y in data:
         xs, ys = shard_batch((x, y), mesh)
-        assert len(xs.sharding.device_set) == 8 and xs.addressable_shards[0].data.shape[0] == 1
+        assert len(xs.sharding.device_set) == 4 and xs.addressable_shards[0].data.shape[0] == 1
         parallel, m8 = train_step(parallel, xs, ys)
     assert parallel.params["fc"]["kernel"].sharding.is_fully_replicated
     worst = max(
@@ -317,7 +317,7 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent(
     try:
         shard_batch(np.ones((6, 2)), mesh)
     except ValueError as e:
-        assert "batch size 6 does not divide over 8 devices" in str(e)
+        assert "batch size 6 does not divide over 4 devices" in str(e)
     else:
         raise AssertionError("an uneven batch was accepted")
     print("worst", worst)
@@ -326,7 +326,7 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent(
 
 
 def test_data_parallel_equals_single_device():
-    """8 simulated CPU devices, in a subprocess so the rest of the suite keeps one device."""
+    """4 simulated CPU devices, in a subprocess so the rest of the suite keeps one device."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"  # simulated CPU devices, also on a machine with a GPU
     result = subprocess.run(
