@@ -208,6 +208,13 @@ def test_pointwise_conv_is_nn_conv(strides, use_bias, rng):
     assert_trees_close(grad(variables, pointwise), grad(variables, conv), rtol=0, atol=1e-13)
     low = se_flax.PointwiseConv(6, strides, dtype=jnp.bfloat16).apply(variables, x)
     assert low.dtype == jnp.bfloat16  # `dtype` casts input and kernel, as in nn.Conv
+    # bfloat16 accumulates in float32 and rounds once, as PyTorch's kernels do: the bfloat16
+    # inputs' exact products summed in float32 (at most one bfloat16 rounding step away).
+    xb = x.astype(jnp.bfloat16).astype(jnp.float32)[:, :: strides[0], :: strides[1]]
+    kb = variables["params"]["kernel"].astype(jnp.bfloat16).astype(jnp.float32)[0, 0]
+    once = (xb @ kb).astype(jnp.bfloat16)  # (`low` has no bias: its module has none)
+    ulp = np.abs(np.asarray(once, np.float32)) * 2.0**-7
+    np.testing.assert_array_less(np.abs(np.asarray(low - once, np.float32)), ulp + 1e-30)
 
 
 def test_train_mode_updates_only_batch_stats(rng):
