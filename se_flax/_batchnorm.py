@@ -128,8 +128,8 @@ def _normalize_batch(x, scale, bias, epsilon):
 
     Its derivative is written out (below) rather than traced: transposed, it is BatchNorm's
     closed-form backward pass, which XLA runs 1.3-2.3x faster than the autodiff of the forward
-    pass (forward + backward with a ReLU, float32, ResNet-50 shapes at batch 8, on a 2-core AMD
-    EPYC); the two agree to rounding. A JVP, not a VJP, so forward-mode (``jax.jvp``,
+    pass (forward + backward with a ReLU, float32, ResNet-50 shapes at batch 8, on a 2-core Intel
+    Xeon); the two agree to rounding. A JVP, not a VJP, so forward-mode (``jax.jvp``,
     Hessian-vector products) works as before.
     """
     axes = tuple(range(x.ndim - 1))
