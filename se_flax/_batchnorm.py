@@ -132,12 +132,19 @@ def _normalize_batch(x, scale, bias, epsilon):
     Xeon); the two agree to rounding. A JVP, not a VJP, so forward-mode (``jax.jvp``,
     Hessian-vector products) works as before.
     """
+    return _batch_forward(x, scale, bias, epsilon)[:3]
+
+
+def _batch_forward(x, scale, bias, epsilon):
+    """``(y, mean, var, x - mean, 1 / sqrt(var + epsilon))``: the forward pass of
+    :func:`_normalize_batch`, shared by the function and its JVP."""
     axes = tuple(range(x.ndim - 1))
     mean = jnp.mean(x, axis=axes)
     centred = x - mean
     var = jnp.mean(jnp.square(centred), axis=axes)
+    rstd = jax.lax.rsqrt(var + epsilon)
     # Centred first: x * alpha - mean * alpha would cancel badly.
-    return centred * (jax.lax.rsqrt(var + epsilon) * scale) + bias, mean, var
+    return centred * (rstd * scale) + bias, mean, var, centred, rstd
 
 
 @_normalize_batch.defjvp
@@ -145,11 +152,7 @@ def _normalize_batch_jvp(epsilon, primals, tangents):
     x, scale, bias = primals
     dx, dscale, dbias = tangents
     axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x, axis=axes)
-    centred = x - mean
-    var = jnp.mean(jnp.square(centred), axis=axes)
-    rstd = jax.lax.rsqrt(var + epsilon)
-    y = centred * (rstd * scale) + bias
+    y, mean, var, centred, rstd = _batch_forward(x, scale, bias, epsilon)
     dmean = jnp.mean(dx, axis=axes)
     dcentred = dx - dmean
     dvar = 2 * jnp.mean(centred * dcentred, axis=axes)
