@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from se_common import PretrainedCfg, make_divisible, resolve_rd_channels
 from se_flax._attention import CbamModule, ChannelAttn, EcaModule, EffectiveSEModule, SpatialAttn
 from se_flax._batchnorm import BatchNorm
-from se_flax._layers import ConvNormAct, PointwiseConv
+from se_flax._layers import ConvNormAct, PointwiseConv, conv_general_dilated
 from se_flax._pretrained import from_pretrained, save_pretrained
 from se_flax._resnet import (
     ATTN_LAYERS,
@@ -55,6 +55,7 @@ __all__ = [
     "SelectiveKernelBottleneck",
     "SpatialAttn",
     "SqueezeExcite",
+    "conv_general_dilated",
     "create_model",
     "from_pretrained",
     "make_divisible",

@@ -217,6 +217,121 @@ def test_pointwise_conv_is_nn_conv(strides, use_bias, rng):
     np.testing.assert_array_less(np.abs(np.asarray(low - once, np.float32)), ulp + 1e-30)
 
 
+def _uses(fn, *args) -> set[str]:
+    """Which of convolution / dot the compiled-for-this-backend program of ``fn`` contains."""
+    text = jax.jit(fn).lower(*args).as_text()
+    return {op for op in ("convolution", "dot_general") if f"stablehlo.{op}" in text}
+
+
+@pytest.mark.parametrize(
+    ("shape", "features", "kernel", "strides", "padding"),
+    [
+        ((2, 9, 7, 128), 40, (3, 3), (1, 1), ((1, 1), (1, 1))),
+        ((2, 9, 8, 136), 24, (3, 3), (2, 2), ((1, 1), (1, 1))),
+        ((1, 6, 7, 256), 16, (3, 2), (2, 1), ((2, 0), (1, 1))),
+    ],
+)
+def test_bfloat16_conv_is_the_convolution(shape, features, kernel, strides, padding, rng):
+    # se_flax.conv_general_dilated computes ungrouped bfloat16 convolutions with >= 128 input
+    # channels as one float32-accumulating matmul per kernel tap on CPU (XLA's bf16 convolution
+    # does not use the CPU's bf16 units); its values and derivatives are the convolution's.
+    x = jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
+    k = jnp.asarray(rng.standard_normal((*kernel, shape[-1], features)) / 30, jnp.bfloat16)
+    ours = functools.partial(se_flax.conv_general_dilated, window_strides=strides, padding=padding)
+    xla = functools.partial(jax.lax.conv_general_dilated, window_strides=strides, padding=padding)
+    dn = ("NHWC", "HWIO", "NHWC")
+    ours, xla = (functools.partial(f, dimension_numbers=dn) for f in (ours, xla))
+    if jax.default_backend() == "cpu":
+        assert _uses(ours, x, k) == {"dot_general"} and _uses(xla, x, k) == {"convolution"}
+    y = jax.jit(ours)(x, k)
+    assert y.dtype == jnp.bfloat16 and y.shape == jax.jit(xla)(x, k).shape
+    # The bfloat16 inputs' exact products summed in float32 (float64 here), rounded once: at most
+    # one bfloat16 rounding step (2^-8 relative) from that, the float32 sums' error aside.
+    exact = jax.lax.conv_general_dilated(
+        np.asarray(x, np.float64), np.asarray(k, np.float64), strides, padding, dimension_numbers=dn
+    )
+    step = np.abs(np.asarray(exact)) * 2.0**-8 + 1e-5  # error data: 1e-5 >> float32 sums'
+    np.testing.assert_array_less(np.abs(np.asarray(y, np.float64) - exact), step)
+    # Derivatives are XLA's convolution's, bit for bit: reverse mode (both arguments, and each
+    # alone: symbolic zero tangents), forward mode and forward-over-reverse.
+    cot = jnp.asarray(rng.standard_normal(y.shape), jnp.bfloat16)
+    for argnums in ((0, 1), 0, 1):
+        grads = [
+            jax.jit(
+                jax.grad(lambda a, b, f=f: jnp.sum((f(a, b) * cot).astype(jnp.float32)), argnums)
+            )(x, k)
+            for f in (ours, xla)
+        ]
+        for ours_grad, xla_grad in zip(*map(jax.tree.leaves, grads), strict=True):
+            np.testing.assert_array_equal(np.asarray(ours_grad, np.float32), xla_grad)
+    dx, dk = (jnp.asarray(rng.standard_normal(a.shape), jnp.bfloat16) for a in (x, k))
+    tangents = [
+        jax.jit(lambda a, b, f=f: jax.jvp(f, (a, b), (dx, dk))[1])(x, k) for f in (ours, xla)
+    ]
+    np.testing.assert_array_equal(np.asarray(tangents[0], np.float32), tangents[1])
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "float32",
+        "float64",
+        "channels below 128",
+        "grouped",
+        "dilated",
+        "padding string",
+        "negative padding",
+        "NCHW",
+    ],
+)
+def test_conv_general_dilated_leaves_other_convolutions_alone(case, rng):
+    # Every other convolution is lax.conv_general_dilated's, the same program and bits.
+    dtype = {"float32": jnp.float32, "float64": jnp.float64}.get(case, jnp.bfloat16)
+    c = 64 if case == "channels below 128" else 128
+    x = jnp.asarray(rng.standard_normal((2, 6, 6, c)), dtype)
+    k = jnp.asarray(rng.standard_normal((3, 3, c // (2 if case == "grouped" else 1), 8)), dtype)
+    options = {
+        "window_strides": (1, 1),
+        "padding": {"padding string": "SAME", "negative padding": ((1, -1), (0, 1))}.get(
+            case, ((1, 1), (1, 1))
+        ),
+        "dimension_numbers": ("NHWC", "HWIO", "NHWC"),
+        "feature_group_count": 2 if case == "grouped" else 1,
+        "rhs_dilation": (2, 2) if case == "dilated" else None,
+    }
+    if case == "NCHW":
+        x = jnp.moveaxis(x, -1, 1)
+        options["dimension_numbers"] = ("NCHW", "HWIO", "NCHW")
+    ours = functools.partial(se_flax.conv_general_dilated, **options)
+    xla = functools.partial(jax.lax.conv_general_dilated, **options)
+    assert _uses(ours, x, k) == {"convolution"}
+    assert_trees_close(jax.jit(ours)(x, k), jax.jit(xla)(x, k), rtol=0, atol=0)
+
+
+def test_backbones_use_the_bfloat16_conv():
+    # nn.Conv (linen) and nnx.Conv (NNX) of the backbones take it; a 3x3 conv at 128 channels
+    # of a bfloat16 ResNet runs as matmuls (on CPU).
+    linen = se_flax.create_model("resnet18", dtype=jnp.bfloat16)
+    nnx_model = se_nnx.create_model("resnet18", dtype=jnp.bfloat16)
+    nnx_model.eval()
+    x = jnp.ones((1, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(linen.init, jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, variables["params"]["layer2_1"]["conv1"]) == {
+        "kernel": (3, 3, 128, 128)
+    }
+    assert nnx_model.layer2_1.conv1.conv_general_dilated is se_flax.conv_general_dilated
+    if jax.default_backend() == "cpu":
+        counts = [
+            jax.jit(f).lower(*a).as_text().count("stablehlo.convolution")
+            for f, a in (
+                (linen.apply, (variables, x)),
+                (lambda m, x: m(x), (nnx_model, x)),
+            )
+        ]
+        # stem, layer1's four 3x3 (64 channels) and layer2_0.conv1 (64 in) stay convolutions
+        assert counts == [6, 6], counts
+
+
 def test_train_mode_updates_only_batch_stats(rng):
     model = se_flax.create_model("seresnet18", num_classes=3)
     x = jnp.asarray(rng.standard_normal((2, 32, 32, 3)), jnp.float32)

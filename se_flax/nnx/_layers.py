@@ -18,6 +18,7 @@ from se_common import conv_padding
 from se_flax._batchnorm import batch_norm
 from se_flax._dtypes import Dtype, promoted_floating_dtype
 from se_flax._layers import (
+    conv_general_dilated,
     conv_kernel_init,
     default_bias_init,
     default_kernel_init,
@@ -183,7 +184,8 @@ def conv(
     rngs: nnx.Rngs,
     **options: Any,
 ) -> nnx.Module:
-    """``nnx.Conv``, or its faster twin :class:`PointwiseConv` for ungrouped 1x1 kernels."""
+    """``nnx.Conv`` with :func:`se_flax.conv_general_dilated`, or its faster twin
+    :class:`PointwiseConv` for ungrouped 1x1 kernels."""
     if is_pointwise(kernel_size, feature_group_count, padding):
         return PointwiseConv(in_features, features, tuple(strides), rngs=rngs, **options)
     return nnx.Conv(
@@ -194,6 +196,7 @@ def conv(
         padding=padding,
         kernel_dilation=kernel_dilation,
         feature_group_count=feature_group_count,
+        conv_general_dilated=conv_general_dilated,
         rngs=rngs,
         **options,
     )
