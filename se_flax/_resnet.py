@@ -32,7 +32,15 @@ from se_common import (
 from se_flax._attention import CbamModule, EcaModule, EffectiveSEModule
 from se_flax._batchnorm import BatchNorm
 from se_flax._dtypes import Dtype, compute_dtype, held_param_dtype, mean
-from se_flax._layers import ConvNormAct, ModuleDef, check_input, conv, conv_kernel_init, pad
+from se_flax._layers import (
+    ConvNormAct,
+    ModuleDef,
+    check_input,
+    conv,
+    conv_kernel_init,
+    max_pool,
+    pad,
+)
 from se_flax._selective_kernel import SelectiveKernel
 from se_flax._squeeze_excite import SqueezeExcite
 
@@ -356,7 +364,7 @@ class ResNet(nn.Module):
         x = layers.conv(cfg.feature_channels[0], 7, 2, name="conv1")(x)
         x = self.act_fn(layers.norm(train, name="bn1")(x))
         features = [x]
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad(3))  # pads with -inf
+        x = max_pool(x, 3, 2)
         blocks = cfg.blocks()
         for i, spec in enumerate(blocks):
             x = block(spec, layers, name=f"layer{spec.stage}_{spec.index}")(x, train)

@@ -13,7 +13,6 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -27,7 +26,7 @@ from se_common import (
     model_config,
 )
 from se_flax._dtypes import Dtype, compute_dtype, mean
-from se_flax._layers import check_input, pad
+from se_flax._layers import check_input, max_pool
 from se_flax._resnet import LayerOptions
 from se_flax.nnx._attention import CbamModule, EcaModule, EffectiveSEModule
 from se_flax.nnx._layers import (
@@ -335,7 +334,7 @@ class ResNet(nnx.Module):
         check_input(x, channels=self.in_chans)
         x = self.act_fn(self.bn1(self.conv1(x)))
         features = [x]
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad(3))  # pads with -inf
+        x = max_pool(x, 3, 2)
         for i, name in enumerate(self.block_names):
             x = getattr(self, name)(x)
             if i in self.stage_ends:
