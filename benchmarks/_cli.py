@@ -76,8 +76,8 @@ QUICK = {
 
 # The same statement as the README's.
 DURATIONS = (
-    "Durations on 2 CPU cores: the full run (the defaults) about 35 minutes (measured: 35.5 "
-    "min on a 2-core Xeon); --quick about 1 minute when the cores are idle (63 s measured), "
+    "Durations on 2 CPU cores: the full run (the defaults) about 35 minutes (measured: 32 and "
+    "35.5 min on a 2-core Xeon); --quick about 1 minute when the cores are idle (63 s measured), "
     "2-3 minutes while other jobs share them."
 )
 
