@@ -328,6 +328,46 @@ def test_backbones_use_the_bfloat16_conv():
         assert text.count("stablehlo.convolution") == 6
 
 
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize(
+    ("shape", "window", "stride"), [((2, 9, 8, 5), 3, 2), ((1, 7, 10, 3), 5, 3)]
+)
+def test_max_pool_is_nn_max_pool(dtype, shape, window, stride, rng):
+    # The stem's pool: strided slices' maximum (faster in bfloat16 on CPU), nn.max_pool's values
+    # and derivatives bit for bit, NaN and -inf included, odd sizes included.
+    from se_flax._layers import max_pool, pad
+
+    x = np.asarray(rng.standard_normal(shape))
+    x[0, 1, 2, 0], x[-1, -1, -1, -1], x[0, 0, 0, 1] = np.nan, -np.inf, np.inf
+    x = jnp.asarray(x, dtype)
+    ref = functools.partial(nn.max_pool, window_shape=(window,) * 2, strides=(stride,) * 2)
+    ref = functools.partial(ref, padding=pad(window))
+    ours = functools.partial(max_pool, window=window, stride=stride)
+    want = jax.jit(ref)(x)
+    assert want.shape == (
+        shape[0],
+        (shape[1] - 1) // stride + 1,
+        (shape[2] - 1) // stride + 1,
+        shape[3],
+    )
+    assert jnp.isnan(want).any() and jnp.isinf(want).any()
+    wide = functools.partial(np.asarray, dtype=np.float64)  # (bfloat16's NaN compares unequal)
+    np.testing.assert_array_equal(wide(jax.jit(ours)(x)), wide(want))
+    y = jnp.where(jnp.isfinite(x), x, 0)  # finite inputs for the derivatives
+    cot = jnp.asarray(rng.standard_normal(want.shape), dtype)
+    for f in (ours, ref):
+        assert f(y).dtype == dtype
+    grads = [jax.jit(lambda a, f=f: jax.vjp(f, a)[1](cot)[0])(y) for f in (ours, ref)]
+    np.testing.assert_array_equal(*grads)
+    dy = jnp.asarray(rng.standard_normal(shape), dtype)
+    tangents = [jax.jit(lambda a, f=f: jax.jvp(f, (a,), (dy,))[1])(y) for f in (ours, ref)]
+    np.testing.assert_array_equal(*tangents)
+    with pytest.raises(ValueError, match="window=4"):
+        max_pool(x, 4, 2)
+    with pytest.raises(ValueError, match="stride=0"):
+        max_pool(x, 3, 0)
+
+
 def test_train_mode_updates_only_batch_stats(rng):
     model = se_flax.create_model("seresnet18", num_classes=3)
     x = jnp.asarray(rng.standard_normal((2, 32, 32, 3)), jnp.float32)
