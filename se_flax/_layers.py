@@ -1,5 +1,6 @@
 """Building blocks shared by the Flax modules: initialisers, the input check, dense layers with
-their owner's options, convolutions (``PointwiseConv`` for 1x1) and ``ConvNormAct``."""
+their owner's options, convolutions (``PointwiseConv`` for 1x1, ``conv_general_dilated`` for
+the rest), the stem's ``max_pool`` and ``ConvNormAct``."""
 
 from __future__ import annotations
 
