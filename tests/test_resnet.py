@@ -229,6 +229,8 @@ def _uses(fn, *args) -> set[str]:
         ((2, 9, 7, 128), 40, (3, 3), (1, 1), ((1, 1), (1, 1))),
         ((2, 9, 8, 136), 24, (3, 3), (2, 2), ((1, 1), (1, 1))),
         ((1, 6, 7, 256), 16, (3, 2), (2, 1), ((2, 0), (1, 1))),
+        ((2, 9, 8, 128), 8, (3, 3), (2, 2), "SAME"),  # nn.Conv's default, asymmetric here
+        ((1, 7, 6, 128), 8, (3, 3), (1, 2), "VALID"),
     ],
 )
 def test_bfloat16_conv_is_the_convolution(shape, features, kernel, strides, padding, rng):
@@ -279,7 +281,6 @@ def test_bfloat16_conv_is_the_convolution(shape, features, kernel, strides, padd
         "channels below 128",
         "grouped",
         "dilated",
-        "padding string",
         "negative padding",
         "NCHW",
     ],
@@ -292,9 +293,7 @@ def test_conv_general_dilated_leaves_other_convolutions_alone(case, rng):
     k = jnp.asarray(rng.standard_normal((3, 3, c // (2 if case == "grouped" else 1), 8)), dtype)
     options = {
         "window_strides": (1, 1),
-        "padding": {"padding string": "SAME", "negative padding": ((1, -1), (0, 1))}.get(
-            case, ((1, 1), (1, 1))
-        ),
+        "padding": ((1, -1), (0, 1)) if case == "negative padding" else ((1, 1), (1, 1)),
         "dimension_numbers": ("NHWC", "HWIO", "NHWC"),
         "feature_group_count": 2 if case == "grouped" else 1,
         "rhs_dilation": (2, 2) if case == "dilated" else None,
