@@ -213,21 +213,33 @@ def _xla_conv(x, kernel, strides, pads, precision):
     )
 
 
+def _windows(x: jax.Array, window: tuple[int, int], strides: tuple[int, int]) -> list[jax.Array]:
+    """The ``kh * kw`` strided slices of a padded NHWC ``x`` that a ``(kh, kw)`` window moved by
+    ``strides`` reads, in row-major window order: slice ``(i, j)`` holds the input under tap
+    ``(i, j)`` of every output position, ``(N, H_out, W_out, C)``."""
+    (kh, kw), (sh, sw) = window, strides
+    n, h, w, c = x.shape
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    return [
+        lax.slice(
+            x, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1)
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
 def _shifted_matmuls(x, kernel, strides, pads, precision):
     """``sum_ij shift_ij(x) @ kernel[i, j]`` in float32, rounded once: the convolution."""
-    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    (kh, kw, c, f), (n, h, w, _) = kernel.shape, x.shape
-    ho, wo = (h - kh) // strides[0] + 1, (w - kw) // strides[1] + 1
+    kh, kw, c, f = kernel.shape
+    taps = _windows(jnp.pad(x, ((0, 0), *pads, (0, 0))), (kh, kw), strides)
     y = None
-    for i in range(kh):
-        for j in range(kw):
-            end = (n, i + (ho - 1) * strides[0] + 1, j + (wo - 1) * strides[1] + 1, c)
-            tap = lax.slice(x, (0, i, j, 0), end, (1, *strides, 1)).reshape(-1, c)
-            t = jnp.matmul(
-                tap, kernel[i, j], precision=precision, preferred_element_type=jnp.float32
-            )
-            y = t if y is None else y + t
-    return y.astype(x.dtype).reshape(n, ho, wo, f)
+    for tap, k in zip(taps, kernel.reshape(kh * kw, c, f), strict=True):
+        t = jnp.matmul(
+            tap.reshape(-1, c), k, precision=precision, preferred_element_type=jnp.float32
+        )
+        y = t if y is None else y + t
+    return y.astype(x.dtype).reshape(*taps[0].shape[:3], f)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
@@ -289,15 +301,7 @@ def _reduce_window_max(x: jax.Array, window: int, stride: int) -> jax.Array:
 def _max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
     p = window // 2
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
-    n, h, w, c = xp.shape
-    out_h, out_w = (h - window) // stride + 1, (w - window) // stride + 1
-    out = None
-    for i in range(window):
-        for j in range(window):
-            end = (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c)
-            tap = lax.slice(xp, (0, i, j, 0), end, (1, stride, stride, 1))
-            out = tap if out is None else jnp.maximum(out, tap)
-    return out
+    return functools.reduce(jnp.maximum, _windows(xp, (window, window), (stride, stride)))
 
 
 @_max_pool.defjvp
