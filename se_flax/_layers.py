@@ -12,11 +12,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
 from se_common import check_feature_map, conv_padding
 from se_flax._batchnorm import BatchNorm
 from se_flax._dtypes import Dtype, accumulation_dtype
+from se_flax._rounded import NHWC, rounded_matmul, shifted_conv, windows
 
 __all__ = [
     "ConvNormAct",
@@ -125,22 +125,20 @@ def pointwise_conv(
     x = x[:, :: strides[0], :: strides[1], :]
     # 16-bit inputs accumulate in float32, rounded once (as PyTorch's CPU and GPU kernels do):
     # XLA's CPU backend then runs bfloat16 matmuls on the CPU's bf16 units (AMX / AVX512-BF16),
-    # 4-20x faster than with a bfloat16 result (measured on a 2-core Xeon with AMX).
-    acc = accumulation_dtype(x.dtype)
-    y = jnp.matmul(
-        x.reshape(-1, x.shape[-1]),
-        kernel[0, 0],
-        precision=precision,
-        preferred_element_type=None if acc == x.dtype else acc,
-    )
-    y = y.astype(x.dtype).reshape(*x.shape[:-1], kernel.shape[-1])
+    # 4-20x faster than with a bfloat16 result (measured on a 2-core Xeon with AMX). Its
+    # gradients are computed the same way (se_flax._rounded), not as float32 matmuls.
+    rows = x.reshape(-1, x.shape[-1])
+    if accumulation_dtype(x.dtype) == x.dtype:
+        y = jnp.matmul(rows, kernel[0, 0], precision=precision)
+    else:
+        y = rounded_matmul(rows, kernel[0, 0], precision)
+    y = y.reshape(*x.shape[:-1], kernel.shape[-1])
     return y if bias is None else y + bias
 
 
 # Below this many input channels the shifted matmuls are memory-bound and slower than XLA's
 # convolution (8x56x56x64: 77 vs 133-232 GFLOP/s); from 128 on they are 2-4x faster.
 SHIFTED_MATMUL_MIN_CHANNELS = 128
-_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def conv_general_dilated(
@@ -166,9 +164,10 @@ def conv_general_dilated(
     on XLA's CPU backend, one matmul per kernel tap accumulated in float32 and rounded once:
     XLA then runs them on the CPU's bf16 units (AMX / AVX512-BF16), where its bfloat16
     convolution does not. Measured on a 2-core Xeon with AMX, ResNet-50's 3x3 shapes at batch
-    8: 460-830 GFLOP/s against XLA's 160-280. Derivatives are the convolution's own (a custom
-    JVP), so training keeps XLA's convolution gradients; other backends (GPU, TPU) keep the
-    convolution.
+    8: 460-830 GFLOP/s against XLA's 160-280. Its input and kernel gradients are computed the
+    same way, from the bfloat16 cotangent (150-940 GFLOP/s against XLA's 60-280); forward mode,
+    higher derivatives and ``vmap`` work. Other backends (GPU, TPU) keep XLA's convolution and
+    its gradients.
     """
     args = (window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers)
     pads = padding
@@ -189,7 +188,7 @@ def conv_general_dilated(
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
         and all(d == 1 for d in (rhs_dilation or (1, 1)))
         and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
     )
     if not shifted:
         return lax.conv_general_dilated(
@@ -204,69 +203,7 @@ def conv_general_dilated(
         )
     strides = tuple(int(s) for s in window_strides)
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-    return _bf16_conv(lhs, rhs, strides, pads, precision)
-
-
-def _xla_conv(x, kernel, strides, pads, precision):
-    return lax.conv_general_dilated(
-        x, kernel, strides, pads, dimension_numbers=_NHWC, precision=precision
-    )
-
-
-def _windows(x: jax.Array, window: tuple[int, int], strides: tuple[int, int]) -> list[jax.Array]:
-    """The ``kh * kw`` strided slices of a padded NHWC ``x`` that a ``(kh, kw)`` window moved by
-    ``strides`` reads, in row-major window order: slice ``(i, j)`` holds the input under tap
-    ``(i, j)`` of every output position, ``(N, H_out, W_out, C)``."""
-    (kh, kw), (sh, sw) = window, strides
-    n, h, w, c = x.shape
-    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-    return [
-        lax.slice(
-            x, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1)
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
-
-
-def _shifted_matmuls(x, kernel, strides, pads, precision):
-    """``sum_ij shift_ij(x) @ kernel[i, j]`` in float32, rounded once: the convolution."""
-    kh, kw, c, f = kernel.shape
-    taps = _windows(jnp.pad(x, ((0, 0), *pads, (0, 0))), (kh, kw), strides)
-    y = None
-    for tap, k in zip(taps, kernel.reshape(kh * kw, c, f), strict=True):
-        t = jnp.matmul(
-            tap.reshape(-1, c), k, precision=precision, preferred_element_type=jnp.float32
-        )
-        y = t if y is None else y + t
-    return y.astype(x.dtype).reshape(*taps[0].shape[:3], f)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _bf16_conv(x, kernel, strides, pads, precision):
-    return lax.platform_dependent(
-        x,
-        kernel,
-        cpu=lambda x, k: _shifted_matmuls(x, k, strides, pads, precision),
-        default=lambda x, k: _xla_conv(x, k, strides, pads, precision),
-    )
-
-
-def _bf16_conv_jvp(strides, pads, precision, primals, tangents):
-    # The convolution is bilinear: d conv(x, k) = conv(dx, k) + conv(x, dk), as XLA convolutions
-    # (whose transposes are XLA's convolution gradients). Zero tangents contribute nothing.
-    (x, kernel), (dx, dk) = primals, tangents
-    y = _bf16_conv(x, kernel, strides, pads, precision)
-    parts = []
-    if not isinstance(dx, SymbolicZero):
-        parts.append(_xla_conv(dx, kernel, strides, pads, precision))
-    if not isinstance(dk, SymbolicZero):
-        parts.append(_xla_conv(x, dk, strides, pads, precision))
-    dy = functools.reduce(jnp.add, parts) if parts else SymbolicZero(jax.typeof(y))
-    return y, dy
-
-
-_bf16_conv.defjvp(_bf16_conv_jvp, symbolic_zeros=True)
+    return shifted_conv(lhs, rhs, strides, pads, precision)
 
 
 def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
@@ -301,7 +238,7 @@ def _reduce_window_max(x: jax.Array, window: int, stride: int) -> jax.Array:
 def _max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
     p = window // 2
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
-    return functools.reduce(jnp.maximum, _windows(xp, (window, window), (stride, stride)))
+    return functools.reduce(jnp.maximum, windows(xp, (window, window), (stride, stride)))
 
 
 @_max_pool.defjvp
