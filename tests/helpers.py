@@ -65,6 +65,15 @@ def assert_trees_close(actual: Any, expected: Any, *, rtol: float, atol: float, 
     )
 
 
+def assert_within_a_bfloat16_step(got: Any, exact: Any) -> None:
+    """``got``, float32 sums of bfloat16 inputs' exact products rounded once to bfloat16, is
+    within one bfloat16 step (2^-8 relative) of the float64 result ``exact``; 1e-5 absolute
+    covers the float32 sums' own error many times over."""
+    exact = np.asarray(exact, np.float64)
+    step = np.abs(exact) * 2.0**-8 + 1e-5
+    np.testing.assert_array_less(np.abs(np.asarray(got, np.float64) - exact), step)
+
+
 def max_abs_diff(a: Any, b: Any) -> float:
     return max(
         float(np.max(np.abs(np.float64(to_np(x)) - np.float64(to_np(y))), initial=0.0))

@@ -16,7 +16,7 @@ import se_torch
 from se_common import MODEL_CONFIGS, ResNetConfig, SelectiveKernelConfig
 from se_convert import torch_to_flax, update_nnx
 from se_flax import nnx as se_nnx
-from tests.helpers import assert_trees_close, nchw_to_nhwc
+from tests.helpers import assert_trees_close, assert_within_a_bfloat16_step, nchw_to_nhwc
 
 # Parameter counts of timm 1.0.31's models of the same names (timm.create_model(name)).
 TIMM_PARAMS = {
@@ -252,8 +252,7 @@ def test_bfloat16_conv_is_the_convolution(shape, features, kernel, strides, padd
     exact = jax.lax.conv_general_dilated(
         np.asarray(x, np.float64), np.asarray(k, np.float64), strides, padding, dimension_numbers=dn
     )
-    step = np.abs(np.asarray(exact)) * 2.0**-8 + 1e-5  # error data: 1e-5 >> float32 sums'
-    np.testing.assert_array_less(np.abs(np.asarray(y, np.float64) - exact), step)
+    assert_within_a_bfloat16_step(y, exact)
     # Its derivatives are computed the same way (tests/test_rounded.py): each within one step of
     # its float64 value, and on CPU without a convolution.
     cot = jnp.asarray(rng.standard_normal(y.shape), jnp.bfloat16)
@@ -264,8 +263,7 @@ def test_bfloat16_conv_is_the_convolution(shape, features, kernel, strides, padd
         a, b, strides, padding, dimension_numbers=dn), *wide[:2])[1](wide[2])  # fmt: skip
     for got, want in zip(grads, exact, strict=True):
         assert got.dtype == jnp.bfloat16
-        step = np.abs(np.asarray(want)) * 2.0**-8 + 1e-5
-        np.testing.assert_array_less(np.abs(np.asarray(got, np.float64) - want), step)
+        assert_within_a_bfloat16_step(got, want)
     if jax.default_backend() == "cpu":
         assert _uses(jax.grad(loss, (0, 1)), x, k) == {"dot_general"}
 

@@ -13,6 +13,7 @@ import pytest
 
 import se_flax
 from se_flax._rounded import NHWC, rounded_matmul, shifted_conv
+from tests.helpers import assert_within_a_bfloat16_step
 
 bf16 = jnp.bfloat16
 STRIDES, PADS = (2, 1), ((2, 0), (1, 1))  # uneven on purpose
@@ -35,14 +36,6 @@ def _conv(x, k):
     return shifted_conv(x, k, STRIDES, PADS)
 
 
-def _within_a_step(got, exact):
-    # float32 sums of the bfloat16 inputs' exact products, rounded once: within one bfloat16
-    # step (2^-8 relative) of the float64 result; 1e-5 >> the float32 sums' own error.
-    exact = np.asarray(exact, np.float64)
-    step = np.abs(exact) * 2.0**-8 + 1e-5
-    np.testing.assert_array_less(np.abs(np.asarray(got, np.float64) - exact), step)
-
-
 def _operands(rng, *shapes, scale=1.0):
     return [jnp.asarray(rng.standard_normal(s) * scale, bf16) for s in shapes]
 
@@ -52,14 +45,14 @@ def test_rounded_matmul_values_and_gradients(rng):
     y = rounded_matmul(a, b)
     assert y.dtype == bf16 and y.shape == (37, 24)
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    _within_a_step(y, a64 @ b64)
+    assert_within_a_bfloat16_step(y, a64 @ b64)
     cot = _operands(rng, y.shape)[0]
     loss = lambda a, b: jnp.sum((rounded_matmul(a, b) * cot).astype(jnp.float32))  # noqa: E731
     ga, gb = jax.jit(jax.grad(loss, (0, 1)))(a, b)
     assert ga.dtype == gb.dtype == bf16
     c64 = np.asarray(cot, np.float64)
-    _within_a_step(ga, c64 @ b64.T)
-    _within_a_step(gb, a64.T @ c64)
+    assert_within_a_bfloat16_step(ga, c64 @ b64.T)
+    assert_within_a_bfloat16_step(gb, a64.T @ c64)
     # The gradients' matmuls take bfloat16 operands and accumulate in float32 (on XLA's CPU
     # backend, the bf16 units); written as matmul(..., float32).astype, autodiff would turn
     # them into float32 matmuls.
@@ -97,7 +90,7 @@ def test_pointwise_conv_bfloat16_gradients_use_bfloat16_matmuls(rng):
     xb = np.asarray(jnp.asarray(x, bf16), np.float64)
     c64 = np.asarray(cot, np.float64)
     exact = jax.grad(lambda v: jnp.sum(float64.apply(v, xb) * c64))(wide)
-    _within_a_step(g["params"]["kernel"], exact["params"]["kernel"])
+    assert_within_a_bfloat16_step(g["params"]["kernel"], exact["params"]["kernel"])
 
 
 @pytest.mark.parametrize(("shape", "kernel"), [((2, 7, 6, 128), (3, 3)), ((1, 6, 7, 256), (3, 2))])
@@ -105,14 +98,14 @@ def test_shifted_conv_gradients(shape, kernel, rng):
     (x,) = _operands(rng, shape)
     (k,) = _operands(rng, (*kernel, shape[-1], 16), scale=1 / 30)
     y = jax.jit(_conv)(x, k)
-    _within_a_step(y, _exact_conv(x, k))
+    assert_within_a_bfloat16_step(y, _exact_conv(x, k))
     cot = _operands(rng, y.shape)[0]
     loss = lambda x, k: jnp.sum((_conv(x, k) * cot).astype(jnp.float32))  # noqa: E731
     gx, gk = jax.jit(jax.grad(loss, (0, 1)))(x, k)
     wide = [a.astype(jnp.float64) for a in (x, k, cot)]
     exact = jax.vjp(_exact_conv, *wide[:2])[1](wide[2])
-    _within_a_step(gx, exact[0])
-    _within_a_step(gk, exact[1])
+    assert_within_a_bfloat16_step(gx, exact[0])
+    assert_within_a_bfloat16_step(gk, exact[1])
     for argnum, g in ((0, gx), (1, gk)):  # one argument alone: the same gradient
         alone = jax.jit(jax.grad(loss, argnum))(x, k)
         np.testing.assert_array_equal(np.asarray(alone, np.float32), np.asarray(g, np.float32))
