@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from se_common import MODEL_CONFIGS, ResNetConfig, SelectiveKernelConfig
+from se_common import SelectiveKernelConfig, get_model
 
 WORKLOADS = {
     "se_fwd": "SE block forward",
@@ -88,17 +88,23 @@ ROOFLINE_SHAPES = [
 # --quick: small shapes, a smoke measurement (far from the machine's peak).
 QUICK_ROOFLINE_SHAPES = [(784, 144, 16), (256, 256, 256)]
 # The SK unit as skresnet18 builds it (timm's sk_kwargs: rd_ratio 1/8, rd_divisor 16, split input).
-SK_CONFIG: SelectiveKernelConfig = MODEL_CONFIGS["skresnet18"].sk
+SK_CONFIG: SelectiveKernelConfig = get_model("skresnet18").config.sk
 # --quick models: ResNet-50's bottleneck design and ResNet-18's basic design, one block per stage
-# (14 and 10 layers), each with its attention twin.
-EXTRA_MODELS = {
-    "resnet14": ResNetConfig("bottleneck", (1, 1, 1, 1)),
-    "seresnet14": ResNetConfig("bottleneck", (1, 1, 1, 1), attn="se"),
-    "resnet10": ResNetConfig("basic", (1, 1, 1, 1)),
-    "skresnet10": ResNetConfig("basic", (1, 1, 1, 1), sk=SK_CONFIG, zero_init_last=False),
+# (14 and 10 layers), each with its attention twin: registered names with create_model options
+# (config fields override the model's own, as timm's model_args do).
+EXTRA_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "resnet14": ("resnet50", {"layers": (1, 1, 1, 1)}),
+    "seresnet14": ("seresnet50", {"layers": (1, 1, 1, 1)}),
+    "resnet10": ("resnet18", {"layers": (1, 1, 1, 1)}),
+    "skresnet10": ("skresnet18", {"layers": (1, 1, 1, 1)}),
 }
 # Model-name prefix of an attention network -> its label; "<prefix><plain>" is <plain>'s twin.
 ATTENTION_PREFIXES = {"se": "SE", "sk": "SK"}
+
+
+def model_options(name: str) -> tuple[str, dict[str, Any]]:
+    """The registered name and ``create_model`` options of a benchmark's network."""
+    return EXTRA_MODELS.get(name, (name, {}))
 
 
 def sk_options() -> dict[str, Any]:

@@ -106,7 +106,7 @@ def _positive_ints(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from se_common import MODEL_CONFIGS
+    from se_common import list_models
 
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -172,7 +172,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"batch of the per-stage SK cases (default {FULL['sk_batch']})",
     )
-    names = sorted(MODEL_CONFIGS) + sorted(EXTRA_MODELS)
+    names = list_models() + sorted(EXTRA_MODELS)
     p.add_argument(
         "--models",
         type=_list(names),

@@ -19,10 +19,10 @@ from benchmarks import _torch
 from benchmarks._cases import (
     BLOCK_WORKLOADS,
     EVAL_WORKLOADS,
-    EXTRA_MODELS,
     NNX_MODES,
     SE_WORKLOADS,
     Case,
+    model_options,
     sk_options,
 )
 from benchmarks._timing import Runner
@@ -39,10 +39,9 @@ def _block(case: Case, dtype: jnp.dtype) -> nn.Module:
     return se_flax.SelectiveKernel(**sk_options(), dtype=dtype, param_dtype=dtype)
 
 
-def _model(case: Case, dtype: jnp.dtype) -> se_flax.ResNet:
-    if case.name in EXTRA_MODELS:
-        return se_flax.ResNet(EXTRA_MODELS[case.name], dtype=dtype, param_dtype=dtype)
-    return se_flax.create_model(case.name, dtype=dtype, param_dtype=dtype)
+def _model(case: Case, dtype: jnp.dtype) -> nn.Module:
+    name, options = model_options(case.name)
+    return se_flax.create_model(name, **options, dtype=dtype, param_dtype=dtype)
 
 
 def _tx():
@@ -53,12 +52,10 @@ def _tx():
 def _nnx_model(case: Case, dtype: jnp.dtype, variables: dict) -> nnx.Module:
     """The case's NNX network holding ``variables``: built abstractly (``nnx.eval_shape``, no
     random initialisation), then filled with the converted weights."""
-    kwargs = {"dtype": dtype, "param_dtype": dtype}
-    if case.name in EXTRA_MODELS:
-        config = EXTRA_MODELS[case.name]
-        abstract = nnx.eval_shape(lambda: se_flax.nnx.ResNet(config, **kwargs, rngs=nnx.Rngs(0)))
-    else:
-        abstract = nnx.eval_shape(lambda: se_flax.nnx.create_model(case.name, **kwargs))
+    name, options = model_options(case.name)
+    abstract = nnx.eval_shape(
+        lambda: se_flax.nnx.create_model(name, **options, dtype=dtype, param_dtype=dtype)
+    )
     return update_nnx(abstract, variables)
 
 

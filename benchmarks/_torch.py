@@ -8,10 +8,10 @@ import se_torch
 from benchmarks._cases import (
     BLOCK_WORKLOADS,
     EVAL_WORKLOADS,
-    EXTRA_MODELS,
     SE_WORKLOADS,
     SK_WORKLOADS,
     Case,
+    model_options,
     sk_options,
 )
 from benchmarks._timing import Runner
@@ -37,10 +37,9 @@ def module(case: Case, seed: int) -> torch.nn.Module:
         built = se_torch.SqueezeExcite(case.shape[-1])
     elif case.workload in SK_WORKLOADS:
         built = se_torch.SelectiveKernel(case.shape[-1], **sk_options())
-    elif case.name in EXTRA_MODELS:
-        built = se_torch.ResNet(EXTRA_MODELS[case.name])
     else:
-        built = se_torch.create_model(case.name)
+        name, options = model_options(case.name)
+        built = se_torch.create_model(name, **options)
     return built.to(getattr(torch, case.dtype))
 
 

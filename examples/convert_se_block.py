@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 import se_flax  # noqa: E402
 import se_torch  # noqa: E402
-from se_common import MODEL_CONFIGS  # noqa: E402
+from se_common import list_models  # noqa: E402
 from se_common._cli import positive  # noqa: E402
 from se_convert import flax_to_torch, torch_to_flax  # noqa: E402
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model",
         default="seresnet18",
-        choices=[*sorted(MODEL_CONFIGS), "none"],
+        choices=[*list_models(), "none"],
         help="backbone to convert as well (64x64 inputs, batch 2), or none",
     )
     args = parser.parse_args(argv)

@@ -1,5 +1,6 @@
-"""Framework-free pieces shared by ``se_torch`` and ``se_flax``: widths, checks, model configs
-and the registries of block types, attention layers and models.
+"""Framework-free pieces shared by ``se_torch`` and ``se_flax``: widths, checks, model configs,
+the registries of block types and attention layers, and the one registry of architectures
+(``list_models``, ``get_model``), every family's.
 
 Nothing here imports torch or jax, so each framework package depends only on its own framework.
 """
@@ -8,14 +9,15 @@ from se_common._checks import check_feature_map, check_head_options, lookup, pos
 from se_common._configs import (
     ATTENTION,
     BLOCK_TYPES,
-    MODEL_CONFIGS,
+    RESNET,
+    Attention,
     BlockSpec,
     BlockType,
     ResNetConfig,
     SelectiveKernelConfig,
-    config_name,
-    get_config,
-    model_config,
+    batchnorm_keys,
+    conv_keys,
+    linear_keys,
 )
 from se_common._layers import (
     conv_padding,
@@ -25,30 +27,59 @@ from se_common._layers import (
     selective_kernel_paths,
 )
 from se_common._pretrained import PretrainedCfg
+from se_common._registry import (
+    FAMILIES,
+    FRONT_ENDS,
+    MODELS,
+    Architecture,
+    Family,
+    FeatureInfo,
+    TensorSpec,
+    architecture_of,
+    build_model,
+    get_model,
+    list_models,
+    model_feature_info,
+    register_model,
+)
 from se_common._widths import classic_rd_channels, make_divisible, resolve_rd_channels
 
 __all__ = [
     "ATTENTION",
     "BLOCK_TYPES",
-    "MODEL_CONFIGS",
+    "FAMILIES",
+    "FRONT_ENDS",
+    "MODELS",
+    "RESNET",
+    "Architecture",
+    "Attention",
     "BlockSpec",
     "BlockType",
+    "Family",
+    "FeatureInfo",
     "PretrainedCfg",
     "ResNetConfig",
     "SelectiveKernelConfig",
+    "TensorSpec",
+    "architecture_of",
+    "batchnorm_keys",
+    "build_model",
     "check_feature_map",
     "check_head_options",
     "classic_rd_channels",
-    "config_name",
+    "conv_keys",
     "conv_padding",
     "eca_kernel_size",
-    "get_config",
+    "get_model",
+    "linear_keys",
+    "list_models",
     "lookup",
     "make_divisible",
-    "model_config",
+    "model_feature_info",
     "odd_kernel_size",
     "out_channels_or",
     "positive_int",
+    "register_model",
     "resolve_rd_channels",
     "selective_kernel_paths",
 ]

@@ -7,37 +7,119 @@ Three registries make the design extensible by rows, not code paths:
   (``se_torch.BLOCKS``, ``se_flax.BLOCKS``).
 * :data:`ATTENTION`: attention layers by name (timm's ``create_attn`` names); each framework maps
   the name to its factory (``se_torch.ATTN_LAYERS``, ``se_flax.ATTN_LAYERS``).
-* :data:`MODEL_CONFIGS`: models by timm's names.
+The ResNet family's models are rows of the one registry of architectures
+(:mod:`se_common._registry`), under timm's names.
+
+A config plans its network framework-free: the blocks (:meth:`ResNetConfig.blocks`), the
+feature stages (:meth:`ResNetConfig.feature_info`, timm's ``feature_info``) and the PyTorch
+state_dict's keys and shapes (:meth:`ResNetConfig.state_dict`), which saving from Flax writes
+without torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+
+from se_common._layers import eca_kernel_size, selective_kernel_paths
+from se_common._registry import FAMILIES, Family, FeatureInfo, TensorSpec, register_model
+from se_common._widths import resolve_rd_channels
 
 __all__ = [
     "ATTENTION",
     "BLOCK_TYPES",
-    "MODEL_CONFIGS",
+    "RESNET",
+    "Attention",
     "BlockSpec",
     "BlockType",
     "ResNetConfig",
     "SelectiveKernelConfig",
-    "config_name",
-    "get_config",
-    "model_config",
+    "batchnorm_keys",
+    "conv_keys",
+    "linear_keys",
 ]
 
 STEM_CHANNELS = 64
+Plan = dict[str, TensorSpec]
 
-# Attention layers a config can name (timm's create_attn names) -> what they are. Each placed in
-# every block after the last BatchNorm, before the residual sum, as timm's attn_layer.
-ATTENTION: dict[str, str] = {
-    "se": "Squeeze-and-Excitation (Hu et al., CVPR 2018), timm's SEModule",
-    "eca": "Efficient Channel Attention (Wang et al., CVPR 2020)",
-    "cbam": "CBAM: channel then spatial attention (Woo et al., ECCV 2018)",
-    "ese": "effective SE: one C -> C layer, hard-sigmoid gate (CenterMask, CVPR 2020)",
+
+# ---------------------------------------------------------------- state_dict plans, by layer
+
+
+def conv_keys(
+    plan: Plan,
+    key: str,
+    out: int,
+    inp: int,
+    k: int | tuple[int, ...],
+    groups: int = 1,
+    bias: bool = False,
+) -> None:
+    """A ``Conv2d`` (``k`` an int) or ``Conv1d`` (``k`` a 1-tuple) at ``key``."""
+    kernel = (k, k) if isinstance(k, int) else tuple(k)
+    plan[f"{key}.weight"] = TensorSpec((out, inp // groups, *kernel))
+    if bias:
+        plan[f"{key}.bias"] = TensorSpec((out,))
+
+
+def batchnorm_keys(plan: Plan, key: str, channels: int) -> None:
+    """A ``BatchNorm2d`` at ``key``: affine parameters, running statistics, counter."""
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        plan[f"{key}.{name}"] = TensorSpec((channels,))
+    plan[f"{key}.num_batches_tracked"] = TensorSpec((), "int64")
+
+
+def linear_keys(plan: Plan, key: str, out: int, inp: int) -> None:
+    plan[f"{key}.weight"] = TensorSpec((out, inp))
+    plan[f"{key}.bias"] = TensorSpec((out,))
+
+
+def _se_keys(plan: Plan, key: str, channels: int) -> None:
+    rd = resolve_rd_channels(channels)  # timm's SEModule: make_divisible(C / 16, 8, 0.)
+    conv_keys(plan, f"{key}.fc1", rd, channels, 1, bias=True)
+    conv_keys(plan, f"{key}.fc2", channels, rd, 1, bias=True)
+
+
+def _eca_keys(plan: Plan, key: str, channels: int) -> None:
+    conv_keys(plan, f"{key}.conv", 1, 1, (eca_kernel_size(channels),))
+
+
+def _cbam_keys(plan: Plan, key: str, channels: int) -> None:
+    rd = resolve_rd_channels(channels, default_divisor=1)
+    conv_keys(plan, f"{key}.channel.fc1", rd, channels, 1)
+    conv_keys(plan, f"{key}.channel.fc2", channels, rd, 1)
+    conv_keys(plan, f"{key}.spatial.conv.conv", 1, 2, 7)
+    batchnorm_keys(plan, f"{key}.spatial.conv.bn", 1)
+
+
+def _ese_keys(plan: Plan, key: str, channels: int) -> None:
+    conv_keys(plan, f"{key}.fc", channels, channels, 1, bias=True)
+
+
+@dataclass(frozen=True)
+class Attention:
+    """An attention layer a config can name (timm's ``create_attn`` names).
+
+    Attributes:
+        description: what it is.
+        state_dict: ``f(plan, key, channels)`` adds its PyTorch tensors at ``key`` (with
+            timm's default widths) to a state_dict plan; ``None`` if it has no plan, so
+            saving a model with it in timm's layout is refused.
+    """
+
+    description: str
+    state_dict: Callable[[Plan, str, int], None] | None = None
+
+
+# Each placed in every block after the last BatchNorm, before the residual sum, as timm's
+# attn_layer; each framework maps the name to its layer (se_torch.ATTN_LAYERS, ...).
+ATTENTION: dict[str, Attention] = {
+    "se": Attention("Squeeze-and-Excitation (Hu et al., CVPR 2018), timm's SEModule", _se_keys),
+    "eca": Attention("Efficient Channel Attention (Wang et al., CVPR 2020)", _eca_keys),
+    "cbam": Attention("CBAM: channel then spatial attention (Woo et al., ECCV 2018)", _cbam_keys),
+    "ese": Attention(
+        "effective SE: one C -> C layer, hard-sigmoid gate (CenterMask, CVPR 2020)", _ese_keys
+    ),
 }
 
 
@@ -52,19 +134,15 @@ class BlockType:
             ``planes`` and only ``cardinality=1, base_width=64`` are accepted.
         selective_kernel: its 3x3 convolution is a Selective Kernel unit, configured by the
             config's ``sk`` (timm's ``sk_kwargs``).
+        state_dict: ``f(plan, key, spec)`` adds the block's convolutions and norms at ``key``
+            (``layer1.0``) to a state_dict plan, PyTorch's keys in timm's order (attention and
+            shortcut follow); ``None`` if the type has none (saving from Flax is refused).
     """
 
     expansion: int
     grouped: bool
     selective_kernel: bool = False
-
-
-BLOCK_TYPES: dict[str, BlockType] = {
-    "basic": BlockType(expansion=1, grouped=False),  # two 3x3 convs
-    "bottleneck": BlockType(expansion=4, grouped=True),  # 1x1, 3x3 (stride, groups), 1x1
-    "sk_basic": BlockType(expansion=1, grouped=False, selective_kernel=True),  # timm's sknet.py
-    "sk_bottleneck": BlockType(expansion=4, grouped=True, selective_kernel=True),
-}
+    state_dict: Callable[[Plan, str, BlockSpec], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +184,61 @@ class BlockSpec:
     downsample: bool  # whether the shortcut needs a strided 1x1 conv + BatchNorm
     groups: int = 1  # of the 3x3 convolution (ResNeXt's cardinality for grouped types)
     sk: SelectiveKernelConfig | None = None  # the Selective Kernel unit's options, if any
+
+
+def _conv_norm_keys(plan: Plan, key: str, out: int, inp: int, k: int, groups: int = 1) -> None:
+    """timm's ``ConvNormAct``: ``conv`` and ``bn``."""
+    conv_keys(plan, f"{key}.conv", out, inp, k, groups)
+    batchnorm_keys(plan, f"{key}.bn", out)
+
+
+def _selective_kernel_keys(plan: Plan, key: str, spec: BlockSpec, in_channels: int) -> None:
+    """timm's ``SelectiveKernel``: ``paths.{i}`` (ConvNormAct) and ``attn``."""
+    sk, width = spec.sk, spec.width
+    paths = selective_kernel_paths(list(sk.kernel_size), 1, sk.keep_3x3)
+    path_in = in_channels // len(paths) if sk.split_input else in_channels
+    for i, (k, _) in enumerate(paths):
+        _conv_norm_keys(plan, f"{key}.paths.{i}", width, path_in, k, min(width, spec.groups))
+    rd = resolve_rd_channels(width, sk.rd_ratio, None, sk.rd_divisor, round_limit=0.9)
+    conv_keys(plan, f"{key}.attn.fc_reduce", rd, width, 1)
+    batchnorm_keys(plan, f"{key}.attn.bn", rd)
+    conv_keys(plan, f"{key}.attn.fc_select", width * len(paths), rd, 1)
+
+
+def _basic_keys(plan: Plan, key: str, spec: BlockSpec) -> None:
+    conv_keys(plan, f"{key}.conv1", spec.width, spec.in_channels, 3)
+    batchnorm_keys(plan, f"{key}.bn1", spec.width)
+    conv_keys(plan, f"{key}.conv2", spec.out_channels, spec.width, 3)
+    batchnorm_keys(plan, f"{key}.bn2", spec.out_channels)
+
+
+def _bottleneck_keys(plan: Plan, key: str, spec: BlockSpec) -> None:
+    w = spec.width
+    conv_keys(plan, f"{key}.conv1", w, spec.in_channels, 1)
+    batchnorm_keys(plan, f"{key}.bn1", w)
+    conv_keys(plan, f"{key}.conv2", w, w, 3, spec.groups)
+    batchnorm_keys(plan, f"{key}.bn2", w)
+    conv_keys(plan, f"{key}.conv3", spec.out_channels, w, 1)
+    batchnorm_keys(plan, f"{key}.bn3", spec.out_channels)
+
+
+def _sk_basic_keys(plan: Plan, key: str, spec: BlockSpec) -> None:
+    _selective_kernel_keys(plan, f"{key}.conv1", spec, spec.in_channels)
+    _conv_norm_keys(plan, f"{key}.conv2", spec.out_channels, spec.width, 3)
+
+
+def _sk_bottleneck_keys(plan: Plan, key: str, spec: BlockSpec) -> None:
+    _conv_norm_keys(plan, f"{key}.conv1", spec.width, spec.in_channels, 1)
+    _selective_kernel_keys(plan, f"{key}.conv2", spec, spec.width)
+    _conv_norm_keys(plan, f"{key}.conv3", spec.out_channels, spec.width, 1)
+
+
+BLOCK_TYPES: dict[str, BlockType] = {
+    "basic": BlockType(1, False, state_dict=_basic_keys),  # two 3x3 convs
+    "bottleneck": BlockType(4, True, state_dict=_bottleneck_keys),  # 1x1, 3x3 (stride, groups), 1x1
+    "sk_basic": BlockType(1, False, True, _sk_basic_keys),  # timm's sknet.py
+    "sk_bottleneck": BlockType(4, True, True, _sk_bottleneck_keys),
+}
 
 
 @dataclass(frozen=True)
@@ -175,6 +308,53 @@ class ResNetConfig:
         """Channels of the features at strides 2 (stem), 4, 8, 16, 32."""
         return (STEM_CHANNELS, *(64 * 2**s * self.expansion for s in range(4)))
 
+    @property
+    def num_features(self) -> int:
+        """Channels of the pooled features the classifier takes."""
+        return self.feature_channels[-1]
+
+    def feature_info(self) -> tuple[FeatureInfo, ...]:
+        """The feature levels ``out_indices`` picks from, as timm's ``feature_info``: the stem
+        (``act1``, stride 2), then ``layer1`` to ``layer4`` (strides 4 to 32)."""
+        modules = ("act1", "layer1", "layer2", "layer3", "layer4")
+        return tuple(
+            FeatureInfo(c, 2 ** (i + 1), m)
+            for i, (c, m) in enumerate(zip(self.feature_channels, modules, strict=True))
+        )
+
+    def state_dict(self, num_classes: int, in_chans: int) -> dict[str, TensorSpec]:
+        """The PyTorch state_dict's keys (in timm's order) and shapes of this network with
+        ``num_classes`` classes (0: no classifier) and ``in_chans`` input channels.
+
+        Raises:
+            ValueError: for an attention layer without a plan (:class:`Attention`).
+        """
+        attention = None if self.attn is None else ATTENTION[self.attn]
+        if attention is not None and attention.state_dict is None:
+            raise ValueError(
+                f"attn {self.attn!r} has no state_dict plan in se_common.ATTENTION: its keys "
+                f"are unknown to the framework-free spec"
+            )
+        plan: Plan = {}
+        conv_keys(plan, "conv1", STEM_CHANNELS, in_chans, 7)
+        batchnorm_keys(plan, "bn1", STEM_CHANNELS)
+        for spec in self.blocks():
+            block = self.block_type.state_dict
+            if block is None:
+                raise ValueError(
+                    f"block {self.block!r} has no state_dict plan in se_common.BLOCK_TYPES"
+                )
+            block(plan, f"layer{spec.stage}.{spec.index}", spec)
+            if attention is not None:
+                attention.state_dict(plan, f"layer{spec.stage}.{spec.index}.se", spec.out_channels)
+            if spec.downsample:
+                key = f"layer{spec.stage}.{spec.index}.downsample"
+                conv_keys(plan, f"{key}.0", spec.out_channels, spec.in_channels, 1)
+                batchnorm_keys(plan, f"{key}.1", spec.out_channels)
+        if num_classes:
+            linear_keys(plan, "fc", num_classes, self.num_features)
+        return plan
+
     def blocks(self) -> list[BlockSpec]:
         """Every residual block in order, as timm's ResNet builds them."""
         kind = self.block_type
@@ -214,7 +394,7 @@ def _family(prefix: str, attn: str | None) -> dict[str, ResNetConfig]:
     }
 
 
-MODEL_CONFIGS: dict[str, ResNetConfig] = {
+_RESNETS: dict[str, ResNetConfig] = {
     **_family("resnet", None),
     **_family("seresnet", "se"),
     "resnext50_32x4d": ResNetConfig("bottleneck", (3, 4, 6, 3), 32, 4),
@@ -240,37 +420,18 @@ MODEL_CONFIGS: dict[str, ResNetConfig] = {
     ),
 }
 
-
-def get_config(name: str) -> ResNetConfig:
-    """The config of a model name; ``ValueError`` listing the known names otherwise."""
-    try:
-        return MODEL_CONFIGS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown model {name!r}; known models: {', '.join(sorted(MODEL_CONFIGS))}"
-        ) from None
-
-
-def config_name(config: ResNetConfig) -> str:
-    """The name of :data:`MODEL_CONFIGS` whose config equals ``config`` (``resnet50`` with
-    ``attn="se"`` is ``seresnet50``); ``ValueError`` when it has none."""
-    for name, known in MODEL_CONFIGS.items():
-        if known == config:
-            return name
-    raise ValueError(
-        f"no model name has this config ({config}); timm's layout records an architecture by "
-        f"name, one of {', '.join(sorted(MODEL_CONFIGS))}"
-    )
-
-
-def model_config(name: str, kwargs: dict[str, Any]) -> ResNetConfig:
-    """The config for ``create_model(name, **kwargs)``; pops ``attn`` from ``kwargs``, applies it.
-
-    ``attn`` names the attention layer (a name in :data:`ATTENTION`) or ``None`` for none, so
-    ``create_model("resnet50", attn="se")`` builds the same network as ``"seresnet50"``, and
-    ``attn="eca"``, ``"cbam"`` or ``"ese"`` its ECA, CBAM or effective-SE variant.
-    """
-    config = get_config(name)
-    if "attn" in kwargs:
-        config = dataclasses.replace(config, attn=kwargs.pop("attn"))
-    return config
+# timm's resnet.py / sknet.py: the stem conv1, the stages layer1..4, the classifier fc.
+RESNET = Family(
+    "resnet",
+    ResNetConfig,
+    builders={
+        "torch": "se_torch._resnet:ResNet",
+        "linen": "se_flax._resnet:ResNet",
+        "nnx": "se_flax.nnx._resnet:ResNet",
+    },
+    classifier="fc",
+    config_options=("block", "layers", "cardinality", "base_width", "attn", "sk"),
+)
+FAMILIES[RESNET.name] = RESNET
+for _name, _config in _RESNETS.items():
+    register_model(_name, RESNET, _config)

@@ -4,26 +4,41 @@
     >>> variables = torch_to_flax(torch_module, target=flax_shapes)   # any model, by layer types
     >>> flax_to_torch(variables, torch_module)                        # loads strictly, in place
     >>> tensors = read_pretrained("timm/seresnet50.a1_in1k").tensors  # timm's hub weights, NumPy
+    >>> convert_file("seresnet18.pth", "seresnet18.msgpack", "seresnet18", verify=True)
 
-The core (rule tables, engine, array moves, file formats) imports neither ``se_torch`` nor
-``se_flax``, and torch only to read or write PyTorch tensors and files: NumPy/safetensors dicts
-convert without torch installed. The command layer (``convert_file``, ``se-convert``) builds
-models by name with both twins. ``se_flax.convert`` is this package under its earlier name.
+This package is the converter's core (:mod:`se_weights`: rule tables, engine, arrays, file
+formats, the hub, which imports neither twin) and, above both twins, its command layer: models
+by name, ``convert_file`` and ``se-convert``, which import ``se_torch`` and ``se_flax`` only
+when they build a model. ``se_flax.convert`` is the core under its earlier name.
 """
 
 from se_convert._command import convert_file
-from se_convert._convert import (
+from se_convert._models import Model, model_names
+from se_weights import (
+    CONTEXTS,
+    FORMATS,
+    LAYER_RULES,
+    RULES,
+    Child,
+    Context,
     ConversionError,
     DroppedTensorsWarning,
+    FileError,
+    Framework,
+    Layout,
+    Pretrained,
     Rename,
+    Rule,
+    Tensor,
+    Weights,
+    flax_to_state_dict,
     flax_to_torch,
+    load,
+    read_pretrained,
+    save,
     torch_to_flax,
     update_nnx,
 )
-from se_convert._formats import FORMATS, FileError, Framework, Weights, load, save
-from se_convert._hub import Pretrained, read_pretrained
-from se_convert._models import Model, model_names
-from se_convert._rules import CONTEXTS, LAYER_RULES, RULES, Child, Context, Layout, Rule, Tensor
 
 __all__ = [
     "CONTEXTS",
@@ -44,6 +59,7 @@ __all__ = [
     "Tensor",
     "Weights",
     "convert_file",
+    "flax_to_state_dict",
     "flax_to_torch",
     "load",
     "model_names",

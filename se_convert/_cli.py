@@ -20,9 +20,9 @@ from typing import TextIO
 from se_common import ATTENTION
 from se_common._cli import positive
 from se_convert._command import convert_file
-from se_convert._convert import ConversionError
-from se_convert._formats import DEFAULT_MAX_BYTES, MAX_BYTES_ENV, FileError
 from se_convert._models import model_names
+from se_weights._convert import ConversionError
+from se_weights._formats import DEFAULT_MAX_BYTES, MAX_BYTES_ENV, FileError
 
 EPILOG = """\
 examples:

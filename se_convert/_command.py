@@ -14,19 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from se_convert._arrays import is_floating, to_numpy, to_torch
-from se_convert._convert import flax_to_torch, torch_to_flax
-from se_convert._formats import (
+from se_convert._models import SE_BLOCKS, Model
+from se_weights._arrays import is_floating, to_numpy, to_torch
+from se_weights._convert import flax_to_torch, torch_to_flax
+from se_weights._formats import (
     FORMATS,
     FileError,
     Framework,
     Weights,
     _flatten_flax,
     file_format,
-    load,
     save,
 )
-from se_convert._models import SE_BLOCKS, Model
+from se_weights._load import load
 
 __all__ = ["convert_file"]
 
@@ -64,7 +64,7 @@ def _to_flax(weights: Weights, model: Model | None) -> Weights:
 
 def _check_flax(tensors: dict[str, np.ndarray], model: Model, dtype: np.dtype | None) -> None:
     """Flax-layout ``tensors`` against ``model``'s Flax twin, strictly (ConversionError)."""
-    from se_convert._convert import _compare, _flat_flax, _Problems
+    from se_weights._convert import _compare, _flat_flax, _Problems
 
     problems = _Problems()
     target = _in_dtype(model.flax_shapes(tensors), dtype)

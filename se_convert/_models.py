@@ -4,15 +4,14 @@ only when it builds one."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from se_common import ATTENTION, MODEL_CONFIGS
-from se_convert._formats import FileError
+from se_common import ATTENTION, MODELS, list_models
+from se_weights._formats import FileError
 
 __all__ = ["SE_BLOCKS", "Model", "model_names"]
 
@@ -25,7 +24,7 @@ SE_BLOCKS = {
 
 def model_names() -> list[str]:
     """Every name ``--model`` takes: the ``create_model`` names, then the bare SE blocks."""
-    return [*sorted(MODEL_CONFIGS), *SE_BLOCKS]
+    return [*list_models(), *SE_BLOCKS]
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class Model:
     in_chans: int = 3
 
     def __post_init__(self) -> None:
-        if self.name not in MODEL_CONFIGS and self.name not in SE_BLOCKS:
+        if self.name not in MODELS and self.name not in SE_BLOCKS:
             raise FileError(f"unknown model {self.name!r}; known: {', '.join(model_names())}")
         if self.attn is not None and self.name in SE_BLOCKS:
             raise FileError(f"--attn applies to backbones, not to a bare {self.name!r} block")
@@ -116,9 +115,7 @@ class Model:
         """The abstract variables of the linen twin (a bare SE block's widths from
         ``flax_tensors``; ``None`` for one without them)."""
         if not self.is_se_block:
-            return _flax_shapes(
-                MODEL_CONFIGS[self.name], self.attn, self.num_classes, self.in_chans
-            )
+            return _flax_shapes(self.name, self.attn, self.num_classes, self.in_chans)
         if flax_tensors is None:
             return None
         import jax
@@ -128,13 +125,13 @@ class Model:
 
 
 @functools.cache
-def _flax_shapes(config: Any, attn: str | None, num_classes: int, in_chans: int) -> Any:
+def _flax_shapes(name: str, attn: str | None, num_classes: int, in_chans: int) -> Any:
     """Traced once per architecture: a command converting many files builds it once."""
     import jax
 
     import se_flax
 
-    config = config if attn is None else dataclasses.replace(config, attn=attn)
-    model = se_flax.ResNet(config, num_classes=num_classes, in_chans=in_chans)
+    options = {} if attn is None else {"attn": attn}
+    model = se_flax.create_model(name, num_classes=num_classes, in_chans=in_chans, **options)
     x = jax.ShapeDtypeStruct((1, 32, 32, in_chans), np.float32)
     return jax.eval_shape(model.init, jax.random.key(0), x)

@@ -10,9 +10,10 @@ PyTorch tensors and files).
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from se_common import PretrainedCfg, make_divisible, resolve_rd_channels
+from se_common import PretrainedCfg, list_models, make_divisible, resolve_rd_channels
 from se_flax._attention import CbamModule, ChannelAttn, EcaModule, EffectiveSEModule, SpatialAttn
 from se_flax._batchnorm import BatchNorm
+from se_flax._factory import create_model
 from se_flax._layers import ConvNormAct, PointwiseConv, conv_general_dilated
 from se_flax._pretrained import from_pretrained, save_pretrained
 from se_flax._resnet import (
@@ -26,7 +27,6 @@ from se_flax._resnet import (
     ResNet,
     SelectiveKernelBasic,
     SelectiveKernelBottleneck,
-    create_model,
 )
 from se_flax._selective_kernel import SelectiveKernel, SelectiveKernelAttn
 from se_flax._squeeze_excite import SELayer, SqueezeExcite
@@ -58,6 +58,7 @@ __all__ = [
     "conv_general_dilated",
     "create_model",
     "from_pretrained",
+    "list_models",
     "make_divisible",
     "resolve_rd_channels",
     "save_pretrained",

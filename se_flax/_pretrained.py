@@ -1,7 +1,8 @@
 """Pretrained weights in timm's layout (a hub repo or a directory) into Flax models, and back.
 
-Loading reads ``model.safetensors`` with NumPy and never imports torch. Saving writes PyTorch's
-state_dict keys and layouts, which only the PyTorch twin knows: it imports ``se_torch``.
+Neither way imports torch: loading reads ``model.safetensors`` with NumPy; saving plans
+PyTorch's state_dict keys and shapes from the architecture's framework-free config
+(``config.state_dict(...)``) and moves each variable by the converter's name table.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from flax import linen as nn
+from flax import traverse_util
 
 from se_common import PretrainedCfg
 from se_flax._dtypes import Dtype
-from se_flax._resnet import ResNet, create_model
+from se_flax._factory import create_model
 
 if TYPE_CHECKING:
-    from se_convert._hub import Pretrained
+    from se_weights._hub import Pretrained
 
 __all__ = ["from_pretrained", "save_pretrained"]
 
@@ -31,18 +33,38 @@ def _is_float(dtype: Any) -> bool:
     return jnp.issubdtype(dtype, jnp.floating)
 
 
+def classifier_path(pretrained: Pretrained) -> tuple[str, ...]:
+    """The Flax module path of the architecture's classifier (``("fc",)``)."""
+    from se_weights._convert import flax_names
+
+    return flax_names(pretrained.arch.family.classifier)
+
+
+def new_head(pretrained: Pretrained, shapes: Any) -> bool:
+    """Whether the model has a classifier the weights do not hold (a new one to initialise)."""
+    params = traverse_util.flatten_dict(dict(shapes.get("params", {})))
+    path = classifier_path(pretrained)
+    return any(p[: len(path)] == path for p in params) and not pretrained.arch.family.head_keys(
+        pretrained.tensors, features_only=False
+    )
+
+
 def convert_into(pretrained: Pretrained, shapes: Any) -> dict[str, Any]:
     """The pretrained tensors as Flax variables of exactly ``shapes``' structure and dtypes,
-    less the classifier where :meth:`Pretrained.head` dropped it (``params/fc`` is then absent).
+    less the classifier where :meth:`Pretrained.options` dropped it (its Flax module, e.g.
+    ``params/fc``, is then absent).
 
     The conversion is strict (every tensor used, every variable filled, shapes checked) in the
     stored dtype; floating variables are then cast to ``shapes``' dtypes (exact when widening).
     """
-    from se_convert import ConversionError, torch_to_flax
+    from se_weights import ConversionError, torch_to_flax
 
-    shapes = {c: dict(v) for c, v in shapes.items()}
-    if "fc" in shapes.get("params", {}) and "fc.weight" not in pretrained.tensors:
-        shapes["params"].pop("fc")
+    if new_head(pretrained, shapes):
+        path = classifier_path(pretrained)
+        flat = traverse_util.flatten_dict(dict(shapes))
+        shapes = traverse_util.unflatten_dict(
+            {p: v for p, v in flat.items() if p[1 : 1 + len(path)] != path}
+        )
     stored = pretrained.float_dtype
     target = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, stored if _is_float(s.dtype) else s.dtype),
@@ -67,7 +89,7 @@ def from_pretrained(
     rng: jax.Array | int = 0,
     verbose: bool = True,
     **kwargs: Any,
-) -> tuple[ResNet, dict[str, Any]]:
+) -> tuple[nn.Module, dict[str, Any]]:
     """A linen model and its variables from timm's pretrained weights, without torch.
 
     Args:
@@ -101,7 +123,7 @@ def from_pretrained(
         >>> x = model.pretrained_cfg.preprocess([Image.open("cat.jpg").convert("RGB")])
         >>> logits = model.apply(variables, x)           # (1, 1000)
     """
-    from se_convert._hub import read_pretrained, report
+    from se_weights._hub import read_pretrained, report
 
     pretrained = read_pretrained(source, revision=revision)
     options = pretrained.options(num_classes, features_only, **kwargs)
@@ -115,18 +137,23 @@ def from_pretrained(
     x = jax.ShapeDtypeStruct((1, _INIT_SIZE, _INIT_SIZE, model.in_chans), dtype or param_dtype)
     shapes = jax.eval_shape(model.init, jax.random.key(0), x)
     variables = convert_into(pretrained, shapes)
-    if "fc" in shapes["params"] and "fc" not in variables["params"]:  # a new classifier
+    if new_head(pretrained, shapes):
         key = jax.random.key(int(rng)) if isinstance(rng, numbers.Integral) else rng
-        variables["params"]["fc"] = jax.jit(
-            lambda k: model.init(k, jnp.zeros(x.shape, x.dtype))["params"]["fc"]
-        )(key)  # traced whole, compiled to the classifier's initialisation only
+        path = classifier_path(pretrained)
+
+        def head(k: jax.Array) -> Any:
+            tree = model.init(k, jnp.zeros(x.shape, x.dtype))["params"]
+            for name in path:
+                tree = tree[name]
+            return tree
+
+        parent = variables["params"]
+        for name in path[:-1]:
+            parent = parent.setdefault(name, {})
+        parent[path[-1]] = jax.jit(head)(key)  # compiled to the classifier's initialisation
     count = sum(v.size for v in jax.tree.leaves(variables["params"]))
     report(pretrained, count, param_dtype, verbose)
     return model, variables
-
-
-def _nnx_head(model: Any) -> int:
-    return 0 if model.fc is None else model.fc.out_features
 
 
 def save_pretrained(
@@ -138,15 +165,17 @@ def save_pretrained(
     force: bool = False,
 ) -> Path:
     """Writes a linen model's variables, or an NNX model, in timm's layout: ``config.json``
-    and ``model.safetensors`` (PyTorch's keys and layouts, the variables' dtype, bit for bit).
+    and ``model.safetensors`` (PyTorch's keys and layouts, the variables' dtype, bit for bit),
+    without torch.
 
     ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...))``,
     ``se_torch.from_pretrained`` and :func:`from_pretrained` load the directory;
-    ``huggingface_hub.upload_folder`` publishes it. Needs torch (the PyTorch twin gives the
-    keys).
+    ``huggingface_hub.upload_folder`` publishes it. The keys and shapes are planned from the
+    architecture's config; every variable must have its key and every key its variable.
 
     Args:
-        model: a :class:`se_flax.ResNet` (with ``variables``) or a ``se_flax.nnx.ResNet``.
+        model: a linen model of ``se_flax.create_model`` (with ``variables``) or an NNX model
+            of ``se_flax.nnx.create_model``, of a registered architecture.
         directory: created if needed; files other than the two are left alone.
         variables: the linen model's ``{"params": ..., "batch_stats": ...}``.
         pretrained_cfg: the data config to write; default the model's ``pretrained_cfg``, else
@@ -156,37 +185,38 @@ def save_pretrained(
     Example:
         >>> se_flax.save_pretrained(model, "my-seresnet50", variables)
     """
-    import torch
+    from flax import nnx
 
-    import se_torch
-    from se_convert import FileError, flax_to_torch
-    from se_convert._convert import _flat_flax
+    from se_weights import flax_to_state_dict
+    from se_weights._hub import write_pretrained
 
-    if isinstance(model, ResNet):
+    if isinstance(model, nn.Module):
         if variables is None:
             raise TypeError("save_pretrained(linen model, directory, variables): no variables")
         source = variables
-        num_classes = 0 if model.features_only else model.num_classes
-    else:
-        from se_flax.nnx import ResNet as NNXResNet
-
-        if not isinstance(model, NNXResNet):
-            raise TypeError(
-                f"save_pretrained takes a se_flax.ResNet or se_flax.nnx.ResNet, got "
-                f"{type(model).__name__}"
-            )
+    elif isinstance(model, nnx.Module):
         if variables is not None:
             raise TypeError("an NNX model holds its variables: pass no variables")
         source = model
-        num_classes = 0 if model.features_only else _nnx_head(model)
-    floats = {np.dtype(v.dtype) for v in _flat_flax(source).values() if _is_float(v.dtype)}
-    if len(floats) != 1:
-        names = ", ".join(sorted(d.name for d in floats)) or "none"
-        raise FileError(f"save_pretrained: expected one floating dtype, got {names}")
-    torch_model = se_torch.ResNet(model.config, num_classes=num_classes, in_chans=model.in_chans)
-    torch_model = torch_model.to(getattr(torch, floats.pop().name))
-    flax_to_torch(source, torch_model)  # strict: every variable placed, bit for bit
-    torch_model.pretrained_cfg = model.pretrained_cfg
-    return se_torch.save_pretrained(
-        torch_model, directory, pretrained_cfg=pretrained_cfg, force=force
+    else:
+        raise TypeError(
+            f"save_pretrained takes a linen or NNX model of se_flax.create_model, got "
+            f"{type(model).__name__}"
+        )
+    if not hasattr(model, "config"):
+        raise TypeError(
+            f"save_pretrained takes a model of a registered architecture (with a config), got "
+            f"{type(model).__name__}"
+        )
+    num_classes = 0 if model.features_only else model.num_classes
+    plan = model.config.state_dict(num_classes, model.in_chans)
+    tensors = flax_to_state_dict(source, plan)  # strict: every variable placed, bit for bit
+    return write_pretrained(
+        directory,
+        tensors,
+        model.config,
+        in_chans=model.in_chans,
+        num_classes=num_classes,
+        pretrained_cfg=model.pretrained_cfg if pretrained_cfg is None else pretrained_cfg,
+        force=force,
     )

@@ -27,7 +27,7 @@ from se_common import (
     ResNetConfig,
     check_head_options,
     lookup,
-    model_config,
+    model_feature_info,
 )
 from se_flax._attention import CbamModule, EcaModule, EffectiveSEModule
 from se_flax._batchnorm import BatchNorm
@@ -55,7 +55,6 @@ __all__ = [
     "ResidualBlock",
     "SelectiveKernelBasic",
     "SelectiveKernelBottleneck",
-    "create_model",
 ]
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -341,6 +340,12 @@ class ResNet(nn.Module):
         check_head_options(self.num_classes, self.in_chans, self.out_indices)
         super().__post_init__()
 
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """timm's ``feature_info``: ``num_chs``, ``reduction`` and ``module`` of every level
+        (of ``out_indices`` with ``features_only``)."""
+        return model_feature_info(self.config, self.features_only, self.out_indices)
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | list[jax.Array]:
         cfg = self.config
@@ -383,19 +388,3 @@ class ResNet(nn.Module):
                 name="fc",
             )(x)
         return x
-
-
-def create_model(name: str, **kwargs: Any) -> ResNet:
-    """Builds a linen model by timm's name (see ``se_common.MODEL_CONFIGS``).
-
-    Args:
-        name: e.g. ``"seresnet50"``, ``"seresnext50_32x4d"``, ``"resnet18"``, ``"skresnet18"``.
-        **kwargs: fields of :class:`ResNet` (``num_classes``, ``in_chans``, ``features_only``,
-            ``out_indices``, ``attn_layer``, ``dtype``, ...), or ``attn=`` a name of
-            ``se_common.ATTENTION`` (``"se"``, ``"eca"``, ``"cbam"``, ``"ese"``) or ``None`` to
-            change the config's attention layer by name.
-
-    Example:
-        >>> model = create_model("seresnet50", dtype=jnp.bfloat16)
-    """
-    return ResNet(model_config(name, kwargs), **kwargs)

@@ -1,7 +1,8 @@
 """PyTorch Squeeze-and-Excitation modules and relatives (NCHW), twins of ``se_flax``'s."""
 
-from se_common import PretrainedCfg, make_divisible, resolve_rd_channels
+from se_common import PretrainedCfg, list_models, make_divisible, resolve_rd_channels
 from se_torch._attention import CbamModule, ChannelAttn, EcaModule, EffectiveSEModule, SpatialAttn
+from se_torch._factory import create_model
 from se_torch._layers import ConvNormAct
 from se_torch._pretrained import from_pretrained, save_pretrained
 from se_torch._resnet import (
@@ -14,7 +15,6 @@ from se_torch._resnet import (
     SelectiveKernelBasic,
     SelectiveKernelBottleneck,
     conv2d,
-    create_model,
 )
 from se_torch._selective_kernel import SelectiveKernel, SelectiveKernelAttn
 from se_torch._squeeze_excite import SELayer, SElayer, SqueezeExcite
@@ -43,6 +43,7 @@ __all__ = [
     "conv2d",
     "create_model",
     "from_pretrained",
+    "list_models",
     "make_divisible",
     "resolve_rd_channels",
     "save_pretrained",

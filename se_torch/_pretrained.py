@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from se_common import PretrainedCfg
-from se_torch._resnet import ResNet, create_model
+from se_torch._factory import create_model
 
 __all__ = ["from_pretrained", "save_pretrained"]
 
@@ -24,7 +25,7 @@ def from_pretrained(
     revision: str | None = None,
     verbose: bool = True,
     **kwargs: Any,
-) -> ResNet:
+) -> nn.Module:
     """A model holding timm's pretrained weights, in eval mode, without timm.
 
     The twin of ``se_flax.from_pretrained``: the same sources, options and checks.
@@ -56,9 +57,9 @@ def from_pretrained(
         >>> x = torch.from_numpy(model.pretrained_cfg.preprocess(images, layout="NCHW"))
         >>> logits = model(x)
     """
-    from se_convert import ConversionError
-    from se_convert._arrays import to_torch
-    from se_convert._hub import HEAD, read_pretrained, report
+    from se_weights import ConversionError
+    from se_weights._arrays import to_torch
+    from se_weights._hub import read_pretrained, report
 
     pretrained = read_pretrained(source, revision=revision)
     model = create_model(
@@ -67,7 +68,8 @@ def from_pretrained(
     if dtype is not None:
         model = model.to(dtype)
     own = model.state_dict()
-    new_head = [k for k in HEAD if k in own and k not in pretrained.tensors]
+    head = pretrained.arch.family.head_keys(own, features_only=False)
+    new_head = [k for k in head if k not in pretrained.tensors]
     missing = [k for k in own if k not in pretrained.tensors and k not in new_head]
     unexpected = [k for k in pretrained.tensors if k not in own]
     mismatched = [
@@ -94,7 +96,7 @@ def from_pretrained(
 
 
 def save_pretrained(
-    model: ResNet,
+    model: nn.Module,
     directory: str | os.PathLike,
     *,
     pretrained_cfg: PretrainedCfg | None = None,
@@ -105,26 +107,27 @@ def save_pretrained(
     pretrained_cfg_overlay=dict(file=...))`` and both frameworks' ``from_pretrained`` load.
 
     Args:
-        model: a :class:`se_torch.ResNet` of a named architecture.
+        model: a model of a registered architecture (``create_model``'s), whose state_dict is
+            exactly its architecture's (checked).
         directory: created if needed; files other than the two are left alone.
         pretrained_cfg: the data config to write; default the model's ``pretrained_cfg``, else
             timm's ResNet defaults (224 x 224, ImageNet mean and std).
         force: replace an existing ``config.json`` / ``model.safetensors``.
     """
-    from se_convert._arrays import to_numpy
-    from se_convert._hub import write_pretrained
+    from se_weights._arrays import to_numpy
+    from se_weights._hub import write_pretrained
 
-    if not isinstance(model, ResNet):
-        raise TypeError(f"save_pretrained takes a se_torch.ResNet, got {type(model).__name__}")
-    head = getattr(model, "fc", None)
-    num_classes = head.out_features if isinstance(head, torch.nn.Linear) else 0
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise TypeError(
+            f"save_pretrained takes a model of se_torch.create_model, got {type(model).__name__}"
+        )
     tensors = {k: to_numpy(v) for k, v in model.state_dict().items()}
     return write_pretrained(
         directory,
         tensors,
         model.config,
         in_chans=model.in_chans,
-        num_classes=num_classes,
+        num_classes=0 if model.features_only else model.num_classes,
         pretrained_cfg=model.pretrained_cfg if pretrained_cfg is None else pretrained_cfg,
         force=force,
     )

@@ -20,7 +20,7 @@ from se_common import (
     ResNetConfig,
     check_head_options,
     lookup,
-    model_config,
+    model_feature_info,
 )
 from se_torch._attention import CbamModule, EcaModule, EffectiveSEModule
 from se_torch._layers import ConvNormAct, Factory, check_input
@@ -37,7 +37,6 @@ __all__ = [
     "SelectiveKernelBasic",
     "SelectiveKernelBottleneck",
     "conv2d",
-    "create_model",
 ]
 
 # Attention layers by their se_common.ATTENTION names; each is called as factory(channels).
@@ -286,7 +285,7 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         check_head_options(num_classes, in_chans, out_indices)
-        self.config, self.in_chans = config, in_chans
+        self.config, self.in_chans, self.num_classes = config, in_chans, num_classes
         self.features_only, self.out_indices = features_only, tuple(out_indices)
         block = lookup(BLOCKS, config.block, "block", "se_torch.BLOCKS")
         if attn_layer is None and config.attn is not None:
@@ -306,6 +305,12 @@ class ResNet(nn.Module):
         if not features_only:
             self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         self._init_weights(config.zero_init_last if zero_init_last is None else zero_init_last)
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """timm's ``feature_info``: ``num_chs``, ``reduction`` and ``module`` of every level
+        (of ``out_indices`` with ``features_only``)."""
+        return model_feature_info(self.config, self.features_only, self.out_indices)
 
     def _init_weights(self, zero_init_last: bool) -> None:
         for m in self.modules():  # timm's ResNet init
@@ -327,20 +332,3 @@ class ResNet(nn.Module):
         if self.features_only:
             return [features[i] for i in self.out_indices]
         return self.fc(x.mean(dim=(2, 3)))
-
-
-def create_model(name: str, **kwargs: Any) -> ResNet:
-    """Builds a model by timm's name (see ``se_common.MODEL_CONFIGS``).
-
-    Args:
-        name: e.g. ``"seresnet50"``, ``"seresnext50_32x4d"``, ``"resnet18"``, ``"skresnet18"``.
-        **kwargs: options of :class:`ResNet` (``num_classes``, ``in_chans``, ``features_only``,
-            ``out_indices``, ``attn_layer``, ...), or ``attn=`` a name of
-            ``se_common.ATTENTION`` (``"se"``, ``"eca"``, ``"cbam"``, ``"ese"``) or ``None`` to
-            change the config's attention layer by name.
-
-    Example:
-        >>> model = create_model("resnet50", attn="se")   # the same network as seresnet50
-        >>> model = create_model("resnet50", attn="eca")  # ECA-ResNet-50
-    """
-    return ResNet(model_config(name, kwargs), **kwargs)

@@ -12,6 +12,7 @@ import torch
 from flax import traverse_util
 from torch import nn
 
+import se_common
 from se_convert import torch_to_flax
 
 
@@ -150,3 +151,12 @@ def torch_pass(
         grads = {f"{context}.{k}": g for k, g in grads.items()}
     params = torch_to_flax(grads, collections=["params"])["params"]
     return y.detach(), xt.grad, flatten(params[context] if context else params)
+
+
+def register(monkeypatch: Any, name: str, config: Any, family: Any = None) -> Any:
+    """Registers ``name`` (a ResNet-family config by default) for one test; the registry is
+    restored afterwards."""
+    family = se_common.RESNET if family is None else family
+    row = se_common.Architecture(name, family, config)
+    monkeypatch.setitem(se_common.MODELS, name, row)
+    return row

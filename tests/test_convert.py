@@ -18,8 +18,8 @@ from torch import nn
 import se_flax
 import se_torch
 from se_convert import ConversionError, flax_to_torch, torch_to_flax, update_nnx
-from se_convert._convert import _find_rule
 from se_flax import nnx as se_nnx
+from se_weights._convert import _find_rule
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODULES = {
@@ -240,7 +240,9 @@ def test_torch_to_flax_partial_and_unknown_keys(rng):
     assert info.value.missing == ["fc1.weight (rule 'se-fc (1x1 conv)' requires it)"]
     assert sorted(info.value.unexpected) == [
         "fc2.running_mean: rule 'se-fc (1x1 conv)' has no tensor 'running_mean'",
-        "fc3.weight: no conversion rule for module 'fc3'",
+        "fc3.weight: no conversion rule for module 'fc3'; its name alone cannot decide: pass "
+        "the torch.nn.Module itself (torch_to_flax(module)), whose layer types choose the rules, "
+        "or rules=",
     ]
 
 
@@ -360,9 +362,92 @@ def test_a_type_no_rule_of_that_name_takes_is_a_mismatch():
 
 
 def test_se_flax_convert_is_the_converter_under_its_earlier_name():
+    """``se_flax.convert`` is the core (``se_weights``), the same objects ``se_convert`` gives;
+    the command layer (``convert_file``) sits above both twins, in ``se_convert`` only."""
     import se_convert
     import se_flax.convert
+    import se_weights
 
-    assert se_flax.convert.__all__ == se_convert.__all__
-    for name in se_convert.__all__:
+    assert se_flax.convert.__all__ == se_weights.__all__
+    for name in se_weights.__all__:
         assert getattr(se_flax.convert, name) is getattr(se_convert, name), name
+    assert set(se_convert.__all__) - set(se_weights.__all__) == {
+        "Model",
+        "convert_file",
+        "model_names",
+    }
+    assert not hasattr(se_flax.convert, "convert_file")
+
+
+# ------------------------------------------------------------------ module and state_dict agree
+
+
+class OwnClassicSE(nn.Module):
+    """The classic recipe's layers in a class of one's own, inside a Sequential: no Context."""
+
+    def __init__(self, channel: int = 32, reduction: int = 4):
+        super().__init__()
+        gate = nn.Module()
+        gate.fc = nn.Sequential(
+            nn.Linear(channel, channel // reduction, bias=False),
+            nn.ReLU(),
+            nn.Linear(channel // reduction, channel, bias=False),
+        )
+        self.body = nn.Sequential(nn.Identity(), gate)
+
+
+def test_the_name_table_names_an_own_class_s_layers_as_its_state_dict_gets_them(rng):
+    """No Context knows the class: the name table's classic rows give both paths fc1/fc2 (below
+    the same prefix, through the same rename=), and a target under the PyTorch names (fc_0,
+    fc_2, what the module path gave before) is still taken."""
+    module = random_bits_(OwnClassicSE(), torch.float32, rng)
+    for rename in (None, [(r"^body_1/", "gate/")]):
+        from_module = traverse_util.flatten_dict(torch_to_flax(module, rename=rename))
+        from_state_dict = traverse_util.flatten_dict(
+            torch_to_flax(module.state_dict(), rename=rename)
+        )
+        prefix = ("body_1",) if rename is None else ("gate",)
+        assert (
+            sorted(from_module)
+            == sorted(from_state_dict)
+            == [
+                ("params", *prefix, "fc1", "kernel"),
+                ("params", *prefix, "fc2", "kernel"),
+            ]
+        )
+        for path, leaf in from_state_dict.items():
+            assert np.asarray(from_module[path]).tobytes() == np.asarray(leaf).tobytes(), path
+    old_names = {
+        "params": {
+            "body_1": {
+                "fc_0": {"kernel": module.body[1].fc[0].weight.detach().numpy().T},
+                "fc_2": {"kernel": module.body[1].fc[2].weight.detach().numpy().T},
+            }
+        }
+    }
+    back = flax_to_torch(old_names, OwnClassicSE())
+    for key, tensor in module.state_dict().items():
+        assert same_bits(back.state_dict()[key], tensor), key
+    again = traverse_util.flatten_dict(torch_to_flax(module, target=old_names))
+    assert sorted(again) == sorted(traverse_util.flatten_dict(old_names))
+
+
+def test_a_state_dict_whose_names_tie_asks_for_the_module():
+    """Two rows claim one name: the state_dict path is an error saying to pass the module; the
+    module's types convert it."""
+    from se_convert import Rule, Tensor
+    from se_weights._rules import LINEAR
+
+    rules = [
+        Rule("gate a", r"gate", ("Linear",), {"weight": Tensor("params", "kernel", LINEAR)}),
+        Rule("gate b", r"gate", ("Linear",), {"weight": Tensor("params", "w", LINEAR)}),
+    ]
+    module = nn.Module()
+    module.gate = nn.Linear(4, 3, bias=False)
+    with pytest.raises(ConversionError) as info:
+        torch_to_flax(module.state_dict(), rules=rules)
+    [problem] = info.value.unexpected
+    assert problem.startswith("gate.weight: module 'gate' matches several rules: ['gate a', 'gate")
+    assert "pass the torch.nn.Module itself (torch_to_flax(module))" in problem
+    variables = torch_to_flax(module, rules=rules)
+    assert variables["params"]["gate"]["kernel"].shape == (4, 3)

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import se_torch
-from se_common import MODEL_CONFIGS, ResNetConfig
+from se_common import ResNetConfig
 from se_convert import FileError, Weights, convert_file, load, save
 from se_convert._cli import main
-from tests.helpers import randomize_
+from tests.helpers import randomize_, register
 
 ROOT = Path(__file__).resolve().parents[1]
 # (name, extension, framework it is written in)
@@ -313,7 +313,7 @@ TINY = {
 @pytest.fixture
 def tiny_models(monkeypatch):
     for name, config in TINY.items():
-        monkeypatch.setitem(MODEL_CONFIGS, name, config)
+        register(monkeypatch, name, config)
 
 
 def backbone_state(name: str, dtype, rng, *, values: bool = False, **options) -> dict:

@@ -549,3 +549,163 @@ def test_every_missing_unexpected_and_misshaped_leaf_is_listed():
     assert mismatch.startswith(
         "params/proj/kernel: (1, 1, 16, 32) float32, the target has (16, 31)"
     )
+
+
+# ------------------------------------------------------------------ module or state_dict: one tree
+
+
+# The seed article's own class, verbatim (its lowercase l in SElayer included; fmt: off keeps
+# its spacing, the noqa is the only addition).
+# fmt: off
+class SElayer(nn.Module):
+    def __init__(self, channel, reduction=16):
+        super(SElayer,self).__init__()  # noqa: UP008 - verbatim
+        self.avg_pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(
+            nn.Linear(channel, channel // reduction, bias=False),
+            nn.ReLU(inplace = True),
+            nn.Linear(channel // reduction, channel, bias=False),
+            nn.Sigmoid()
+            )
+    def forward(self, x):
+        b, c, _, _ = x.size()
+        y = self.avg_pool(x).view(b, c)
+        y = self.fc(y).view(b, c, 1, 1)
+        return x * y.expand_as(x)
+# fmt: on
+
+
+class ChannelGate(nn.Module):
+    """The classic recipe under a name of one's own that no Context knows: only the name table's
+    classic rows (``fc.0``, ``fc.2`` -> ``fc1``, ``fc2``) name its layers."""
+
+    def __init__(self, channel: int, reduction: int = 16):
+        super().__init__()
+        self.fc = nn.Sequential(
+            nn.Linear(channel, channel // reduction, bias=False),
+            nn.ReLU(),
+            nn.Linear(channel // reduction, channel, bias=False),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x):
+        return x * self.fc(x.mean((2, 3)))[:, :, None, None]
+
+
+class TorchClassicNet(nn.Module):
+    """A user's net every name of which the name table knows (ResNet's conv1/bn1/fc, the classic
+    SE's fc.0/fc.2 inside a class of one's own)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.se = ChannelGate(32, 4)
+        self.fc = nn.Linear(32, 10)
+
+
+CLASSIC = {  # the classic recipe's PyTorch classes, each taking (channel, reduction)
+    "seed-SElayer": SElayer,
+    "se_torch.SELayer": se_torch.SELayer,
+    "se_torch.SElayer": se_torch.SElayer,
+    "own-class-no-context": ChannelGate,
+}
+
+
+def assert_same_bits(got: Any, want: Any, what: str = "") -> None:
+    """Same paths, and every leaf of the same dtype, shape and bits."""
+    got, want = flatten(got), flatten(want)
+    assert got.keys() == want.keys(), f"{what}: {sorted(got)} != {sorted(want)}"
+    for key in want:
+        g, w = np.asarray(got[key]), np.asarray(want[key])
+        assert (g.dtype, g.shape) == (w.dtype, w.shape), f"{what}: {key}"
+        assert g.tobytes() == w.tobytes(), f"{what}: {key}: the bits differ"
+
+
+def assert_same_state_dict(got: nn.Module, want: dict[str, torch.Tensor], what: str) -> None:
+    state = got.state_dict()
+    assert list(state) == list(want), what
+    for key, tensor in want.items():
+        assert state[key].dtype == tensor.dtype, f"{what}: {key}"
+        assert state[key].numpy().tobytes() == tensor.numpy().tobytes(), f"{what}: {key}"
+
+
+@pytest.mark.parametrize("name", CLASSIC)
+def test_a_classic_module_and_its_state_dict_convert_to_one_tree(name, rng):
+    """The module path (types) and the state_dict path (names) give the same tree, bit for bit,
+    in se_flax.SELayer's layout: it runs in linen and in NNX as the PyTorch module does."""
+    make = CLASSIC[name]
+    tmodule = randomize_(make(64, 16), rng, torch.float64)
+    from_module = torch_to_flax(tmodule)
+    from_state_dict = torch_to_flax(tmodule.state_dict())
+    assert_same_bits(from_module, from_state_dict, name)
+    assert sorted(flatten(from_module)) == ["params/fc1/kernel", "params/fc2/kernel"]
+    # a target in se_flax.SELayer's layout (shapes, or the NNX twin) is met either way too
+    x = rng.standard_normal((2, 64, 5, 6))
+    linen_se = se_flax.SELayer(reduction=16, param_dtype=jnp.float64)
+    shapes = jax.eval_shape(linen_se.init, jax.random.key(0), nhwc(x))
+    nnx_se = se_nnx.SELayer(64, 16, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    for target in (shapes, nnx_se):
+        assert_same_bits(torch_to_flax(tmodule, target=target), from_module, name)
+        assert_same_bits(torch_to_flax(tmodule.state_dict(), target=target), from_module, name)
+    with torch.no_grad():
+        expected = nhwc(tmodule(torch.from_numpy(x)).numpy())
+    got = jax.jit(linen_se.apply)(from_module, nhwc(x))
+    assert_trees_close(got, expected, rtol=1e-12, atol=1e-12, what=f"{name} linen")
+    update_nnx(nnx_se, from_state_dict)
+    assert_trees_close(nnx_se(nhwc(x)), expected, rtol=1e-12, atol=1e-12, what=f"{name} nnx")
+
+
+@pytest.mark.parametrize("name", CLASSIC)
+def test_a_classic_module_round_trips_every_way_bit_for_bit(name, rng):
+    """torch (module or state_dict) -> Flax -> a fresh module; Flax (linen variables or an NNX
+    module) -> the module -> Flax (from the module or its state_dict): every bit comes back."""
+    make = CLASSIC[name]
+    tmodule = randomize_(make(64, 16), rng, torch.float64)
+    original = {k: v.clone() for k, v in tmodule.state_dict().items()}
+    for kind, source in (("module", tmodule), ("state_dict", tmodule.state_dict())):
+        back = flax_to_torch(torch_to_flax(source), make(64, 16).double())
+        assert_same_state_dict(back, original, f"{name} from the {kind}")
+    x = jnp.zeros((1, 3, 3, 64), jnp.float64)
+    linen_variables = se_flax.SELayer(16, param_dtype=jnp.float64).init(
+        jax.random.key(int(rng.integers(2**31))), x
+    )
+    nnx_module = se_nnx.SELayer(
+        64, 16, param_dtype=jnp.float64, rngs=nnx.Rngs(int(rng.integers(2**31)))
+    )
+    nnx_variables = {"params": nnx.to_pure_dict(nnx.state(nnx_module, nnx.Param))}
+    for kind, variables, want in (
+        ("linen", linen_variables, linen_variables),
+        ("nnx", nnx_module, nnx_variables),
+    ):
+        filled = flax_to_torch(variables, make(64, 16).double())
+        assert_same_bits(torch_to_flax(filled), want, f"{name} {kind} via the module")
+        assert_same_bits(torch_to_flax(filled.state_dict()), want, f"{name} {kind} via state_dict")
+
+
+ZOO = [(c.name, c.torch_model, c.rename) for c in CASES] + [
+    ("classic-net", TorchClassicNet, None),
+    ("seed-SElayer", lambda: SElayer(64), None),
+]
+
+
+@pytest.mark.parametrize("name,make,rename", ZOO, ids=[z[0] for z in ZOO])
+def test_module_and_state_dict_give_one_tree_or_the_state_dict_asks_for_the_module(
+    name, make, rename, rng
+):
+    """The tree never depends on whether the module or its state_dict was given: where the names
+    decide, both give it bit for bit; where they cannot, the state_dict is an error that says to
+    pass the module, and names every key it could not place."""
+    tmodule = randomize_(make(), rng, torch.float64)
+    from_module = torch_to_flax(tmodule, rename=rename)
+    try:
+        from_state_dict = torch_to_flax(tmodule.state_dict(), rename=rename)
+    except ConversionError as error:
+        assert error.unexpected and not error.missing and not error.mismatched, str(error)
+        for problem in error.unexpected:
+            assert "no conversion rule for module" in problem, problem
+            assert "pass the torch.nn.Module itself (torch_to_flax(module))" in problem, problem
+        placed = {p.partition(":")[0] for p in error.unexpected}
+        assert placed <= set(tmodule.state_dict()), placed
+    else:
+        assert_same_bits(from_state_dict, from_module, name)

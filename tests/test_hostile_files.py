@@ -172,7 +172,7 @@ def test_a_leaf_where_a_subtree_is_is_an_error(tmp_path, capfd, rng):
 
 def test_orbax_metadata_of_the_wrong_type_is_an_error_and_writes_nothing(tmp_path, capfd, rng):
     from se_convert import torch_to_flax
-    from se_convert._formats import _flatten_flax
+    from se_weights._formats import _flatten_flax
 
     variables = _flatten_flax(torch_to_flax(se_block(rng)), "se")
     save(Weights("flax", variables, model="se"), tmp_path / "ckpt")
@@ -255,7 +255,7 @@ def fuzz_cases(
     """Valid files of every format, and damaged copies of each (flipped bytes, cuts), with the
     number of bytes each copy had flipped (a cut: 0)."""
     from se_convert import torch_to_flax
-    from se_convert._formats import _flatten_flax
+    from se_weights._formats import _flatten_flax
 
     module = se_block(rng)
     state = {k: v.numpy() for k, v in module.state_dict().items()}
@@ -327,7 +327,7 @@ def test_fuzzed_files_convert_to_the_same_bits_or_fail_cleanly(tmp_path, capfd, 
 def test_a_corrupted_orbax_checkpoint_prints_one_line_and_nothing_after(tmp_path, rng):
     """orbax's reader threads outlive a failed read; the command exits before they can print."""
     from se_convert import torch_to_flax
-    from se_convert._formats import _flatten_flax
+    from se_weights._formats import _flatten_flax
 
     flax = _flatten_flax(torch_to_flax(se_block(rng)), "se")
     save(Weights("flax", flax, model="se"), tmp_path / "ckpt")

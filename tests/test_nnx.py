@@ -25,7 +25,7 @@ import pytest
 from flax import nnx
 
 import se_flax
-from se_common import MODEL_CONFIGS, ResNetConfig
+from se_common import ResNetConfig, get_model, list_models
 from se_convert import update_nnx
 from se_flax import nnx as se_nnx
 from tests.helpers import flatten
@@ -322,13 +322,14 @@ def test_every_model_name_builds_its_config(monkeypatch):
     same config (``attn=`` applied); the structures are compared below, per block family."""
     built = {}
     monkeypatch.setattr(se_nnx._resnet, "ResNet", lambda config, **kw: built.setdefault(0, config))
-    for name, config in MODEL_CONFIGS.items():
+    for name in list_models():
+        config = get_model(name).config
         built.clear()
         se_nnx.create_model(name, num_classes=3)
         assert built[0] == config == se_flax.create_model(name).config, name
     built.clear()
     se_nnx.create_model("resnet50", attn="eca")
-    assert built[0] == dataclasses.replace(MODEL_CONFIGS["resnet50"], attn="eca")
+    assert built[0] == dataclasses.replace(get_model("resnet50").config, attn="eca")
 
 
 # One name per block family and attention layer (deeper names repeat the same blocks).

@@ -23,7 +23,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 REGISTRIES = (
     se_common.ATTENTION,
     se_common.BLOCK_TYPES,
-    se_common.MODEL_CONFIGS,
+    se_common.MODELS,
     se_torch.ATTN_LAYERS,
     se_torch.BLOCKS,
     se_flax.ATTN_LAYERS,

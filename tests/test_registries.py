@@ -18,10 +18,10 @@ from torch import nn
 import se_common
 import se_flax
 import se_torch
-from se_common import BlockType, ResNetConfig, SelectiveKernelConfig
+from se_common import Attention, BlockType, ResNetConfig, SelectiveKernelConfig
 from se_convert import torch_to_flax, update_nnx
 from se_flax import nnx as se_nnx
-from tests.helpers import assert_trees_close, flatten, nchw_to_nhwc, randomize_
+from tests.helpers import assert_trees_close, flatten, nchw_to_nhwc, randomize_, register
 
 
 def test_every_framework_maps_every_name():
@@ -29,7 +29,8 @@ def test_every_framework_maps_every_name():
         assert set(blocks) == set(se_common.BLOCK_TYPES)
     for layers in (se_torch.ATTN_LAYERS, se_flax.ATTN_LAYERS, se_nnx.ATTN_LAYERS):
         assert set(layers) == set(se_common.ATTENTION)
-    for name, config in se_common.MODEL_CONFIGS.items():
+    for name, row in se_common.MODELS.items():
+        config = row.config
         assert config.block in se_common.BLOCK_TYPES, name
         assert config.attn is None or config.attn in se_common.ATTENTION, name
 
@@ -141,7 +142,7 @@ def test_a_new_block_type_is_one_row_per_place(monkeypatch, rng):
 
 def test_a_new_attention_layer_is_one_row_per_place(monkeypatch, rng):
     """An SE with a hard-sigmoid gate, by name, in both frameworks' ResNets."""
-    monkeypatch.setitem(se_common.ATTENTION, "hse", "SE with a hard-sigmoid gate")
+    monkeypatch.setitem(se_common.ATTENTION, "hse", Attention("SE with a hard-sigmoid gate"))
     monkeypatch.setitem(
         se_torch.ATTN_LAYERS,
         "hse",
@@ -170,9 +171,7 @@ def test_a_new_attention_layer_is_one_row_per_place(monkeypatch, rng):
 
 
 def test_a_new_model_is_one_row(monkeypatch, rng):
-    monkeypatch.setitem(
-        se_common.MODEL_CONFIGS, "ecaresnet10", ResNetConfig("basic", (1, 1, 1, 1), attn="eca")
-    )
+    register(monkeypatch, "ecaresnet10", ResNetConfig("basic", (1, 1, 1, 1), attn="eca"))
     tmodel = se_torch.create_model("ecaresnet10", num_classes=5)
     assert isinstance(tmodel.layer3[0].se, se_torch.EcaModule)
     fmodel = se_flax.create_model("ecaresnet10", num_classes=5, param_dtype="float64")
@@ -188,7 +187,7 @@ def test_a_name_without_a_framework_row_is_a_clear_error(monkeypatch):
         jax.eval_shape(se_flax.ResNet(config).init, jax.random.key(0), jnp.ones((1, 32, 32, 3)))
     with pytest.raises(ValueError, match=r"block 'tiny' has no entry in se_flax.nnx.BLOCKS"):
         se_nnx.ResNet(config, rngs=nnx.Rngs(0))
-    monkeypatch.setitem(se_common.ATTENTION, "hse", "SE with a hard-sigmoid gate")
+    monkeypatch.setitem(se_common.ATTENTION, "hse", Attention("SE with a hard-sigmoid gate"))
     with pytest.raises(ValueError, match=r"attn 'hse' has no entry in se_torch.ATTN_LAYERS"):
         se_torch.create_model("resnet18", attn="hse")
     with pytest.raises(ValueError, match=r"attn 'hse' has no entry in se_flax.nnx.ATTN_LAYERS"):
@@ -218,7 +217,7 @@ def test_selective_kernel_blocks_by_name_or_by_options(monkeypatch):
     """``sk=`` on a block type means its SK variant; an SK type alone gets default options."""
     sk = SelectiveKernelConfig(1 / 8, 16)
     by_options = ResNetConfig("basic", (2, 2, 2, 2), sk=sk, zero_init_last=False)
-    assert by_options == se_common.MODEL_CONFIGS["skresnet18"]
+    assert by_options == se_common.get_model("skresnet18").config
     assert by_options.block == "sk_basic" and by_options.blocks()[0].sk == sk
     assert ResNetConfig("sk_bottleneck", (1, 1, 1, 1)).sk == SelectiveKernelConfig()
     assert ResNetConfig("bottleneck", (1, 1, 1, 1), 32, 4).blocks()[0].groups == 32

@@ -13,7 +13,7 @@ import torch
 
 import se_flax
 import se_torch
-from se_common import MODEL_CONFIGS, ResNetConfig, SelectiveKernelConfig
+from se_common import ResNetConfig, SelectiveKernelConfig, get_model, list_models
 from se_convert import torch_to_flax, update_nnx
 from se_flax import nnx as se_nnx
 from tests.helpers import assert_trees_close, assert_within_a_bfloat16_step, nchw_to_nhwc
@@ -54,7 +54,7 @@ TIMM_ATTN_PARAMS = {
 
 
 def test_every_model_is_listed():
-    assert set(MODEL_CONFIGS) == set(TIMM_PARAMS)
+    assert set(list_models()) == set(TIMM_PARAMS)
 
 
 @pytest.mark.parametrize("name", TIMM_PARAMS)
@@ -139,7 +139,7 @@ def test_zero_init_last_follows_the_config_unless_given():
         "skresnet50": lambda m: m.layer1[0].conv3.bn.weight,
     }
     for name, zeroed in (("resnet18", True), ("skresnet18", False), ("skresnet50", False)):
-        assert MODEL_CONFIGS[name].zero_init_last == zeroed
+        assert get_model(name).config.zero_init_last == zeroed
         for override in (None, not zeroed):
             weight = torch_last[name](se_torch.create_model(name, zero_init_last=override))
             assert bool(torch.all(weight == 0)) == (zeroed if override is None else override)
@@ -433,7 +433,7 @@ def _timm_model(timm, name: str):
         return timm.create_model(name), se_torch.create_model(name)
     from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-    config = MODEL_CONFIGS[base]
+    config = get_model(base).config
     block = BasicBlock if config.block == "basic" else Bottleneck
     reference = ResNet(
         block=block,

@@ -9,6 +9,7 @@ NNX conventions: constructors take the input channels and ``rngs``; ``model.trai
 >>> se = se_flax.nnx.SqueezeExcite(64, rngs=nnx.Rngs(0))
 """
 
+from se_common import list_models
 from se_flax.nnx._attention import (
     CbamModule,
     ChannelAttn,
@@ -16,6 +17,7 @@ from se_flax.nnx._attention import (
     EffectiveSEModule,
     SpatialAttn,
 )
+from se_flax.nnx._factory import create_model
 from se_flax.nnx._layers import BatchNorm, ConvNormAct, PointwiseConv
 from se_flax.nnx._pretrained import from_pretrained, save_pretrained
 from se_flax.nnx._resnet import (
@@ -28,7 +30,6 @@ from se_flax.nnx._resnet import (
     ResNet,
     SelectiveKernelBasic,
     SelectiveKernelBottleneck,
-    create_model,
 )
 from se_flax.nnx._selective_kernel import SelectiveKernel, SelectiveKernelAttn
 from se_flax.nnx._squeeze_excite import SELayer, SqueezeExcite
@@ -57,5 +58,6 @@ __all__ = [
     "SqueezeExcite",
     "create_model",
     "from_pretrained",
+    "list_models",
     "save_pretrained",
 ]

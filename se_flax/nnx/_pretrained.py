@@ -1,5 +1,5 @@
 """Pretrained weights in timm's layout into NNX models (and back, through
-:func:`se_flax.save_pretrained`). Loading never imports torch."""
+:func:`se_flax.save_pretrained`). Neither way imports torch."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import jax.numpy as jnp
 from flax import nnx, traverse_util
 
 from se_flax._dtypes import Dtype
-from se_flax._pretrained import convert_into, save_pretrained
-from se_flax.nnx._resnet import ResNet, create_model
+from se_flax._pretrained import classifier_path, convert_into, new_head, save_pretrained
+from se_flax.nnx._factory import create_model
 
 __all__ = ["from_pretrained", "save_pretrained"]
 
@@ -28,7 +28,7 @@ def from_pretrained(
     rngs: nnx.Rngs | None = None,
     verbose: bool = True,
     **kwargs: Any,
-) -> ResNet:
+) -> nnx.Module:
     """An NNX model holding timm's pretrained weights, in eval mode, without torch.
 
     The twin of :func:`se_flax.from_pretrained` (same sources, options and checks); the
@@ -57,9 +57,9 @@ def from_pretrained(
         >>> model = se_flax.nnx.from_pretrained("timm/seresnet50.a1_in1k")
         >>> logits = model(model.pretrained_cfg.preprocess(images))
     """
-    from se_convert import update_nnx
-    from se_convert._convert import _flat_flax
-    from se_convert._hub import read_pretrained, report
+    from se_weights import update_nnx
+    from se_weights._convert import _flat_flax
+    from se_weights._hub import read_pretrained, report
 
     pretrained = read_pretrained(source, revision=revision)
     options = pretrained.options(
@@ -67,7 +67,7 @@ def from_pretrained(
     )
     rngs = nnx.Rngs(0) if rngs is None else rngs
 
-    def build(rngs: nnx.Rngs) -> ResNet:
+    def build(rngs: nnx.Rngs) -> nnx.Module:
         return create_model(pretrained.architecture, rngs=rngs, **options)
 
     # Abstract, not initialised: an eager initialisation costs seconds of op compilation
@@ -75,9 +75,19 @@ def from_pretrained(
     model = nnx.eval_shape(build, rngs)
     own = traverse_util.unflatten_dict(_flat_flax(model))
     variables = convert_into(pretrained, own)
-    if "fc" in own.get("params", {}) and "fc" not in variables["params"]:  # a new classifier
-        head = nnx.jit(lambda r: nnx.to_pure_dict(nnx.state(build(r).fc, nnx.Param)))(rngs)
-        variables["params"]["fc"] = head  # compiled to the classifier's initialisation only
+    if new_head(pretrained, own):
+        path = classifier_path(pretrained)
+
+        def head(rngs: nnx.Rngs) -> Any:
+            module = build(rngs)
+            for name in path:
+                module = getattr(module, name)
+            return nnx.to_pure_dict(nnx.state(module, nnx.Param))
+
+        parent = variables["params"]
+        for name in path[:-1]:
+            parent = parent.setdefault(name, {})
+        parent[path[-1]] = nnx.jit(head)(rngs)  # compiled to the classifier's initialisation
     update_nnx(model, variables)
     abstract = [p for p, v in _flat_flax(model).items() if not isinstance(v, jax.Array)]
     if abstract:  # every variable must have been filled (update_nnx is strict; this is cheap)

@@ -23,7 +23,7 @@ from se_common import (
     ResNetConfig,
     check_head_options,
     lookup,
-    model_config,
+    model_feature_info,
 )
 from se_flax._dtypes import Dtype, compute_dtype, mean
 from se_flax._layers import check_input, max_pool
@@ -49,7 +49,6 @@ __all__ = [
     "ResidualBlock",
     "SelectiveKernelBasic",
     "SelectiveKernelBottleneck",
-    "create_model",
 ]
 
 Array = jax.Array
@@ -301,6 +300,7 @@ class ResNet(nnx.Module):
         )
         self.config = cfg
         self.in_chans = in_chans
+        self.num_classes = num_classes
         self.features_only = features_only
         self.out_indices = tuple(out_indices)
         self.act_fn = act_fn
@@ -330,6 +330,12 @@ class ResNet(nnx.Module):
             else None
         )
 
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """timm's ``feature_info``: ``num_chs``, ``reduction`` and ``module`` of every level
+        (of ``out_indices`` with ``features_only``)."""
+        return model_feature_info(self.config, self.features_only, self.out_indices)
+
     def __call__(self, x: Array) -> Array | list[Array]:
         check_input(x, channels=self.in_chans)
         x = self.act_fn(self.bn1(self.conv1(x)))
@@ -344,19 +350,3 @@ class ResNet(nnx.Module):
         dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
         x = mean(x, (1, 2), dtype)
         return x if self.fc is None else self.fc(x)
-
-
-def create_model(name: str, *, rngs: nnx.Rngs | None = None, **kwargs: Any) -> ResNet:
-    """Builds an NNX model by timm's name (every name :func:`se_flax.create_model` takes).
-
-    Args:
-        name: e.g. ``"seresnet50"``, ``"seresnext50_32x4d"``, ``"resnet18"``, ``"skresnet18"``.
-        rngs: random streams for initialisation (default ``nnx.Rngs(0)``, new on each call).
-        **kwargs: arguments of :class:`ResNet` (``num_classes``, ``in_chans``,
-            ``features_only``, ``out_indices``, ``attn_layer``, ``dtype``, ``param_dtype``, ...),
-            or ``attn=`` a name of ``se_common.ATTENTION`` or ``None``.
-
-    Example:
-        >>> model = create_model("seresnet50", num_classes=10, rngs=nnx.Rngs(0))
-    """
-    return ResNet(model_config(name, kwargs), rngs=nnx.Rngs(0) if rngs is None else rngs, **kwargs)

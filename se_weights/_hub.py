@@ -25,16 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from se_common import MODEL_CONFIGS
+from se_common import Architecture, architecture_of, get_model, list_models
 from se_common._pretrained import PretrainedCfg
-from se_convert._arrays import is_floating
-from se_convert._formats import FileError, _atomic
+from se_weights._arrays import is_floating
+from se_weights._formats import FORMATS, FileError, _atomic, read_file
 
 __all__ = [
     "CONFIG_FILE",
     "HUB_PREFIX",
     "WEIGHTS_FILE",
     "Pretrained",
+    "check_state_dict",
     "is_hub_id",
     "read_pretrained",
     "report",
@@ -45,9 +46,6 @@ HUB_PREFIX = "hf-hub:"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 MAX_CONFIG_BYTES = 64 * 2**20  # a config with 21k label descriptions is a few MB
-HEAD = ("fc.weight", "fc.bias")  # the classifier's keys in every architecture built here
-# config.json's model_args this loader understands (timm's own export writes these three)
-MODEL_ARGS = {"in_chans": "input channels", "num_classes": "classes", "global_pool": "'avg' only"}
 
 
 # timm factory arguments that change training only (no tensor): ignored, with a note
@@ -58,8 +56,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 def is_hub_id(source: str | os.PathLike) -> bool:
     """Whether ``source`` names a hub repo: ``hf-hub:owner/name[@revision]``, or
     ``owner/name[@revision]`` where no such local path exists."""
-    from se_convert._formats import FORMATS
-
     if not isinstance(source, str):
         return False
     if source.startswith(HUB_PREFIX):
@@ -97,6 +93,11 @@ class Pretrained:
     @property
     def architecture(self) -> str:
         return self.cfg.architecture
+
+    @property
+    def arch(self) -> Architecture:
+        """The registered architecture (its family, config and head)."""
+        return get_model(self.cfg.architecture)
 
     def __post_init__(self) -> None:
         """Weights stored in several floating dtypes are widened to one, exactly (float32, or
@@ -146,7 +147,8 @@ class Pretrained:
                 f"features_only=True builds no classifier: num_classes={num_classes} would be "
                 f"ignored; pass one or the other"
             )
-        held = [k for k in HEAD if k in self.tensors]
+        family = self.arch.family
+        held = family.head_keys(self.tensors, features_only)
         if features_only:
             why = "features_only=True"
         elif num_classes is None or num_classes == kept:
@@ -158,7 +160,9 @@ class Pretrained:
         if held:
             for k in held:
                 del self.tensors[k]
-            self.notes.append(f"the weights' classifier fc ({kept} classes) is dropped: {why}")
+            self.notes.append(
+                f"the weights' classifier {family.classifier} ({kept} classes) is dropped: {why}"
+            )
         elif num_classes:  # headless weights: the classifier is new all the same
             self.notes.append(f"the weights have no classifier: {why}")
         return {"num_classes": kept if num_classes is None else int(num_classes)}
@@ -261,18 +265,20 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _model_kwargs(config: dict[str, Any], path: Path, notes: list[str]) -> dict[str, Any]:
-    """``create_model`` options from ``model_args``: training-only arguments (dropout rates) are
-    ignored with a note; any other argument is a FileError."""
+def _model_kwargs(
+    config: dict[str, Any], path: Path, notes: list[str], accepted: dict[str, str]
+) -> dict[str, Any]:
+    """``create_model`` options from ``model_args``: those the family ``accepted`` are read,
+    training-only arguments (dropout rates) ignored with a note; any other is a FileError."""
     args = config.get("model_args") or {}
     if not isinstance(args, dict):
         raise FileError(f"{path}: model_args must be an object, got {args!r}")
     ignored = sorted(k for k in args if k in TRAINING_ONLY)
     if ignored:
         notes.append(f"model_args {', '.join(ignored)} ignored (training only; no weights)")
-    unknown = sorted(set(args) - set(MODEL_ARGS) - set(TRAINING_ONLY))
+    unknown = sorted(set(args) - set(accepted) - set(TRAINING_ONLY))
     if unknown:
-        known = ", ".join(f"{k} ({v})" for k, v in MODEL_ARGS.items())
+        known = ", ".join(f"{k} ({v})" for k, v in accepted.items())
         raise FileError(
             f"{path}: model_args {', '.join(unknown)} are not options of se-flax's "
             f"{config.get('architecture')}; it reads {known}, and ignores "
@@ -305,13 +311,15 @@ def read_pretrained(source: str | os.PathLike, *, revision: str | None = None) -
         cfg = PretrainedCfg.from_config(config, source=label)
     except ValueError as e:
         raise FileError(f"{config_path}: {e}") from None
-    if cfg.architecture not in MODEL_CONFIGS:
+    try:
+        family = get_model(cfg.architecture).family
+    except ValueError:
         raise FileError(
             f"{config_path}: architecture {cfg.architecture!r} is not one se-flax builds; it "
-            f"builds {', '.join(sorted(MODEL_CONFIGS))}"
-        )
+            f"builds {', '.join(list_models())}"
+        ) from None
     notes: list[str] = []
-    kwargs = _model_kwargs(config, config_path, notes)
+    kwargs = _model_kwargs(config, config_path, notes, dict(family.model_args))
     if kwargs.get("in_chans", cfg.input_size[0]) != cfg.input_size[0]:
         raise FileError(
             f"{config_path}: model_args in_chans {kwargs['in_chans']} but input_size "
@@ -329,9 +337,7 @@ def read_pretrained(source: str | os.PathLike, *, revision: str | None = None) -
                 else ""
             )
         )
-    from se_convert._formats import load
-
-    stored = load(weights)
+    stored = read_file(weights)
     if stored.framework != "torch":
         raise FileError(f"{weights}: holds Flax paths, not timm's PyTorch state_dict keys")
     return Pretrained(cfg, stored.tensors, kwargs, directory, notes)
@@ -352,6 +358,33 @@ def report(pretrained: Pretrained, parameters: int, dtype: Any, verbose: bool) -
         print(f"  note: {note}", file=sys.stderr)
 
 
+def check_state_dict(
+    tensors: dict[str, np.ndarray], config: Any, num_classes: int, in_chans: int, what: str
+) -> None:
+    """``tensors`` against the framework-free plan of ``config`` (keys, shapes, one floating
+    dtype, int64 counters): a ConversionError listing every difference."""
+    from se_weights._convert import ConversionError
+
+    plan = config.state_dict(num_classes, in_chans)
+    missing = [k for k in plan if k not in tensors]
+    unexpected = [k for k in tensors if k not in plan]
+    floats = {np.dtype(v.dtype) for v in tensors.values() if is_floating(v.dtype)}
+    mismatched = [
+        f"{k}: {tuple(v.shape)} {np.dtype(v.dtype)}, the plan has {plan[k].shape} {plan[k].dtype}"
+        for k, v in tensors.items()
+        if k in plan
+        and (
+            tuple(v.shape) != plan[k].shape
+            or (plan[k].dtype == "float") != is_floating(v.dtype)
+            or (plan[k].dtype != "float" and np.dtype(v.dtype) != np.dtype(plan[k].dtype))
+        )
+    ]
+    if len(floats) > 1:
+        mismatched.append(f"floating dtypes {', '.join(sorted(d.name for d in floats))}: one only")
+    if missing or unexpected or mismatched:
+        raise ConversionError(what, missing, unexpected, mismatched)
+
+
 def write_pretrained(
     directory: str | os.PathLike,
     tensors: dict[str, np.ndarray],
@@ -362,21 +395,23 @@ def write_pretrained(
     pretrained_cfg: PretrainedCfg | None,
     force: bool = False,
 ) -> Path:
-    """Writes timm's layout for a model of ``se_common.MODEL_CONFIGS``: ``model.safetensors``
-    (the state_dict ``tensors``, metadata ``format: pt``) and ``config.json``, each atomically.
+    """Writes timm's layout for a registered architecture: ``model.safetensors`` (the
+    state_dict ``tensors``, metadata ``format: pt``) and ``config.json``, each atomically.
 
-    The architecture is the name of ``config``; the data config is ``pretrained_cfg``, else
-    timm's ResNet defaults. Other files in ``directory`` are left alone; an existing
+    The architecture is the registered name of ``config`` (:func:`se_common.architecture_of`),
+    and ``tensors`` must be exactly its state_dict plan; the data config is ``pretrained_cfg``,
+    else timm's ResNet-style defaults. Other files in ``directory`` are left alone; an existing
     ``config.json`` or ``model.safetensors`` is replaced only with ``force``.
     """
     from safetensors.numpy import save_file
 
-    from se_common import config_name
-
     try:
-        architecture = config_name(config)
+        arch = architecture_of(config)
     except ValueError as e:
         raise FileError(f"save_pretrained: {e}") from None
+    architecture, family = arch.name, arch.family
+    what = f"save_pretrained: the weights are not {architecture}'s"
+    check_state_dict(tensors, config, num_classes, in_chans, what)
     if pretrained_cfg is None:
         if in_chans != 3:
             raise FileError(
@@ -405,8 +440,8 @@ def write_pretrained(
         if (directory / name).exists() and not force:
             raise FileError(f"{directory / name} exists; pass force=True to overwrite it")
     cfg = {**pretrained_cfg.to_dict(), "num_classes": num_classes}
-    cfg.setdefault("first_conv", "conv1")
-    cfg.setdefault("classifier", "fc")
+    cfg.setdefault("first_conv", family.first_conv)
+    cfg.setdefault("classifier", family.classifier)
     if num_classes != pretrained_cfg.num_classes:  # timm: labels describe the old classifier
         for key in ("label_names", "label_descriptions", "label_offset"):
             cfg.pop(key, None)
@@ -415,7 +450,7 @@ def write_pretrained(
         {
             "architecture": architecture,
             "num_classes": num_classes,
-            "num_features": config.feature_channels[-1],
+            "num_features": config.num_features,
             "global_pool": "avg",
             **labels,  # at the top, as timm's save_config_for_hf writes them
             "model_args": {"in_chans": in_chans, "num_classes": num_classes, "global_pool": "avg"},

@@ -24,9 +24,9 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-from se_convert._arrays import to_numpy, to_torch
+from se_weights._arrays import to_numpy, to_torch
 
-__all__ = ["FORMATS", "FileError", "Framework", "Weights", "file_format", "load", "save"]
+__all__ = ["FORMATS", "FileError", "Framework", "Weights", "file_format", "read_file", "save"]
 
 # Whose names and tensor layouts a checkpoint holds: PyTorch's state_dict keys, or Flax paths.
 Framework = Literal["torch", "flax"]
@@ -269,37 +269,14 @@ def _metadata(value: Any, what: str, path: Path) -> str | None:
     return value
 
 
-def load(path: str | os.PathLike, *, max_bytes: int | None = None) -> Weights:
-    """Reads a checkpoint of any supported format. Never runs code stored in a file.
-
-    ``path`` may also be timm's pretrained layout: a directory holding ``config.json`` and
-    ``model.safetensors``, or a hub id (``timm/seresnet50.a1_in1k``, ``hf-hub:...``) read
-    through the Hugging Face cache; the weights then record the config's architecture.
-
-    Hostile files get bounded time and memory: a file holding more than ``max_bytes`` of
-    tensors (default 16 GiB, or ``$SE_CONVERT_MAX_BYTES``), a pickle whose objects expand
-    beyond 10**7 nodes, and a tensor whose storage is smaller than its elements are refused
-    before anything is materialised. Arrays come back in the machine's byte order.
+def read_file(path: str | os.PathLike, *, max_bytes: int | None = None) -> Weights:
+    """Reads a checkpoint file (or orbax directory) of any supported format: :func:`load`
+    without timm's pretrained layout. Never runs code stored in a file.
 
     Raises:
         FileError: unreadable, truncated or corrupted files, wrong formats, refused pickles.
     """
-    from se_convert._hub import CONFIG_FILE, is_hub_id, read_pretrained
-
     limit = byte_limit(max_bytes)
-    if is_hub_id(path) or (Path(path) / CONFIG_FILE).is_file():
-        pretrained = read_pretrained(path)
-        note = f"read timm's layout from {pretrained.directory}"
-        if pretrained.cfg.tag:
-            note += f" (tag {pretrained.cfg.tag})"
-        options = pretrained.options(None, False)
-        return Weights(
-            "torch",
-            pretrained.tensors,
-            pretrained.architecture,
-            notes=[note, *pretrained.notes],
-            options={k: options[k] for k in ("num_classes", "in_chans")},
-        )
     path = Path(path)
     kind = file_format(path)
     if not path.exists():

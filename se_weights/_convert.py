@@ -1,5 +1,5 @@
 """The conversion engine: plans where every tensor goes with the rule tables (see
-:mod:`se_convert._rules`), then moves them, in either direction, strictly."""
+:mod:`se_weights._rules`), then moves them, in either direction, strictly."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from se_convert._arrays import to_numpy, to_torch
-from se_convert._rules import CONTEXTS, LAYER_RULES, RULES, Context, Layout, Rule
+from se_weights._arrays import is_floating, to_numpy, to_torch
+from se_weights._rules import CONTEXTS, LAYER_RULES, RULES, Context, Layout, Rule
 
 __all__ = [
     "ConversionError",
     "DroppedTensorsWarning",
     "Rename",
+    "flax_to_state_dict",
     "flax_to_torch",
     "torch_to_flax",
     "update_nnx",
@@ -134,6 +135,13 @@ def _class_names(module_type: type) -> set[str]:
 # ------------------------------------------------------------------ by name (bare state_dicts)
 
 
+# What every state_dict key the names alone cannot place says (no rule, or several).
+_PASS_THE_MODULE = (
+    "its name alone cannot decide: pass the torch.nn.Module itself (torch_to_flax(module)), "
+    "whose layer types choose the rules, or rules="
+)
+
+
 @dataclass(frozen=True)
 class _NoRule:
     reason: str
@@ -146,7 +154,7 @@ def _find_rule(
     """(rule, prefix, local name) of the name table for a PyTorch module, or why there is none.
 
     ``module_type`` is the module's class, or ``None`` when only a state_dict is at hand; see
-    :mod:`se_convert._rules` for how a rule is chosen.
+    :mod:`se_weights._rules` for how a rule is chosen.
     """
     named = []
     for rule in rules:
@@ -222,11 +230,18 @@ class _Planner:
         found = _find_rule(module_path, None, [*self.rules, *RULES])
         if isinstance(found, _NoRule):
             prefix = f"{module_path}." if module_path else ""
-            self.problems.unexpected.extend(f"{prefix}{t}: {found.reason}" for t in tensors)
+            self.problems.unexpected.extend(
+                f"{prefix}{t}: {found.reason}; {_PASS_THE_MODULE}" for t in tensors
+            )
             return None
+        return found[0], self._named_path(found)
+
+    def _named_path(self, found: tuple[Rule, str, str]) -> FlaxPath:
+        """The Flax module path a name-table row gives: its ``flax_module`` (``fc.0`` ->
+        ``fc1``) below the matched prefix, or the PyTorch name's own; then ``rename``."""
         rule, torch_prefix, local = found
         local_names = (rule.flax_module,) if rule.flax_module else flax_names(local)
-        return rule, self.rename(flax_names(torch_prefix) + local_names)
+        return self.rename(flax_names(torch_prefix) + local_names)
 
     def _by_type(self, module_path: str, tensors: list[str]) -> tuple[Rule, FlaxPath] | None:
         module_type = type(self.module.get_submodule(module_path))
@@ -241,7 +256,19 @@ class _Planner:
             )
             return None
         context = self._context(module_path)
-        flax_module = self.rename(context[0] if context else flax_names(module_path))
+        # No Context names it: the name table's row for this path and type, if any, gives the
+        # Flax module path a state_dict of the same names gets (fc.0 -> fc1), so that a module
+        # and its state_dict convert to the same tree; the PyTorch name's own comes second.
+        named = None
+        if context is None:
+            found = _find_rule(module_path, module_type, [*self.rules, *RULES])
+            named = None if isinstance(found, _NoRule) else found
+        places = [self.rename(context[0])] if context else []
+        if named is not None:
+            places.append(self._named_path(named))
+        default = self.rename(flax_names(module_path))
+        if not context and default not in places:
+            places.append(default)
         preferred = candidates[0]
         if context and context[1]:
             asked = [r for r in candidates if r.name == context[1]]
@@ -253,29 +280,29 @@ class _Planner:
                 )
                 return None
             preferred = asked[0]
-        if self.target is not None:
-            fitting = [
-                r
-                for r in sorted(candidates, key=lambda r: r is not preferred)
-                if self._expected(r, module_path, tensors, flax_module) == self._held(flax_module)
-            ]
-            return (fitting[0] if fitting else preferred), flax_module
-        if context is None:  # does a name-table row claim this layer for another layout?
-            named = _find_rule(module_path, module_type, [*self.rules, *RULES])
-            if not isinstance(named, _NoRule) and self._layouts(named[0]) != self._layouts(
-                preferred, named[0].tensors
-            ):
-                options = " or ".join(
-                    f"{rule.name!r} ({self._describe(rule, module_path, tensors)})"
-                    for rule in (preferred, named[0])
-                )
-                self.problems.mismatched.append(
-                    f"{module_path}: ambiguous without a target: this {module_type.__name__} is "
-                    f"{options}, by its type or by its name; pass target= (the Flax variables, "
-                    f"or jax.eval_shape of the model's init) to choose, or rules="
-                )
-                return None
-        return preferred, flax_module
+        if self.target is not None:  # the first place and rule whose leaves the target holds
+            ordered = sorted(candidates, key=lambda r: r is not preferred)
+            for place in places:
+                held = self._held(place)
+                for rule in ordered:
+                    if self._expected(rule, module_path, tensors, place) == held:
+                        return rule, place
+            return preferred, places[0]
+        # does the name-table row claim this layer for another layout?
+        if named is not None and self._layouts(named[0]) != self._layouts(
+            preferred, named[0].tensors
+        ):
+            options = " or ".join(
+                f"{rule.name!r} ({self._describe(rule, module_path, tensors)})"
+                for rule in (preferred, named[0])
+            )
+            self.problems.mismatched.append(
+                f"{module_path}: ambiguous without a target: this {module_type.__name__} is "
+                f"{options}, by its type or by its name; pass target= (the Flax variables, "
+                f"or jax.eval_shape of the model's init) to choose, or rules="
+            )
+            return None
+        return preferred, places[0]
 
     def _describe(self, rule: Rule, module_path: str, tensors: list[str]) -> str:
         """The Flax leaves ``rule`` would make, e.g. ``kernel (1, 1, 8, 32), bias (32,)``."""
@@ -573,7 +600,14 @@ def flax_to_torch(
         rename=rename,
         rules=rules,
     ).plan()
-    converted, used = {}, set()
+    torch_layout = _from_flax(
+        flat,
+        plan,
+        {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in current.items()},
+        problems,
+        side="module",
+    )
+    converted = {}
     for key, entry in plan.items():
         if entry.flax_path is None:  # a counter Flax's own BatchNorm does not keep
             if keep_counters:
@@ -583,6 +617,26 @@ def flax_to_torch(
                     f"{key} (the variables' BatchNorm has no counter; keep_counters=True keeps "
                     f"the module's own)"
                 )
+        elif key in torch_layout:
+            converted[key] = to_torch(torch_layout[key])
+    problems.raise_if_any(f"cannot load Flax variables into {type(module).__name__}")
+    module.load_state_dict(converted, strict=True)
+    return module
+
+
+def _from_flax(
+    flat: Mapping[FlaxPath, Any],
+    plan: Mapping[str, _Entry],
+    wanted: Mapping[str, tuple[tuple[int, ...], str]],
+    problems: _Problems,
+    side: str,
+) -> dict[str, np.ndarray]:
+    """Each planned key's tensor in PyTorch's layout, NumPy, from the Flax leaves ``flat``:
+    checked against ``wanted`` (key -> PyTorch shape and dtype name); every problem recorded,
+    and every leaf no key takes is unexpected. Keys without a Flax place are left out."""
+    arrays, used = {}, set()
+    for key, entry in plan.items():
+        if entry.flax_path is None:
             continue
         if entry.flax_path not in flat:
             problems.missing.append(f"{_fmt(entry.flax_path)} (for {key})")
@@ -590,30 +644,80 @@ def flax_to_torch(
         if entry.flax_path in used:
             problems.mismatched.append(
                 f"{key}: would take {_fmt(entry.flax_path)}, which another key takes (two "
-                f"module keys for one variable)"
+                f"{side} keys for one variable)"
             )
             continue
         used.add(entry.flax_path)
         array = to_numpy(flat[entry.flax_path])
-        shape, dtype = tuple(current[key].shape), str(current[key].dtype).removeprefix("torch.")
+        shape, dtype = wanted[key]
         reason = entry.layout.torch_problem(shape, dtype)
         if reason is not None:
-            problems.mismatched.append(f"{key}: the module's {reason}")
+            problems.mismatched.append(f"{key}: the {side}'s {reason}")
             continue
         want = (entry.layout.flax_shape(shape), entry.layout.dtypes[dtype])
         if (array.shape, str(array.dtype)) != want:
             problems.mismatched.append(
-                f"{_fmt(entry.flax_path)}: {array.shape} {array.dtype}, module {key} needs "
+                f"{_fmt(entry.flax_path)}: {array.shape} {array.dtype}, {side} {key} needs "
                 f"{want[0]} {want[1]}"
             )
             continue
-        converted[key] = to_torch(entry.layout.to_torch(array))
+        arrays[key] = np.asarray(entry.layout.to_torch(array), order="C")
     problems.unexpected.extend(
-        f"{_fmt(p)} (no key of the module takes it)" for p in flat if p not in used
+        f"{_fmt(p)} (no key of the {side} takes it)" for p in flat if p not in used
     )
-    problems.raise_if_any(f"cannot load Flax variables into {type(module).__name__}")
-    module.load_state_dict(converted, strict=True)
-    return module
+    return arrays
+
+
+def flax_to_state_dict(
+    variables: Any,
+    plan: Mapping[str, Any],
+    *,
+    rules: Iterable[Rule | Context] | None = None,
+) -> dict[str, np.ndarray]:
+    """Flax variables as a PyTorch state_dict of NumPy arrays, without torch: the keys and
+    shapes come from ``plan`` (e.g. a family config's ``state_dict(num_classes, in_chans)``),
+    each key's Flax place and layout from the name table (:data:`se_convert.RULES`), the same
+    plan the hub reader loads with.
+
+    Args:
+        variables: linen variables or an NNX module, of one floating dtype.
+        plan: PyTorch key -> :class:`se_common.TensorSpec` (shape, ``"float"`` or ``"int64"``).
+        rules: extra name rules, tried before the built-in ones.
+
+    Returns:
+        key -> array in PyTorch's layout (floats in the variables' dtype, counters int64),
+        bit for bit, in ``plan``'s order.
+
+    Raises:
+        ConversionError: every planned key without its variable, every variable no key takes,
+            every shape or dtype that differs, at once.
+    """
+    flat = _flat_flax(variables)
+    floats = {str(np.dtype(v.dtype)) for v in flat.values() if is_floating(np.dtype(v.dtype))}
+    problems = _Problems()
+    if len(floats) != 1:
+        problems.mismatched.append(
+            f"the variables hold {', '.join(sorted(floats)) or 'no'} floating dtype(s): a "
+            f"state_dict is written in one"
+        )
+        problems.raise_if_any("cannot write Flax variables as a PyTorch state_dict")
+    dtype = floats.pop()
+    wanted = {
+        k: (tuple(spec.shape), dtype if spec.dtype == "float" else spec.dtype)
+        for k, spec in plan.items()
+    }
+    entries = _planner(
+        None,
+        {k: shape for k, (shape, _) in wanted.items()},
+        problems,
+        target=None,
+        collections=None,
+        rename=None,
+        rules=rules,
+    ).plan()
+    arrays = _from_flax(flat, entries, wanted, problems, side="state_dict plan")
+    problems.raise_if_any("cannot write Flax variables as a PyTorch state_dict")
+    return {k: arrays[k] for k in plan}
 
 
 def update_nnx(model: Any, variables: Mapping[str, Any]) -> Any:

@@ -8,10 +8,17 @@ a layer's *type* chooses its rule, whatever its name (:data:`LAYER_RULES`):
 2. inside this library's, timm's and torchvision's SE-family layers, :data:`CONTEXTS` give
    named children another Flax name or another candidate (their 1x1 convolutions are Flax
    ``Dense`` layers);
-3. with a ``target`` (the Flax variables, or their shapes), the candidate whose Flax leaves are
+3. where no Context names a layer, the :data:`RULES` row that a state_dict's key would take
+   (its name pattern matches the module path, and the row takes the layer's type) gives the
+   layer's Flax module name: the row's ``flax_module`` (the classic recipe's ``fc.0`` is
+   ``fc1``, in any class of one's own), else the PyTorch name's; so a module and its state_dict
+   convert to the same tree. No row: the PyTorch name's (``a.b.0.c`` is ``a/b_0/c``);
+4. with a ``target`` (the Flax variables, or their shapes), the candidate whose Flax leaves are
    exactly the target's at that path wins (a 1x1 ``Conv2d`` as a ``Dense`` kernel ``(I, O)`` or a
-   ``Conv`` kernel ``(1, 1, I, O)``; a BatchNorm with or without ``num_batches_tracked``);
-4. without a target, a layer whose name a :data:`RULES` row claims for another layout (a 1x1
+   ``Conv`` kernel ``(1, 1, I, O)``; a BatchNorm with or without ``num_batches_tracked``); where
+   step 3 gave a row's ``flax_module``, a target holding the layer under its PyTorch name
+   instead (``fc_0``) is taken too;
+5. without a target, a layer whose name a :data:`RULES` row claims for another layout (a 1x1
    ``Conv2d`` named ``fc1`` outside an SE layer) is ambiguous: an error names both options.
 
 From a bare state_dict (no module objects: files from timm, torchvision, the classic recipe),
@@ -20,7 +27,11 @@ names choose (:data:`RULES`):
 1. the rules whose name pattern matches the end of the module path are the candidates;
 2. rules marked ``by_type_only`` drop out, since their name alone is shared with another kind;
 3. of those left, the rule naming more path segments wins (``se.conv`` over ``conv``);
-4. anything still tied is an error, never a guess.
+4. anything still tied is an error, never a guess; so is a name no row matches. Both errors
+   say to pass the module instead, whose layer types decide.
+
+Wherever the names decide, the module and the state_dict give the same Flax tree, bit for bit;
+where they cannot, the state_dict is an error, never a different tree.
 
 A tensor's rank is only ever checked against what a rule declares, never used to choose a rule.
 Supporting a new layer kind means adding a row (or passing ``rules=``), not a code path in the
@@ -326,7 +337,11 @@ CONTEXTS: tuple[Context, ...] = (
         ("SqueezeExcite", "SEModule", "SqueezeExcitation"),
         _SE_FC,
     ),
-    Context("classic SELayer", ("SELayer",), {"fc.0": Child("fc1"), "fc.2": Child("fc2")}),
+    # "SElayer": the seed article's own spelling of the class (any other name of one's own is
+    # named by the name table's classic rows, the same fc1/fc2).
+    Context(
+        "classic SELayer", ("SELayer", "SElayer"), {"fc.0": Child("fc1"), "fc.2": Child("fc2")}
+    ),
     Context("effective SE", ("EffectiveSEModule",), {"fc": Child(rule=DENSE_FROM_CONV1X1)}),
     Context("CBAM channel attention", ("ChannelAttn",), _SE_FC),
     Context(
