@@ -477,7 +477,9 @@ def torch_to_flax(
         source: a ``torch.nn.Module``, whose layer *types* choose the rules whatever their names
             (:data:`se_convert.LAYER_RULES`), or a state_dict-like mapping of name -> torch
             tensor / NumPy array / JAX array, e.g. one read from a safetensors file (no torch
-            needed for NumPy input), whose *names* choose (:data:`se_convert.RULES`).
+            needed for NumPy input), whose *names* choose (:data:`se_convert.RULES`). Where the
+            name table knows a layer's name, both give it the same Flax name (the classic
+            recipe's ``fc.0`` is ``fc1``), so a module and its state_dict convert alike.
         target: optional Flax variables (arrays or ``jax.ShapeDtypeStruct``, e.g. from
             ``jax.eval_shape(model.init, ...)``), or an NNX module, that the result must match
             exactly: every leaf present, nothing extra, same shapes and dtypes. With a module
