@@ -49,6 +49,13 @@ def new_head(pretrained: Pretrained, shapes: Any) -> bool:
     )
 
 
+def put(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Sets ``tree[path[0]][path[1]]...`` to ``value``, making the dicts on the way."""
+    for name in path[:-1]:
+        tree = tree.setdefault(name, {})
+    tree[path[-1]] = value
+
+
 def convert_into(pretrained: Pretrained, shapes: Any) -> dict[str, Any]:
     """The pretrained tensors as Flax variables of exactly ``shapes``' structure and dtypes,
     less the classifier where :meth:`Pretrained.options` dropped it (its Flax module, e.g.
@@ -147,10 +154,7 @@ def from_pretrained(
                 tree = tree[name]
             return tree
 
-        parent = variables["params"]
-        for name in path[:-1]:
-            parent = parent.setdefault(name, {})
-        parent[path[-1]] = jax.jit(head)(key)  # compiled to the classifier's initialisation
+        put(variables["params"], path, jax.jit(head)(key))  # compiled to the head's init only
     count = sum(v.size for v in jax.tree.leaves(variables["params"]))
     report(pretrained, count, param_dtype, verbose)
     return model, variables

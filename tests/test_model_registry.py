@@ -26,7 +26,7 @@ import se_common
 import se_flax
 import se_torch
 from se_common import Family, FeatureInfo, TensorSpec
-from se_convert import ConversionError, FileError, flax_to_state_dict, torch_to_flax, update_nnx
+from se_convert import ConversionError, FileError, flax_to_state_dict, torch_to_flax
 from se_convert._cli import main as se_convert_main
 from tests.helpers import assert_trees_close, nchw_to_nhwc, randomize_, register
 
@@ -342,13 +342,17 @@ def test_every_name_has_timms_default_pretrained_cfg():
         assert se_common.get_model(name).pretrained, name  # timm registers every name
 
 
+# Every block type (basic, bottleneck, grouped, both SK kinds): each attention layer in each.
+ONE_PER_BLOCK = ("resnet18", "resnet50", "resnext50_32x4d", "skresnet18", "skresnext50_32x4d")
+
+
 @pytest.mark.parametrize("attn", [None, "se", "eca", "cbam", "ese"])
 def test_state_dict_plans_are_se_torchs_state_dicts(attn):
-    """The framework-free plan of every name (and attention variant) is the PyTorch twin's
-    state_dict: the same keys in the same order, shapes and dtypes."""
+    """The framework-free plan of every name (and of each attention layer in every block type)
+    is the PyTorch twin's state_dict: the same keys in the same order, shapes and dtypes."""
     options = {} if attn is None else {"attn": attn}
     with torch.device("meta"):
-        for name in se_common.list_models():
+        for name in se_common.list_models() if attn is None else ONE_PER_BLOCK:
             for num_classes, in_chans in ((1000, 3), (0, 2)):
                 model = se_torch.create_model(
                     name, num_classes=num_classes, in_chans=in_chans, **options
@@ -411,28 +415,41 @@ NO_TORCH_SAVE = textwrap.dedent(
     import sys
     sys.modules["torch"] = None  # any `import torch` now fails
     sys.modules["se_torch"] = None
-    import jax, jax.numpy as jnp
+    import jax, jax.numpy as jnp, numpy as np
+    from flax import nnx, serialization
     import se_common, se_flax
+    from se_convert import update_nnx
     se_common.register_model(
         "seresnet10", "resnet", se_common.ResNetConfig("basic", (1, 1, 1, 1), attn="se")
     )
+    rng = np.random.default_rng(int(sys.argv[2]))
     model = se_flax.create_model("seresnet10", num_classes=5)
-    variables = jax.jit(model.init)(jax.random.key(1), jnp.ones((1, 32, 32, 3), jnp.float32))
-    se_flax.save_pretrained(model, sys.argv[1] + "/linen", variables)
-    nnx_model = se_flax.nnx.create_model("seresnet10", num_classes=5)
-    se_flax.save_pretrained(nnx_model, sys.argv[1] + "/nnx")
-    from flax import serialization
-    open(sys.argv[1] + "/linen.msgpack", "wb").write(serialization.to_bytes(variables))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 32, 32, 3), jnp.float32))
+    def draw():  # random values in every variable, counters too
+        return jax.tree.map(
+            lambda s: rng.standard_normal(s.shape).astype(s.dtype)
+            if jnp.issubdtype(s.dtype, jnp.floating)
+            else rng.integers(0, 2**31, s.shape).astype(s.dtype),
+            shapes,
+        )
+    linen_variables, nnx_variables = draw(), draw()
+    se_flax.save_pretrained(model, sys.argv[1] + "/linen", linen_variables)
+    abstract = nnx.eval_shape(lambda: se_flax.nnx.create_model("seresnet10", num_classes=5))
+    se_flax.save_pretrained(update_nnx(abstract, nnx_variables), sys.argv[1] + "/nnx")
+    for side, variables in (("linen", linen_variables), ("nnx", nnx_variables)):
+        with open(f"{sys.argv[1]}/{side}.msgpack", "wb") as f:
+            f.write(serialization.to_bytes(variables))
     print(sorted(m for m in ("torch", "se_torch") if sys.modules.get(m)))
     """
 )
 
 
-def test_saving_from_flax_needs_no_torch(tmp_path, monkeypatch):
-    """Saved with torch unimportable; loaded by PyTorch bit for bit, both front-ends."""
+def test_saving_from_flax_needs_no_torch(tmp_path, monkeypatch, rng):
+    """Saved from linen and NNX with torch unimportable; PyTorch loads each bit for bit."""
     register(monkeypatch, "seresnet10", se_common.ResNetConfig("basic", (1, 1, 1, 1), attn="se"))
+    seed = str(rng.integers(2**31))
     result = subprocess.run(
-        [sys.executable, "-c", NO_TORCH_SAVE, str(tmp_path)],
+        [sys.executable, "-c", NO_TORCH_SAVE, str(tmp_path), seed],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -445,17 +462,10 @@ def test_saving_from_flax_needs_no_torch(tmp_path, monkeypatch):
 
     model = se_flax.create_model("seresnet10", num_classes=5)
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 32, 32, 3), jnp.float32))
-    variables = serialization.from_bytes(shapes, (tmp_path / "linen.msgpack").read_bytes())
     for side in ("linen", "nnx"):
+        variables = serialization.from_bytes(shapes, (tmp_path / f"{side}.msgpack").read_bytes())
         tmodel = se_torch.from_pretrained(tmp_path / side, verbose=False)
-        again = torch_to_flax(tmodel)
-        if side == "linen":
-            assert_trees_close(again, variables, rtol=0, atol=0, what=side)
-        else:
-            nnx_model = nnx.eval_shape(
-                lambda: se_flax.nnx.create_model("seresnet10", num_classes=5)
-            )
-            assert update_nnx(nnx_model, again).fc.kernel.shape == (512, 5)
+        assert_trees_close(torch_to_flax(tmodel), variables, rtol=0, atol=0, what=side)
 
 
 # ---------------------------------------------------------------- the real timm (skipped in CI)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx, traverse_util
 
 from se_flax._dtypes import Dtype
-from se_flax._pretrained import classifier_path, convert_into, new_head, save_pretrained
+from se_flax._pretrained import classifier_path, convert_into, new_head, put, save_pretrained
 from se_flax.nnx._factory import create_model
 
 __all__ = ["from_pretrained", "save_pretrained"]
@@ -84,10 +84,7 @@ def from_pretrained(
                 module = getattr(module, name)
             return nnx.to_pure_dict(nnx.state(module, nnx.Param))
 
-        parent = variables["params"]
-        for name in path[:-1]:
-            parent = parent.setdefault(name, {})
-        parent[path[-1]] = nnx.jit(head)(rngs)  # compiled to the classifier's initialisation
+        put(variables["params"], path, nnx.jit(head)(rngs))  # compiled to the head's init only
     update_nnx(model, variables)
     abstract = [p for p, v in _flat_flax(model).items() if not isinstance(v, jax.Array)]
     if abstract:  # every variable must have been filled (update_nnx is strict; this is cheap)
