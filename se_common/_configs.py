@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from se_common._checks import positive_int
 from se_common._layers import eca_kernel_size, selective_kernel_paths
 from se_common._registry import FAMILIES, Family, FeatureInfo, TensorSpec, register_model
 from se_common._widths import resolve_rd_channels
@@ -273,6 +274,13 @@ class ResNetConfig:
     zero_init_last: bool = True
 
     def __post_init__(self) -> None:
+        layers = self.layers
+        if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__") or len(layers) != 4:
+            raise ValueError(f"layers must be 4 block counts (one per stage), got {layers!r}")
+        counts = tuple(positive_int(f"layers[{i}]", n) for i, n in enumerate(layers))
+        object.__setattr__(self, "layers", counts)  # frozen: normalised once, while constructing
+        for name in ("cardinality", "base_width"):
+            positive_int(name, getattr(self, name))
         if self.block not in BLOCK_TYPES:
             raise ValueError(
                 f"unknown block {self.block!r}; known: {', '.join(sorted(BLOCK_TYPES))}"

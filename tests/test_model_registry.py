@@ -307,6 +307,31 @@ def test_feature_info_is_timms_in_every_front_end(features_only):
         ]
 
 
+def test_config_options_change_the_config_and_bad_ones_name_the_value():
+    model = se_flax.create_model("resnet50", layers=[1, 1, 1, 1], attn="se")
+    assert model.config == dataclasses.replace(
+        se_common.get_model("seresnet50").config, layers=(1, 1, 1, 1)
+    )
+    with torch.device("meta"):
+        assert len(se_torch.create_model("resnext50_32x4d", layers=(1, 2, 1, 1)).layer2) == 2
+    for options, message in (
+        (
+            {"layers": (1, 1, 1)},
+            r"layers must be 4 block counts \(one per stage\), got \(1, 1, 1\)",
+        ),
+        ({"layers": (1, 0, 1, 1)}, r"layers\[1\] must be an integer >= 1, got 0"),
+        ({"cardinality": 0}, r"cardinality must be an integer >= 1, got 0"),
+        ({"base_width": 2.5}, r"base_width must be an integer >= 1, got 2.5"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            se_flax.nnx.create_model("resnext50_32x4d", **options)
+    # zero_init_last is the builder's option (it overrides the config's default)
+    assert se_common.get_model("resnet18").family.config_options is not None
+    with torch.device("meta"):
+        model = se_torch.create_model("resnet18", zero_init_last=False)
+    assert model.config == se_common.get_model("resnet18").config
+
+
 def test_list_models_matches_timm_style():
     names = se_common.list_models()
     assert names[:5] == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
