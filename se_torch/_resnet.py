@@ -301,7 +301,7 @@ class ResNet(nn.Module):
             )
         for i, blocks in enumerate(stages):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-        self.num_features = config.feature_channels[-1]
+        self.num_features = config.num_features
         if not features_only:
             self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         self._init_weights(config.zero_init_last if zero_init_last is None else zero_init_last)

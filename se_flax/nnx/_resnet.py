@@ -319,7 +319,7 @@ class ResNet(nnx.Module):
         self.stage_ends = tuple(stage_ends)
         self.fc = (
             nnx.Linear(
-                cfg.feature_channels[-1],
+                cfg.num_features,
                 num_classes,
                 precision=precision,
                 dtype=dtype,
