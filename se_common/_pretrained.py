@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "PretrainedCfg"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "LIMITS", "PretrainedCfg"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,17 +39,62 @@ _FIELDS = (
 )
 
 
+# The sane range of each pretrained_cfg field, checked whenever a PretrainedCfg is made (a
+# config.json is untrusted input). timm 1.0.31's 3,394 pretrained configs span: 3 channels,
+# sides 106-1,024 px, crop_pct 0.875-1.15 (test 0.9-1.0), mean 0-0.5, std 0.143-1.0, up to
+# 115,217 classes, tags of up to 37 characters (scripts/timm_pretrained_cfgs.py --ranges).
+LIMITS: dict[str, tuple[float, float]] = {
+    "num_classes": (0, 1_000_000),
+    "channels": (1, 64),
+    "side": (1, 4096),  # input_size's height and width, in pixels
+    "values": (1, 2**26),  # C * H * W of one image: 256 MB in float32
+    "crop_pct": (0.25, 2.0),
+    "mean": (0.0, 1.0),
+    "std": (0.01, 10.0),
+}
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")  # timm's tags: a1_in1k, fb_swsl_ig1b_...
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an untrusted value in a message (repr escapes
+    control characters; a megabyte of text stays a line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
+
+
+def _in(name: str, value: Any, kind: str, what: str) -> None:
+    low, high = LIMITS[kind]
+    if not low <= value <= high:
+        raise ValueError(
+            f"pretrained_cfg {name} must be {what} in [{low:g}, {high:g}], got {value!r}"
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _size(name: str, value: Any) -> tuple[int, int, int]:
     if (
         not isinstance(value, Sequence)
+        or isinstance(value, str)
         or len(value) != 3
-        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+        or not all(_is_int(v) for v in value)
         or min(value) < 1
     ):
         raise ValueError(
-            f"pretrained_cfg {name} must be 3 positive integers (C, H, W), got {value!r}"
+            f"pretrained_cfg {name} must be 3 positive integers (C, H, W), got {shown(value)}"
         )
-    return tuple(int(v) for v in value)
+    channels, height, width = (int(v) for v in value)
+    _in(f"{name} channels", channels, "channels", "an integer")
+    _in(f"{name} height", height, "side", "an integer")
+    _in(f"{name} width", width, "side", "an integer")
+    _in(f"{name} C * H * W", channels * height * width, "values", "a count")
+    return channels, height, width
 
 
 def _floats(name: str, value: Any, channels: int) -> tuple[float, ...]:
@@ -56,16 +102,82 @@ def _floats(name: str, value: Any, channels: int) -> tuple[float, ...]:
         not isinstance(value, Sequence)
         or isinstance(value, str)
         or len(value) != channels
-        or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+        or not all(_is_real(v) for v in value)
     ):
-        raise ValueError(f"pretrained_cfg {name} must be {channels} numbers, got {value!r}")
+        raise ValueError(
+            f"pretrained_cfg {name} must be {channels} finite numbers, got {shown(value)}"
+        )
+    for v in value:
+        _in(name, v, name, "numbers")
     return tuple(float(v) for v in value)
 
 
 def _fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 4:
-        raise ValueError(f"pretrained_cfg {name} must be a number in (0, 4], got {value!r}")
+    if not _is_real(value):
+        raise ValueError(f"pretrained_cfg {name} must be a finite number, got {shown(value)}")
+    _in(name, value, "crop_pct", "a number")
     return float(value)
+
+
+def _check_extra(extra: Mapping[str, Any], num_classes: int) -> None:
+    """timm's other pretrained_cfg entries that se-flax writes back or reads: their types (and
+    the labels' count); entries it does not know are kept as they are."""
+
+    def strings(v: Any) -> bool:
+        return isinstance(v, str) or (
+            isinstance(v, Sequence) and all(isinstance(s, str) for s in v)
+        )
+
+    for key, value in extra.items():
+        if not isinstance(key, str):
+            raise ValueError(f"pretrained_cfg keys must be strings, got {shown(key)}")
+        if key == "label_names" and (
+            not isinstance(value, Sequence)
+            or isinstance(value, str)
+            or not all(isinstance(s, str) for s in value)
+            or len(value) != num_classes
+        ):
+            count = len(value) if isinstance(value, Sequence) else "?"
+            raise ValueError(
+                f"pretrained_cfg label_names must be {num_classes} strings (one per class), got "
+                f"{count} entries: {shown(value)}"
+            )
+        if key == "label_descriptions" and (
+            not isinstance(value, Mapping)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        ):
+            raise ValueError(
+                f"pretrained_cfg label_descriptions must map strings to strings, got {shown(value)}"
+            )
+        if key in ("first_conv", "classifier", "license", "hf_hub_id", "url") and not (
+            value is None or strings(value)
+        ):
+            raise ValueError(f"pretrained_cfg {key} must be a name, got {shown(value)}")
+        if key in ("fixed_input_size", "custom_load") and not isinstance(value, bool):
+            raise ValueError(f"pretrained_cfg {key} must be true or false, got {shown(value)}")
+        if key == "min_input_size" and value is not None:
+            _size(key, value)
+        if (
+            key == "label_offset"
+            and value is not None
+            and not (_is_int(value) and 0 <= value <= num_classes)
+        ):
+            raise ValueError(
+                f"pretrained_cfg label_offset must be an integer in [0, {num_classes}], got "
+                f"{shown(value)}"
+            )
+        if (
+            key == "pool_size"
+            and value is not None
+            and not (
+                isinstance(value, Sequence)
+                and len(value) == 2
+                and all(_is_int(v) and 1 <= v <= LIMITS["side"][1] for v in value)
+            )
+        ):
+            raise ValueError(
+                f"pretrained_cfg pool_size must be 2 sides in pixels, got {shown(value)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -109,37 +221,48 @@ class PretrainedCfg:
 
     def __post_init__(self) -> None:
         if not isinstance(self.architecture, str) or not self.architecture:
-            raise ValueError(f"architecture must be a model name, got {self.architecture!r}")
-        if self.tag is not None and not isinstance(self.tag, str):
-            raise ValueError(f"pretrained_cfg tag must be a string, got {self.tag!r}")
-        if (
-            isinstance(self.num_classes, bool)
-            or not isinstance(self.num_classes, numbers.Integral)
-            or self.num_classes < 0
-        ):
-            raise ValueError(f"num_classes must be an integer >= 0, got {self.num_classes!r}")
+            raise ValueError(f"architecture must be a model name, got {shown(self.architecture)}")
+        if self.tag is not None and not (isinstance(self.tag, str) and _TAG.fullmatch(self.tag)):
+            raise ValueError(
+                f"pretrained_cfg tag must be a name of letters, digits and _ . + - (at most 128), "
+                f"got {shown(self.tag)}"
+            )
+        if not _is_int(self.num_classes):
+            raise ValueError(f"num_classes must be an integer >= 0, got {shown(self.num_classes)}")
+        low, high = LIMITS["num_classes"]
+        if not low <= self.num_classes <= high:
+            raise ValueError(
+                f"num_classes must be an integer >= 0 (at most {high:,}), got {self.num_classes!r}"
+            )
         set_ = object.__setattr__  # frozen: normalised once, while constructing
         set_(self, "num_classes", int(self.num_classes))
         set_(self, "input_size", _size("input_size", self.input_size))
         channels = self.input_size[0]
-        if self.interpolation not in INTERPOLATIONS:
+        if not isinstance(self.interpolation, str) or self.interpolation not in INTERPOLATIONS:
             raise ValueError(
-                f"pretrained_cfg interpolation {self.interpolation!r} is not one of "
+                f"pretrained_cfg interpolation {shown(self.interpolation)} is not one of "
                 f"{', '.join(INTERPOLATIONS)}"
             )
         set_(self, "crop_pct", _fraction("crop_pct", self.crop_pct))
-        if self.crop_mode not in (*CROP_MODES, "border"):
+        if not isinstance(self.crop_mode, str) or self.crop_mode not in (*CROP_MODES, "border"):
             raise ValueError(
-                f"pretrained_cfg crop_mode {self.crop_mode!r} is not one of center, squash, border"
+                f"pretrained_cfg crop_mode {shown(self.crop_mode)} is not one of center, squash, "
+                f"border"
             )
         set_(self, "mean", _floats("mean", self.mean, channels))
         set_(self, "std", _floats("std", self.std, channels))
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"pretrained_cfg std must be positive, got {self.std!r}")
         if self.test_input_size is not None:
             set_(self, "test_input_size", _size("test_input_size", self.test_input_size))
+            if self.test_input_size[0] != channels:
+                raise ValueError(
+                    f"pretrained_cfg test_input_size {self.test_input_size} has other channels "
+                    f"than input_size {self.input_size}"
+                )
         if self.test_crop_pct is not None:
             set_(self, "test_crop_pct", _fraction("test_crop_pct", self.test_crop_pct))
+        if not isinstance(self.extra, Mapping):
+            raise ValueError(f"pretrained_cfg extra must be a mapping, got {shown(self.extra)}")
+        _check_extra(self.extra, self.num_classes)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], source: str | None = None) -> PretrainedCfg:
@@ -161,7 +284,12 @@ class PretrainedCfg:
             cfg = {k: v for k, v in config.items() if k not in ("architecture", "num_features")}
         cfg = dict(cfg)
         for key in ("num_classes", "label_names", "label_descriptions"):
-            if key in config:  # timm: the top level overrides
+            if key in config:  # timm writes these at the top level too: both must agree
+                if key in cfg and cfg[key] != config[key] and "pretrained_cfg" in config:
+                    raise ValueError(
+                        f"config's {key} {shown(config[key])} but its pretrained_cfg's "
+                        f"{shown(cfg[key])}: which one holds?"
+                    )
                 cfg[key] = config[key]
         known = {k: cfg.pop(k) for k in _FIELDS if cfg.get(k) is not None}
         for key in ("tag", "input_size", "test_input_size"):  # JSON gives lists
@@ -241,7 +369,14 @@ class PretrainedCfg:
         resample = getattr(Image.Resampling, self.interpolation.upper())
         mean = np.asarray(self.mean, np.float32)
         std = np.asarray(self.std, np.float32)
-        batch = []
+        shape = (len(images), height, width, channels)
+        try:
+            x = np.empty(shape, np.float32)
+        except MemoryError:
+            raise ValueError(
+                f"preprocess: {len(images)} images of {size} need {math.prod(shape) * 4:,} bytes "
+                f"of float32, more than this machine can hold: pass fewer at a time"
+            ) from None
         for i, image in enumerate(images):
             image = _as_pil(image, i, channels)
             if self.crop_mode == "squash":
@@ -251,13 +386,19 @@ class PretrainedCfg:
                 short, long = (w, h) if w <= h else (h, w)
                 new_long = int(scale[0] * long / short)
                 target = (scale[0], new_long) if w <= h else (new_long, scale[0])
+            bound = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb bound (None: none)
+            if bound is not None and target[0] * target[1] > bound:
+                raise ValueError(
+                    f"image {i}: {image.size[0]} x {image.size[1]} would be resized to "
+                    f"{target[0]} x {target[1]} (input_size {size}, crop_pct {crop_pct}), more "
+                    f"than PIL.Image.MAX_IMAGE_PIXELS ({bound:,} pixels): crop it first"
+                )
             if image.size != target:
                 image = image.resize(target, resample)
             pixels = _center_crop(
                 np.asarray(image).reshape(target[1], target[0], -1), height, width
             )
-            batch.append((pixels.astype(np.float32) / np.float32(255) - mean) / std)
-        x = np.stack(batch)
+            x[i] = (pixels.astype(np.float32) / np.float32(255) - mean) / std
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if layout == "NCHW" else x
 
 

@@ -25,6 +25,7 @@ import dataclasses
 import fnmatch
 import importlib
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from se_common._pretrained import PretrainedCfg
+from se_common._pretrained import LIMITS, PretrainedCfg, shown
 
 __all__ = [
     "FAMILIES",
@@ -41,6 +42,7 @@ __all__ = [
     "Architecture",
     "Family",
     "FeatureInfo",
+    "ModelArg",
     "ModelConfig",
     "TensorSpec",
     "architecture_of",
@@ -96,6 +98,71 @@ class ModelConfig(Protocol):
 
 
 @dataclass(frozen=True)
+class ModelArg:
+    """One ``config.json`` ``model_args`` entry a family reads, and its valid values: a config is
+    untrusted input, so each value is checked before anything is built.
+
+    Attributes:
+        description: what it is, for messages.
+        kind: ``int``, ``float``, ``str`` or ``bool`` (``True`` is no integer here).
+        low, high: the inclusive range of a number.
+        choices: the values a string (or number) may take, if only some.
+        option: passed to ``create_model`` as an option of that name; ``False``: checked only
+            (``global_pool``, which se-flax fixes to ``"avg"``).
+    """
+
+    description: str
+    kind: type = int
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+    option: bool = True
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` if valid (an integral float stays a float: no silent rounding); else a
+        ``ValueError`` naming ``name`` and the value."""
+        if self.kind is bool:
+            ok = isinstance(value, bool)
+        elif self.kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = ok and math.isfinite(value)
+        else:
+            ok = isinstance(value, self.kind)
+        wanted = {
+            bool: "true or false",
+            int: "an integer",
+            float: "a finite number",
+            str: "a string",
+        }.get(self.kind, f"a {self.kind.__name__}")
+        if ok and self.choices is not None and value not in self.choices:
+            raise ValueError(
+                f"model_args {name} {shown(value)}: se-flax takes "
+                f"{' or '.join(map(repr, self.choices))} ({self.description})"
+            )
+        low = -math.inf if self.low is None else self.low
+        high = math.inf if self.high is None else self.high
+        if ok and self.kind in (int, float) and not low <= value <= high:
+            ok, wanted = False, f"{wanted} in [{low:g}, {high:g}]"
+        if not ok:
+            raise ValueError(
+                f"model_args {name} ({self.description}) must be {wanted}, got {shown(value)}"
+            )
+        return value
+
+
+def _common_model_args() -> dict[str, ModelArg]:
+    """timm's ``save_for_hf`` writes these for every model; ``in_chans`` and ``num_classes``
+    must agree with the config's ``input_size`` and ``num_classes``."""
+    return {
+        "in_chans": ModelArg("input channels", int, *LIMITS["channels"]),
+        "num_classes": ModelArg("classes", int, *LIMITS["num_classes"]),
+        "global_pool": ModelArg("the pooling", str, choices=("avg",), option=False),
+    }
+
+
+@dataclass(frozen=True)
 class Family:
     """A family of architectures.
 
@@ -110,8 +177,9 @@ class Family:
         pre_logits: module paths between the pooled features and the classifier (MobileNetV3's
             ``conv_head``), dropped with the classifier by ``features_only``.
         first_conv: timm's ``pretrained_cfg["first_conv"]`` (the input convolution).
-        model_args: the ``config.json`` ``model_args`` the hub reader accepts, each -> what it
-            is; timm's training-only arguments (dropout rates) are always ignored.
+        model_args: the ``config.json`` ``model_args`` the hub reader accepts, each -> its
+            :class:`ModelArg` (meaning and valid values); timm's training-only arguments
+            (dropout rates) are always ignored.
         config_options: the config fields ``create_model`` options may set (``None``: every
             field); the other options go to the builder, which may take a field's name too
             (a ResNet's ``zero_init_last`` overrides its config's default).
@@ -123,13 +191,7 @@ class Family:
     classifier: str
     pre_logits: tuple[str, ...] = ()
     first_conv: str = "conv1"
-    model_args: Mapping[str, str] = field(
-        default_factory=lambda: {
-            "in_chans": "input channels",
-            "num_classes": "classes",
-            "global_pool": "'avg' only",
-        }
-    )
+    model_args: Mapping[str, ModelArg] = field(default_factory=_common_model_args)
     config_options: tuple[str, ...] | None = None
 
     def builder(self, front_end: str) -> Callable[..., Any]:

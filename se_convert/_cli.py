@@ -13,7 +13,7 @@ import io
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
@@ -30,6 +30,8 @@ examples:
   se-convert resnet50_eca.pth resnet50_eca.safetensors --model resnet50 --attn eca
   se-convert se_block.pth se_block.safetensors          (a bare SE block needs no --model)
   se-convert seresnet18.msgpack seresnet18.pth --model seresnet18
+  se-convert finetuned.pth finetuned.msgpack --model seresnet18   (num_classes and in_chans
+                                                from fc.weight and conv1.weight; or pass them)
   se-convert timm/seresnet50.a1_in1k seresnet50.msgpack --verify   (a hub id: its cache, once
                                                 downloaded; HF_HUB_OFFLINE=1 reads only the cache)
   se-convert my-seresnet50/ seresnet50.safetensors   (a directory with timm's config.json and
@@ -69,6 +71,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(create_model(name, attn=...): resnet50 --attn eca is ECA-ResNet-50)",
     )
     p.add_argument(
+        "--num-classes",
+        type=_count(0),
+        metavar="N",
+        help="a backbone's classes, 0 for weights without a classifier (default: what the "
+        "file records, else what its classifier's weight shows, else 1000)",
+    )
+    p.add_argument(
+        "--in-chans",
+        type=_count(1),
+        metavar="N",
+        help="a backbone's input channels (default: what the file records, else what its "
+        "first convolution's weight shows, else 3)",
+    )
+    p.add_argument(
         "--framework",
         "--layout",
         dest="framework",
@@ -105,6 +121,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"list every problem of a failed conversion (default: {ERROR_LINES} per kind)",
     )
     return p.parse_args(argv)
+
+
+def _count(least: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``least``; the message names the bad value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {value}")
+        return value
+
+    return parse
 
 
 @contextmanager
@@ -153,6 +184,8 @@ def _convert(args: argparse.Namespace, err: TextIO) -> int:
             args.output,
             args.model,
             attn=args.attn,
+            num_classes=args.num_classes,
+            in_chans=args.in_chans,
             framework=args.framework,
             verify=args.verify,
             force=args.force,
@@ -174,9 +207,10 @@ def _convert(args: argparse.Namespace, err: TextIO) -> int:
     except Exception as e:  # never a traceback for a bad file: one line, status 2
         print(f"se-convert: error: {type(e).__name__}: {e}", file=err)
         return 2
+    model = [report["model"], *report["options"]] if report["model"] else []
     print(
-        f"{report['source']} -> {report['output']} ({report['direction']}"
-        f"{', ' + report['model'] if report['model'] else ''}): {report['tensors']} tensors, "
+        f"{report['source']} -> {report['output']} ({', '.join([report['direction'], *model])}"
+        f"): {report['tensors']} tensors, "
         f"{report['parameters']:,} values, {'/'.join(report['dtypes'])}, "
         f"{report['seconds']:.2f} s"
     )

@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from se_convert._models import SE_BLOCKS, Model
+from se_common import get_model
+from se_convert._models import DEFAULT_OPTIONS, SE_BLOCKS, Model
 from se_weights._arrays import is_floating, to_numpy, to_torch
-from se_weights._convert import flax_to_torch, torch_to_flax
+from se_weights._convert import ConversionError, _Planner, _Problems, flax_to_torch, torch_to_flax
 from se_weights._formats import (
     FORMATS,
     FileError,
@@ -29,6 +31,14 @@ from se_weights._formats import (
 from se_weights._load import load
 
 __all__ = ["convert_file"]
+
+# A backbone's options its weights show: option -> (the command's flag, the Family field naming
+# the module whose PyTorch weight holds it, and that weight's axis: Linear (classes, features),
+# Conv2d (out, in_chans, kH, kW)).
+OPTIONS = {
+    "num_classes": ("--num-classes", "classifier", 0),
+    "in_chans": ("--in-chans", "first_conv", 1),
+}
 
 
 def _float_dtype(weights: Weights) -> np.dtype | None:
@@ -49,10 +59,172 @@ def _in_dtype(target: Any, dtype: np.dtype | None) -> Any:
     )
 
 
+def _shape(shape: tuple[int | str, ...]) -> str:
+    """A shape as Python writes a tuple, its named widths (``rd``, ``C``) unquoted."""
+    items = [str(d) for d in shape]
+    return f"({', '.join(items)}{',' if len(items) == 1 else ''})"
+
+
+def _torch_problems(tensors: dict[str, np.ndarray], model: Model) -> _Problems:
+    """PyTorch-layout ``tensors`` against ``model``'s framework-free state_dict plan: every key
+    missing, unexpected or of another shape or dtype kind, and more than one floating dtype."""
+    plan, problems = model.torch_plan(tensors)
+    side = f"{model.name} model"
+    floats = sorted({np.dtype(v.dtype).name for v in tensors.values() if is_floating(v.dtype)})
+    floating = floats[0] if len(floats) == 1 else "float"
+
+    def wanted(key: str) -> str:
+        spec = plan[key]
+        return f"{_shape(spec.shape)} {floating if spec.dtype == 'float' else spec.dtype}"
+
+    found = _Problems(mismatched=list(problems))
+    found.missing.extend(f"{k} {wanted(k)} (in the {side})" for k in plan if k not in tensors)
+    for key, value in tensors.items():
+        shape, dtype = tuple(np.shape(value)), np.dtype(value.dtype)
+        spec = plan.get(key)
+        if spec is None:
+            found.unexpected.append(f"{key} {_shape(shape)} {dtype} (not in the {side})")
+        elif (
+            shape != tuple(spec.shape)
+            or (spec.dtype == "float") != is_floating(dtype)
+            or (spec.dtype != "float" and dtype != np.dtype(spec.dtype))
+        ):
+            found.mismatched.append(f"{key}: {_shape(shape)} {dtype}, the {side} has {wanted(key)}")
+    if len(floats) > 1:
+        found.mismatched.append(
+            f"floating dtypes {', '.join(floats)}: the {side}'s weights are of one"
+        )
+    return found
+
+
+def _fails(problems: _Problems) -> bool:
+    return bool(problems.missing or problems.unexpected or problems.mismatched)
+
+
+def _check_torch(tensors: dict[str, np.ndarray], model: Model) -> None:
+    """PyTorch-layout ``tensors`` against ``model``'s PyTorch state_dict, strictly and without
+    torch (ConversionError): the keys, shapes and dtype kinds of the source's own layout."""
+    problems = _torch_problems(tensors, model)
+    title = f"the weights do not fit --model {model.name}"
+    if model.is_se_block and _fails(problems):
+        fitting = [
+            n
+            for n in SE_BLOCKS
+            if n != model.name and not _fails(_torch_problems(tensors, Model(n)))
+        ]
+        if fitting:
+            title += f" (they are a bare {fitting[0]!r} block's: --model {fitting[0]})"
+    problems.raise_if_any(title)
+
+
+def _shown(weights: Weights, module: str) -> tuple[str, tuple[int, ...], tuple[int, ...]] | None:
+    """Where ``weights`` hold PyTorch module ``module``'s weight (its Flax path by the name
+    table): the key, its shape there and its shape in PyTorch's layout; None where they hold
+    none, or none of the name table's layer."""
+    key = f"{module}.weight"
+    entry = _Planner(None, {key: ()}, _Problems()).plan().get(key)
+    if entry is None or entry.flax_path is None:
+        return None
+    if weights.framework == "flax":
+        key = "/".join(entry.flax_path)
+    if key not in weights.tensors:
+        return None
+    shape = tuple(np.shape(weights.tensors[key]))
+    torch_shape = shape
+    if weights.framework == "flax":
+        try:
+            moved = entry.layout.to_torch(np.broadcast_to(np.zeros((), np.int8), shape))
+        except (ValueError, IndexError):
+            return None
+        torch_shape = tuple(moved.shape)
+    return (key, shape, torch_shape) if entry.layout.fits(torch_shape) else None
+
+
+@dataclass(frozen=True)
+class _Option:
+    """A backbone's ``num_classes`` or ``in_chans``: its value, where it came from (``None``: the
+    default) and what the weights show of it (their key, its shape there, the value)."""
+
+    name: str
+    value: int
+    origin: str | None
+    shown: tuple[str, tuple[int, ...], int] | None
+
+    @property
+    def flag(self) -> str:
+        return OPTIONS[self.name][0]
+
+    def describe(self) -> str:
+        return f"{self.name} {self.value} {self.origin or 'by default'}"
+
+    def hint(self) -> str | None:
+        """How to fix a value the weights contradict."""
+        if self.shown is not None and self.shown[2] != self.value:
+            key, shape, value = self.shown
+            return f"{key} {_shape(shape)} shows {self.name} {value}: pass {self.flag} {value}"
+        return None
+
+
+def _check_count(name: str, value: Any, least: int) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or value < least
+    ):
+        raise FileError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
+def _backbone_options(
+    weights: Weights,
+    name: str,
+    explicit: dict[str, int | None],
+    recorded: dict[str, int],
+    source: str | os.PathLike,
+) -> dict[str, _Option]:
+    """``num_classes`` and ``in_chans`` of backbone ``name``: an explicit option, else what the
+    file records, else what the weights show (the family's classifier and first conv), else the
+    default. A record the weights contradict is a FileError naming the option that fixes it."""
+    family = get_model(name).family
+    chosen = {}
+    for option, (flag, field_name, axis) in OPTIONS.items():
+        found = _shown(weights, getattr(family, field_name))
+        shown = None if found is None else (found[0], found[1], found[2][axis])
+        if explicit[option] is not None:
+            chosen[option] = _Option(option, explicit[option], f"from {flag}", shown)
+        elif option in recorded:
+            if shown is not None and shown[2] != recorded[option]:
+                raise FileError(
+                    f"{source}: the file records {option} {recorded[option]}, but its {shown[0]} "
+                    f"{_shape(shown[1])} shows {shown[2]}: pass {flag} {shown[2]} (an option "
+                    f"overrides the record)"
+                )
+            chosen[option] = _Option(option, recorded[option], "as the file records", shown)
+        elif shown is not None:
+            chosen[option] = _Option(option, shown[2], f"from {shown[0]}", shown)
+        else:
+            chosen[option] = _Option(option, DEFAULT_OPTIONS[option], None, None)
+    return chosen
+
+
+def _context(options: dict[str, _Option], classifier: str) -> str:
+    """What a failed backbone conversion's message adds: each option's value and origin, and
+    the option that fixes one the weights contradict (or a classifier they lack)."""
+    notes = [o.describe() for o in options.values()]
+    notes += [h for h in (o.hint() for o in options.values()) if h]
+    classes = options["num_classes"]
+    if classes.shown is None and classes.value:
+        notes.append(
+            f"the weights have no classifier ({classifier}.weight): pass --num-classes 0 for "
+            f"weights without a classifier"
+        )
+    return "; ".join(notes)
+
+
 def _to_flax(weights: Weights, model: Model | None) -> Weights:
-    """Flax-layout weights; with a ``model``, checked against its Flax twin: every variable
-    there, nothing else, the shapes and the checkpoint's dtype (a bare SE block's widths come
-    from the converted ``fc1``, and every other tensor must agree with them)."""
+    """Flax-layout weights; with a ``model``, the PyTorch tensors checked against its PyTorch
+    state_dict first (keys, shapes, dtype kinds: :func:`_check_torch`), then the result
+    against its Flax twin: every variable there, nothing else, the shapes and the checkpoint's
+    dtype (a bare SE block's widths come from the converted ``fc1``)."""
+    if model is not None:
+        _check_torch(weights.tensors, model)
     dtype = _float_dtype(weights)
     target = None if model is None else model.flax_shapes()
     variables = torch_to_flax(weights.tensors, target=_in_dtype(target, dtype))
@@ -64,7 +236,7 @@ def _to_flax(weights: Weights, model: Model | None) -> Weights:
 
 def _check_flax(tensors: dict[str, np.ndarray], model: Model, dtype: np.dtype | None) -> None:
     """Flax-layout ``tensors`` against ``model``'s Flax twin, strictly (ConversionError)."""
-    from se_weights._convert import _compare, _flat_flax, _Problems
+    from se_weights._convert import _compare, _flat_flax
 
     problems = _Problems()
     target = _in_dtype(model.flax_shapes(tensors), dtype)
@@ -139,6 +311,8 @@ def convert_file(
     model: str | None = None,
     *,
     attn: str | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
     framework: Framework | None = None,
     verify: bool = False,
     force: bool = False,
@@ -154,6 +328,11 @@ def convert_file(
             PyTorch -> Flax it checks every tensor against the Flax model.
         attn: a backbone's attention layer, when it is not the model's own (``create_model``'s
             ``attn``: ``"se"``, ``"eca"``, ``"cbam"``, ``"ese"``).
+        num_classes, in_chans: a backbone's classes (0: no classifier) and input channels. By
+            default what the source file records, else what its weights show (the family's
+            classifier and first convolution, in either layout), else 1000 and 3; the report's
+            ``options`` says which. A file recording other values than its weights show is an
+            error.
         framework: whose layout to write where the format holds both (safetensors); by
             default the other framework's, so ``.pth -> .safetensors`` converts to Flax.
         verify: read the written file back, check every tensor's key, shape, dtype and bits,
@@ -165,8 +344,15 @@ def convert_file(
             ``$SE_CONVERT_MAX_BYTES``).
 
     Returns:
-        A report: direction, tensors, parameters, dtypes, seconds and, with ``verify``, the
-        max abs difference.
+        A report: direction, model, ``options`` (a backbone's ``num_classes`` / ``in_chans``
+        other than the defaults, each with where it came from, e.g. ``num_classes 10 from
+        fc.weight``), tensors, parameters, dtypes, seconds and, with ``verify``, the max abs
+        difference.
+
+    Raises:
+        FileError: an unreadable file, a bad option; ConversionError: weights that do not fit
+            the model, each problem listed (for a backbone, with its options' values and
+            origins, and the option that fixes one the weights contradict).
 
     Example:
         >>> convert_file("seresnet18.pth", "seresnet18.msgpack", "seresnet18", verify=True)
@@ -175,13 +361,23 @@ def convert_file(
     weights = load(source, max_bytes=max_bytes)
     for note in weights.notes:
         log(note)
-    if attn is not None and model is None and weights.model is None:
-        raise FileError("--attn needs --model (or a file that records its model)")
+    _check_count("num_classes", num_classes, 0)
+    _check_count("in_chans", in_chans, 1)
+    explicit = {"num_classes": num_classes, "in_chans": in_chans}
     name = model or weights.model
+    for flag, value in (("--attn", attn), *((OPTIONS[k][0], v) for k, v in explicit.items())):
+        if value is not None and name is None:
+            raise FileError(f"{flag} needs --model (or a file that records its model)")
+        if value is not None and name in SE_BLOCKS and flag != "--attn":
+            raise FileError(f"{flag} applies to backbones, not to a bare {name!r} block")
     if attn is None and name == weights.model:
         attn = weights.attn  # as the file records it
-    options = weights.options if name == weights.model else {}
-    chosen = None if name is None else Model(name, attn, **options)
+    options: dict[str, _Option] = {}
+    if name is not None and name not in SE_BLOCKS:
+        Model(name, attn)  # an unknown name or attn: that error first
+        recorded = weights.options if name == weights.model else {}
+        options = _backbone_options(weights, name, explicit, recorded, source)
+    chosen = None if name is None else Model(name, attn, **{k: o.value for k, o in options.items()})
     out_kind = file_format(output)
     allowed = FORMATS[out_kind][1]
     if framework is None:
@@ -192,16 +388,23 @@ def convert_file(
             f"{output}: {out_kind} files hold the {' or '.join(allowed)} framework's tensors, "
             f"not {framework}'s"
         )
-    if framework == weights.framework:
-        converted = Weights(framework, weights.tensors)
-        if chosen is not None and framework == "flax":
-            _check_flax(weights.tensors, chosen, _float_dtype(weights))
-        elif chosen is not None:
-            _to_flax(weights, chosen)  # a PyTorch copy is checked through its Flax twin
-    elif framework == "flax":
-        converted = _to_flax(weights, chosen)
-    else:
-        converted = _to_torch(weights, chosen)
+    try:
+        if framework == weights.framework:
+            converted = Weights(framework, weights.tensors)
+            if chosen is not None and framework == "flax":
+                _check_flax(weights.tensors, chosen, _float_dtype(weights))
+            elif chosen is not None:
+                _check_torch(weights.tensors, chosen)  # a PyTorch copy: the same check
+        elif framework == "flax":
+            converted = _to_flax(weights, chosen)
+        else:
+            converted = _to_torch(weights, chosen)
+    except ConversionError as e:
+        if not options:
+            raise
+        classifier = get_model(name).family.classifier
+        title = f"{e.title} ({_context(options, classifier)})"
+        raise ConversionError(title, e.missing, e.unexpected, e.mismatched) from None
     if chosen is not None:
         converted.model, converted.attn = chosen.name, chosen.attn
         converted.options = chosen.options
@@ -210,6 +413,7 @@ def convert_file(
         "output": str(output),
         "direction": f"{weights.framework} -> {framework}",
         "model": name,
+        "options": [o.describe() for o in options.values() if o.value != DEFAULT_OPTIONS[o.name]],
         "tensors": len(converted.tensors),
         "parameters": int(sum(v.size for v in converted.tensors.values())),
         "dtypes": sorted({str(v.dtype) for v in converted.tensors.values()}),
@@ -223,7 +427,7 @@ def convert_file(
         differences = _differences(reread.tensors, converted.tensors)
         if differences:
             raise FileError(
-                f"--verify: {written.name} does not hold what was converted: "
+                f"--verify: {output} (as written) does not hold what was converted: "
                 f"{'; '.join(differences[:5])}"
                 + (f" (and {len(differences) - 5} more)" if len(differences) > 5 else "")
             )
@@ -238,6 +442,6 @@ def convert_file(
                 f"nothing written to {output}"
             )
 
-    save(converted, output, force=force, check=check if verify else None)
+    save(converted, output, force=force, check=check if verify else None, log=log)
     report["seconds"] = time.perf_counter() - start
     return report

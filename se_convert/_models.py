@@ -10,16 +10,32 @@ from typing import Any
 
 import numpy as np
 
-from se_common import ATTENTION, MODELS, list_models
+from se_common import ATTENTION, MODELS, TensorSpec, get_model, list_models
 from se_weights._formats import FileError
 
-__all__ = ["SE_BLOCKS", "Model", "model_names"]
+__all__ = ["DEFAULT_OPTIONS", "SE_BLOCKS", "Model", "model_names"]
 
 # Bare SE blocks, whose widths come from the weights (Flax layout: params/fc1/kernel (C, rd)).
 SE_BLOCKS = {
     "se": "a bare SE block: timm's SEModule / torchvision's layout (fc1, fc2 1x1 convs)",
     "selayer": "the classic recipe's SELayer (fc.0, fc.2 Linear, no bias)",
 }
+# A bare SE block's PyTorch state_dict, framework-free: key -> shape in its widths C (channels)
+# and rd (hidden width); the first key holding both gives them (se_torch.SqueezeExcite,
+# se_torch.SELayer).
+SE_TENSORS: dict[str, dict[str, tuple[int | str, ...]]] = {
+    "se": {
+        "fc1.weight": ("rd", "C", 1, 1),
+        "fc1.bias": ("rd",),
+        "fc2.weight": ("C", "rd", 1, 1),
+        "fc2.bias": ("C",),
+    },
+    "selayer": {"fc.0.weight": ("rd", "C"), "fc.2.weight": ("C", "rd")},
+}
+# The tensors a block has with bias=True only (SqueezeExcite(bias=False) has neither).
+SE_BIASES = {"se": ("fc1.bias", "fc2.bias"), "selayer": ()}
+# A backbone's create_model options that its weights decide, and their defaults.
+DEFAULT_OPTIONS = {"num_classes": 1000, "in_chans": 3}
 
 
 def model_names() -> list[str]:
@@ -33,7 +49,8 @@ class Model:
     or a bare SE block.
 
     Raises (on construction):
-        FileError: for an unknown name or attention layer, or ``attn`` on a bare SE block.
+        FileError: for an unknown name or attention layer, ``attn`` on a bare SE block, or a
+            ``num_classes`` (>= 0) or ``in_chans`` (>= 1) that is no such integer.
     """
 
     name: str
@@ -48,12 +65,16 @@ class Model:
             raise FileError(f"--attn applies to backbones, not to a bare {self.name!r} block")
         if self.attn is not None and self.attn not in ATTENTION:
             raise FileError(f"unknown attn {self.attn!r}; known: {', '.join(sorted(ATTENTION))}")
+        for key, least in (("num_classes", 0), ("in_chans", 1)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise FileError(f"{key} must be an integer >= {least}, got {value!r}")
 
     @property
     def options(self) -> dict[str, int]:
         """``num_classes`` and ``in_chans`` where they differ from the defaults (to record)."""
         options = {"num_classes": self.num_classes, "in_chans": self.in_chans}
-        return {k: v for k, v in options.items() if v != {"num_classes": 1000, "in_chans": 3}[k]}
+        return {k: v for k, v in options.items() if v != DEFAULT_OPTIONS[k]}
 
     @property
     def is_se_block(self) -> bool:
@@ -79,6 +100,55 @@ class Model:
             )
         return channels, rd, "params/fc1/bias" in flax_tensors
 
+    def torch_plan(
+        self, torch_tensors: dict[str, np.ndarray] | None = None
+    ) -> tuple[dict[str, TensorSpec], list[str]]:
+        """The PyTorch state_dict this model has, framework-free (no torch): key -> shape and
+        dtype kind, and why the widths ``torch_tensors`` show make no such model (empty if
+        they do).
+
+        A backbone's is its registry config's plan, with ``attn`` applied as ``create_model``
+        applies it and this model's ``num_classes`` and ``in_chans``. A bare SE block's widths
+        come from ``torch_tensors`` (:data:`SE_TENSORS`; the biases if it holds either); without
+        them its shapes stay in ``C`` and ``rd``, which no tensor matches.
+
+        Raises:
+            FileError: for an attention layer without a state_dict plan.
+        """
+        if not self.is_se_block:
+            row = get_model(self.name)
+            config = row.family.configure(
+                row.config, {} if self.attn is None else {"attn": self.attn}
+            )
+            try:
+                return config.state_dict(self.num_classes, self.in_chans), []
+            except ValueError as e:
+                raise FileError(f"--model {self.name}: {e}") from None
+        tensors = torch_tensors or {}
+        shapes = dict(SE_TENSORS[self.name])
+        if not any(k in tensors for k in SE_BIASES[self.name]):
+            shapes = {k: v for k, v in shapes.items() if k not in SE_BIASES[self.name]}
+        widths: dict[str, int] = {}
+        problems = []
+        for key, pattern in shapes.items():
+            shape = tuple(np.shape(tensors[key])) if key in tensors else None
+            if {"C", "rd"} <= set(pattern) and shape is not None and _fits(shape, pattern):
+                widths = {p: s for p, s in zip(pattern, shape, strict=True) if isinstance(p, str)}
+                channels, rd = widths["C"], widths["rd"]
+                if channels < 1 or rd < 1:
+                    problems.append(f"{key}: shape {shape}: an SE block's widths (C, rd) are >= 1")
+                elif self.name == "selayer" and channels // _reduction(channels, rd) != rd:
+                    problems.append(
+                        f"{key}: shape {shape}: no classic SELayer(C, reduction) has C = "
+                        f"{channels} and a hidden width of {rd} (C // reduction)"
+                    )
+                break
+        plan = {
+            key: TensorSpec(tuple(widths.get(p, p) if isinstance(p, str) else p for p in pattern))
+            for key, pattern in shapes.items()
+        }
+        return plan, problems
+
     def torch(self, flax_tensors: dict[str, np.ndarray] | None = None) -> Any:
         """The PyTorch module (a bare SE block's widths from ``flax_tensors``)."""
         import se_torch
@@ -87,7 +157,7 @@ class Model:
             return se_torch.create_model(self.name, **self._options())
         channels, rd, bias = self._widths(flax_tensors)
         if self.name == "selayer":
-            reduction = channels // (rd + 1) + 1  # the least r with C // r <= rd
+            reduction = _reduction(channels, rd)
             if channels // reduction != rd or bias:
                 raise FileError(
                     f"--model selayer: fc1 {(channels, rd)}{' with a bias' if bias else ''} is "
@@ -122,6 +192,18 @@ class Model:
 
         x = jax.ShapeDtypeStruct(self.input_shape(flax_tensors), np.float32)
         return jax.eval_shape(self.flax(flax_tensors).init, jax.random.key(0), x)
+
+
+def _fits(shape: tuple[int, ...], pattern: tuple[int | str, ...]) -> bool:
+    """Whether ``shape`` is ``pattern``'s, its named widths free."""
+    return len(shape) == len(pattern) and all(
+        isinstance(p, str) or p == s for p, s in zip(pattern, shape, strict=True)
+    )
+
+
+def _reduction(channels: int, rd: int) -> int:
+    """The least reduction ``r`` with ``channels // r <= rd`` (classic SELayer's hidden width)."""
+    return channels // (rd + 1) + 1
 
 
 @functools.cache

@@ -44,9 +44,7 @@ def new_head(pretrained: Pretrained, shapes: Any) -> bool:
     """Whether the model has a classifier the weights do not hold (a new one to initialise)."""
     params = traverse_util.flatten_dict(dict(shapes.get("params", {})))
     path = classifier_path(pretrained)
-    return any(p[: len(path)] == path for p in params) and not pretrained.arch.family.head_keys(
-        pretrained.tensors, features_only=False
-    )
+    return pretrained.new_classifier and any(p[: len(path)] == path for p in params)
 
 
 def put(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -134,6 +132,7 @@ def from_pretrained(
 
     pretrained = read_pretrained(source, revision=revision)
     options = pretrained.options(num_classes, features_only, **kwargs)
+    pretrained.check(options)  # framework-free, before anything is built
     model = create_model(
         pretrained.architecture,
         **options,

@@ -62,14 +62,16 @@ def from_pretrained(
     from se_weights._hub import read_pretrained, report
 
     pretrained = read_pretrained(source, revision=revision)
-    model = create_model(
-        pretrained.architecture, **pretrained.options(num_classes, features_only, **kwargs)
-    )
+    options = pretrained.options(num_classes, features_only, **kwargs)
+    # framework-free, before anything is allocated: a config's sizes (a 2,000,000-class
+    # classifier, 16 GB) are checked against the weights' shapes, not built first
+    pretrained.check(options)
+    model = create_model(pretrained.architecture, **options)
     if dtype is not None:
         model = model.to(dtype)
     own = model.state_dict()
     head = pretrained.arch.family.head_keys(own, features_only=False)
-    new_head = [k for k in head if k not in pretrained.tensors]
+    new_head = [k for k in head if k not in pretrained.tensors] if pretrained.new_classifier else []
     missing = [k for k in own if k not in pretrained.tensors and k not in new_head]
     unexpected = [k for k in pretrained.tensors if k not in own]
     mismatched = [

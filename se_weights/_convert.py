@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from se_weights._arrays import is_floating, to_numpy, to_torch
+from se_weights._arrays import is_floating, is_torch_tensor, to_numpy, to_torch
 from se_weights._rules import CONTEXTS, LAYER_RULES, RULES, Context, Layout, Rule
 
 __all__ = [
@@ -533,6 +534,12 @@ def torch_to_flax(
             continue
         if entry.flax_path is not None:
             origin[entry.flax_path] = key
+        if is_torch_tensor(state_dict[key]) and state_dict[key].is_meta:
+            problems.mismatched.append(
+                f"{key}: on the meta device, it has no values to convert (load or materialize "
+                f"the module first)"
+            )
+            continue
         try:
             array = to_numpy(state_dict[key])
         except TypeError as e:
@@ -577,21 +584,31 @@ def flax_to_torch(
     Args:
         variables: linen variables (``{"params": ..., "batch_stats": ...}``) or an NNX module.
         module: the ``torch.nn.Module`` to fill, of any structure: its layer types choose the
-            rules, and the variables' shapes each layer's layout.
+            rules, and the variables' shapes each layer's layout. It may be built on the
+            ``meta`` device (``with torch.device("meta"): ...``), wholly or in part: each
+            meta parameter and buffer of its state_dict is then replaced by a CPU tensor
+            holding the converted values (parameters stay ``nn.Parameter`` with the module's
+            ``requires_grad``, tied ones stay one tensor), what ``load_state_dict(...,
+            assign=True)`` does for them; its other tensors are copied into, as always, and
+            keep their identity and device. A meta buffer outside the state_dict
+            (non-persistent) has no values to get: an error.
         rename: as in :func:`torch_to_flax` (the same mapping, so a round trip needs the same).
         rules: as in :func:`torch_to_flax`.
         keep_counters: variables of Flax's own BatchNorm have no ``num_batches_tracked``; by
-            default that is an error, with this the module keeps its own counters.
+            default that is an error, with this the module keeps its own counters (not meta
+            ones: those have no value to keep, an error).
 
     Returns:
         ``module``, with every tensor replaced by the converted one (same bits, same dtype).
 
     Raises:
         ConversionError: listing every missing, unexpected and mismatched key (shape, dtype or
-            module type) at once; the module is left untouched.
+            module type; tied tensors, one Parameter or buffer under several keys as in
+            ``m.fc2.weight = m.fc1.weight``, that the variables give different bits) at once;
+            the module is left untouched.
     """
     flat = _flat_flax(variables)
-    current = module.state_dict()
+    current = module.state_dict(keep_vars=True)  # the module's own tensors, ties included
     problems = _Problems()
     plan = _planner(
         module,
@@ -609,11 +626,30 @@ def flax_to_torch(
         problems,
         side="module",
     )
+    for keys in _tied(current):
+        given = [k for k in keys if k in torch_layout]
+        if len({torch_layout[k].tobytes() for k in given}) > 1:
+            problems.mismatched.append(
+                f"{' and '.join(keys)}: one tensor in the module (tied), but the variables give "
+                f"them different values ({' and '.join(_fmt(plan[k].flax_path) for k in given)}):"
+                f" loading both would leave only the last"
+            )
+    for name, buffer in module.named_buffers(remove_duplicate=False):
+        if buffer is not None and buffer.is_meta and name not in current:
+            problems.missing.append(
+                f"{name} (a non-persistent buffer on the meta device: in no state_dict, so the "
+                f"variables cannot give it values; build it on a real device)"
+            )
     converted = {}
     for key, entry in plan.items():
         if entry.flax_path is None:  # a counter Flax's own BatchNorm does not keep
-            if keep_counters:
-                converted[key] = current[key]
+            if keep_counters and not current[key].is_meta:
+                converted[key] = current[key].detach()
+            elif keep_counters:
+                problems.missing.append(
+                    f"{key} (the variables' BatchNorm has no counter, and the module's own is "
+                    f"on the meta device: keep_counters=True has no value to keep)"
+                )
             else:
                 problems.missing.append(
                     f"{key} (the variables' BatchNorm has no counter; keep_counters=True keeps "
@@ -622,8 +658,65 @@ def flax_to_torch(
         elif key in torch_layout:
             converted[key] = to_torch(torch_layout[key])
     problems.raise_if_any(f"cannot load Flax variables into {type(module).__name__}")
-    module.load_state_dict(converted, strict=True)
+    undo = _materialize_meta(module, current)
+    try:
+        module.load_state_dict(converted, strict=True)
+    except BaseException:
+        for owner, name, tensor in reversed(undo):
+            setattr(owner, name, tensor)
+        raise
     return module
+
+
+def _tied(tensors: Mapping[str, Any]) -> list[list[str]]:
+    """The groups of state_dict keys that name one tensor of the module (tied weights, e.g.
+    ``m.fc2.weight = m.fc1.weight``): the same object, or views of the same memory with the same
+    offset, shape, strides and dtype. Only groups of two keys or more."""
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for key, tensor in tensors.items():
+        dense = not tensor.is_meta and tensor.layout == _torch().strided and tensor.numel()
+        identity = (
+            (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+            if dense
+            else (id(tensor),)
+        )
+        groups.setdefault(identity, []).append(key)
+    return [keys for keys in groups.values() if len(keys) > 1]
+
+
+def _materialize_meta(module: Any, tensors: Mapping[str, Any]) -> list[tuple[Any, str, Any]]:
+    """Replaces each meta tensor among ``tensors`` (the module's state_dict, kept as its own
+    objects) by an uninitialized CPU tensor of its shape, dtype and strides, for
+    ``load_state_dict`` to copy into: a parameter by an ``nn.Parameter`` with its
+    ``requires_grad``, and one tensor under several names (tied) by one new tensor. Returns
+    (owner module, name, old tensor) of each replacement, to undo them."""
+    torch = _torch()
+    wanted = {id(t) for t in tensors.values() if t.is_meta}
+    if not wanted:
+        return []
+    new: dict[int, Any] = {}
+    undo = []
+    for _, owner in module.named_modules(remove_duplicate=False):
+        for slots, is_param in ((owner._parameters, True), (owner._buffers, False)):
+            for name, old in list(slots.items()):
+                if old is None or id(old) not in wanted:
+                    continue
+                if id(old) not in new:
+                    empty = torch.empty_like(old, device="cpu")
+                    new[id(old)] = (
+                        torch.nn.Parameter(empty, requires_grad=old.requires_grad)
+                        if is_param
+                        else empty
+                    )
+                undo.append((owner, name, old))
+                setattr(owner, name, new[id(old)])
+    return undo
+
+
+def _torch() -> Any:
+    """torch, which holding a module's tensors means is imported already (the converter never
+    imports it: se_weights/_arrays.py does, to move tensors)."""
+    return sys.modules["torch"]
 
 
 def _from_flax(

@@ -15,6 +15,7 @@ framework front-ends (``se_flax.from_pretrained``, ``se_flax.nnx.from_pretrained
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import os
 import re
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from se_common import Architecture, architecture_of, get_model, list_models
-from se_common._pretrained import PretrainedCfg
+from se_common._pretrained import PretrainedCfg, shown
 from se_weights._arrays import is_floating
 from se_weights._formats import FORMATS, FileError, _atomic, read_file
 
@@ -46,6 +47,7 @@ HUB_PREFIX = "hf-hub:"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 MAX_CONFIG_BYTES = 64 * 2**20  # a config with 21k label descriptions is a few MB
+MAX_NUMBER_CHARS = 100  # a number in a config: no field needs more digits
 
 
 # timm factory arguments that change training only (no tensor): ignored, with a note
@@ -89,6 +91,7 @@ class Pretrained:
     directory: Path
     notes: list[str] = field(default_factory=list)
     stored: str = field(init=False)  # the floating dtype(s) as stored, for the report
+    new_classifier: bool = field(default=False, init=False)  # set by options()
 
     @property
     def architecture(self) -> str:
@@ -165,7 +168,58 @@ class Pretrained:
             )
         elif num_classes:  # headless weights: the classifier is new all the same
             self.notes.append(f"the weights have no classifier: {why}")
+        self.new_classifier = bool(num_classes) and not features_only
         return {"num_classes": kept if num_classes is None else int(num_classes)}
+
+    def check(self, options: dict[str, Any]) -> None:
+        """The tensors against the plan of the model ``options`` build (``config.state_dict``,
+        framework-free), before any front-end builds it: every stored tensor has its key, shape
+        and kind (floating, int64), and every planned one is stored but a new classifier's. So a
+        config's sizes (``num_classes``, ``in_chans``) never allocate more than the weights
+        hold.
+
+        A family whose config has no plan (``ValueError``), or options its config refuses, are
+        left to the front-end, which checks after building.
+
+        Raises:
+            ConversionError: every missing, unexpected and mis-shaped key at once.
+        """
+        from se_weights._convert import ConversionError
+
+        arch, opts = self.arch, dict(options)
+        features_only = bool(opts.get("features_only"))
+        try:
+            config = arch.family.configure(arch.config, opts)
+            classes = 0 if features_only else opts.get("num_classes", self.cfg.num_classes)
+            plan = config.state_dict(classes, opts.get("in_chans", self.cfg.input_size[0]))
+        except (ValueError, TypeError):
+            return
+        if features_only:
+            plan = {k: v for k, v in plan.items() if k not in arch.family.head_keys(plan, True)}
+        new = set(arch.family.head_keys(plan, False)) if self.new_classifier else set()
+        missing = [k for k in plan if k not in self.tensors and k not in new]
+        unexpected = [k for k in self.tensors if k not in plan]
+        mismatched = [
+            f"{k}: stored {tuple(v.shape)} {v.dtype}, {arch.name} needs {plan[k].shape}"
+            + ("" if plan[k].dtype == "float" else f" {plan[k].dtype}")
+            for k, v in self.tensors.items()
+            if k in plan
+            and (
+                tuple(v.shape) != plan[k].shape
+                or (plan[k].dtype == "float") != is_floating(v.dtype)
+                or (plan[k].dtype != "float" and np.dtype(v.dtype) != np.dtype(plan[k].dtype))
+            )
+        ]
+        if missing or unexpected or mismatched:
+            title = f"{self.cfg.source}: the weights do not fit {arch.name}"
+            head = arch.family.head_keys(missing, False)
+            if head and not arch.family.head_keys(self.tensors, False):
+                title += (
+                    f" (the weights have no classifier {arch.family.classifier}, the config "
+                    f"says {self.cfg.num_classes} classes: pass num_classes=0 for pooled "
+                    f"features, or num_classes=N for a new classifier)"
+                )
+            raise ConversionError(title, missing, unexpected, mismatched)
 
 
 def _resolve(source: str | os.PathLike, revision: str | None) -> tuple[Path, Path, str]:
@@ -247,49 +301,139 @@ def _resolve(source: str | os.PathLike, revision: str | None) -> tuple[Path, Pat
     return paths[0], paths[1], label
 
 
+class _Refused:
+    """A JSON value the config reader refuses (a number no field needs), named once the path
+    to it is known."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _number(text: str, kind: type) -> Any:
+    if len(text) > MAX_NUMBER_CHARS:
+        digits = len(text.lstrip("-"))
+        return _Refused(f"a number of {digits:,} characters (at most {MAX_NUMBER_CHARS})")
+    value = kind(text)
+    return value if kind is int or math.isfinite(value) else _Refused(f"{text} is not finite")
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise FileError(f"duplicate key {shown(key)}: JSON keeps the last, silently")
+        out[key] = value
+    return out
+
+
+def _refused(tree: Any) -> tuple[str, str] | None:
+    """The first refused value in ``tree`` and its path (``pretrained_cfg.input_size[1]``)."""
+    stack: list[tuple[str, Any]] = [("", tree)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, _Refused):
+            return path or "(the top)", node.why
+        if isinstance(node, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(node))
+    return None
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
+        what = f"{CONFIG_FILE} is not a regular file" if path.exists() else f"no {CONFIG_FILE}"
         raise FileError(
-            f"{path.parent}: no {CONFIG_FILE}: a timm model directory holds {CONFIG_FILE} "
+            f"{path.parent}: {what}: a timm model directory holds {CONFIG_FILE} "
             f"(architecture, pretrained_cfg) and {WEIGHTS_FILE}, as timm's save_for_hf writes them"
         )
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
         raise FileError(f"{path}: {size:,} bytes, more than a config holds ({MAX_CONFIG_BYTES:,})")
+    with path.open("rb") as stream:  # never more than the bound, whatever the file does
+        data = stream.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise FileError(f"{path}: more than a config holds ({MAX_CONFIG_BYTES:,} bytes)")
     try:
-        config = json.loads(path.read_bytes())
+        config = json.loads(
+            data,
+            parse_int=lambda t: _number(t, int),
+            parse_float=lambda t: _number(t, float),
+            parse_constant=lambda t: _Refused(f"{t} is not a number JSON allows"),
+            object_pairs_hook=_unique,
+        )
+    except FileError as e:
+        raise FileError(f"{path}: {e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise FileError(f"{path}: not valid JSON: {str(e)[:200]}") from None
+    refused = _refused(config)
+    if refused is not None:
+        raise FileError(f"{path}: {refused[0]}: {refused[1]}")
     if not isinstance(config, dict):
         raise FileError(f"{path}: expected a JSON object, got {type(config).__name__}")
     return config
 
 
-def _model_kwargs(
-    config: dict[str, Any], path: Path, notes: list[str], accepted: dict[str, str]
-) -> dict[str, Any]:
-    """``create_model`` options from ``model_args``: those the family ``accepted`` are read,
-    training-only arguments (dropout rates) ignored with a note; any other is a FileError."""
-    args = config.get("model_args") or {}
+def _model_kwargs(config: dict[str, Any], path: Path, notes: list[str], family: Any) -> dict:
+    """``create_model`` options from ``model_args``, each checked against the family's
+    :class:`se_common.ModelArg` (type, range, choices); training-only arguments (dropout
+    rates) are ignored with a note; any other is a FileError."""
+    args = config.get("model_args")
+    args = {} if args is None else args
     if not isinstance(args, dict):
-        raise FileError(f"{path}: model_args must be an object, got {args!r}")
+        raise FileError(f"{path}: model_args must be an object, got {shown(args)}")
+    accepted = family.model_args
     ignored = sorted(k for k in args if k in TRAINING_ONLY)
     if ignored:
         notes.append(f"model_args {', '.join(ignored)} ignored (training only; no weights)")
     unknown = sorted(set(args) - set(accepted) - set(TRAINING_ONLY))
     if unknown:
-        known = ", ".join(f"{k} ({v})" for k, v in accepted.items())
+        known = ", ".join(f"{k} ({v.description})" for k, v in accepted.items())
         raise FileError(
-            f"{path}: model_args {', '.join(unknown)} are not options of se-flax's "
-            f"{config.get('architecture')}; it reads {known}, and ignores "
+            f"{path}: model_args {', '.join(map(shown, unknown[:5]))} are not options of "
+            f"se-flax's {config.get('architecture')}; it reads {known}, and ignores "
             f"{', '.join(TRAINING_ONLY)}"
         )
-    if args.get("global_pool", "avg") != "avg":
-        raise FileError(f"{path}: global_pool {args['global_pool']!r}: se-flax pools by 'avg'")
     kwargs = {}
-    if "in_chans" in args:
-        kwargs["in_chans"] = args["in_chans"]
+    for name, value in args.items():
+        if name in TRAINING_ONLY:
+            continue
+        try:
+            value = accepted[name].check(name, value)
+        except ValueError as e:
+            raise FileError(f"{path}: {e}") from None
+        if accepted[name].option:
+            kwargs[name] = value
     return kwargs
+
+
+def _check_top_level(config: dict[str, Any], cfg: PretrainedCfg, arch: Any, path: Path, kwargs):
+    """What else ``config.json`` says of the model must be true of the one built: model_args'
+    num_classes, the top-level global_pool and num_features, the classifier and first conv."""
+    family = arch.family
+    if "num_classes" in kwargs and kwargs.pop("num_classes") != cfg.num_classes:
+        raise FileError(
+            f"{path}: model_args num_classes {config['model_args']['num_classes']} but the "
+            f"config's num_classes is {cfg.num_classes}"
+        )
+    if "global_pool" in config and config["global_pool"] != "avg":
+        raise FileError(
+            f"{path}: global_pool {shown(config['global_pool'])}: se-flax pools by 'avg'"
+        )
+    if "num_features" in config:
+        try:
+            wanted = family.configure(arch.config, dict(kwargs)).num_features
+        except (ValueError, TypeError):
+            wanted = None  # options the builder refuses, with its own message
+        if wanted is not None and config["num_features"] != wanted:
+            raise FileError(
+                f"{path}: num_features {shown(config['num_features'])}, but {arch.name} has "
+                f"{wanted} features before its classifier"
+            )
+    for key, own in (("classifier", family.classifier), ("first_conv", family.first_conv)):
+        value = cfg.extra.get(key)
+        if value is not None and value != own:
+            raise FileError(f"{path}: {key} {shown(value)}, but {arch.name}'s is {own!r}")
 
 
 def read_pretrained(source: str | os.PathLike, *, revision: str | None = None) -> Pretrained:
@@ -312,20 +456,23 @@ def read_pretrained(source: str | os.PathLike, *, revision: str | None = None) -
     except ValueError as e:
         raise FileError(f"{config_path}: {e}") from None
     try:
-        family = get_model(cfg.architecture).family
+        arch = get_model(cfg.architecture)
     except ValueError:
         raise FileError(
-            f"{config_path}: architecture {cfg.architecture!r} is not one se-flax builds; it "
-            f"builds {', '.join(list_models())}"
+            f"{config_path}: architecture {shown(cfg.architecture)} is not one se-flax builds; "
+            f"it builds {', '.join(list_models())}"
         ) from None
     notes: list[str] = []
-    kwargs = _model_kwargs(config, config_path, notes, dict(family.model_args))
+    kwargs = _model_kwargs(config, config_path, notes, arch.family)
+    _check_top_level(config, cfg, arch, config_path, kwargs)
     if kwargs.get("in_chans", cfg.input_size[0]) != cfg.input_size[0]:
         raise FileError(
             f"{config_path}: model_args in_chans {kwargs['in_chans']} but input_size "
             f"{cfg.input_size}"
         )
     kwargs["in_chans"] = cfg.input_size[0]
+    if weights.exists() and not weights.is_file():
+        raise FileError(f"{weights}: not a regular file (a FIFO, device or directory): refused")
     if not weights.is_file():
         others = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pth"))
         raise FileError(

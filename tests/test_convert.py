@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -451,3 +452,272 @@ def test_a_state_dict_whose_names_tie_asks_for_the_module():
     assert "pass the torch.nn.Module itself (torch_to_flax(module))" in problem
     variables = torch_to_flax(module, rules=rules)
     assert variables["params"]["gate"]["kernel"].shape == (4, 3)
+
+
+# ------------------------------------------------------------------ meta modules and tied tensors
+
+
+def random_variables(module: nn.Module, rng: np.random.Generator) -> dict:
+    """The Flax variables ``module`` converts to, each leaf fresh random data of its shape and
+    dtype (variances positive, counters non-negative), leaves independent of each other."""
+
+    def fill(path, leaf):
+        dtype = np.dtype(leaf.dtype)
+        if dtype.kind in "iu":
+            return rng.integers(0, 1000, leaf.shape).astype(dtype)
+        values = rng.standard_normal(leaf.shape)
+        return (np.abs(values) + 0.5 if path[-1] == "var" else values).astype(dtype)
+
+    flat = traverse_util.flatten_dict(torch_to_flax(module))
+    return traverse_util.unflatten_dict({path: fill(path, leaf) for path, leaf in flat.items()})
+
+
+def fill_random_(module: nn.Module, rng: np.random.Generator) -> nn.Module:
+    """Random values in every floating tensor of the module's state_dict, buffers included."""
+    with torch.no_grad():
+        for tensor in module.state_dict(keep_vars=True).values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.from_numpy(rng.standard_normal(tensor.shape)).to(tensor.dtype))
+    return module
+
+
+def assert_holds(module: nn.Module, variables: dict) -> None:
+    """The module converts back to exactly ``variables``, bit for bit."""
+    back = traverse_util.flatten_dict(torch_to_flax(module))
+    given = traverse_util.flatten_dict(variables)
+    assert back.keys() == given.keys()
+    for path, leaf in given.items():
+        assert np.asarray(back[path]).tobytes() == np.asarray(leaf).tobytes(), path
+
+
+META_MODULES = {
+    "se": (lambda: se_torch.SqueezeExcite(32), (2, 32, 5, 5)),
+    "seresnet18": (
+        lambda: se_torch.create_model("seresnet18", layers=(1, 1, 1, 1)),
+        (2, 3, 32, 32),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", META_MODULES)
+def test_flax_to_torch_loads_a_meta_module_for_real(kind, rng):
+    """Built on the meta device, the module gets every value (PyTorch's own load is a no-op
+    there, with a warning): the same bits a normally built module gets, CPU tensors,
+    Parameters with the module's requires_grad, and a forward pass that agrees."""
+    build, input_shape = META_MODULES[kind]
+    variables = random_variables(build(), rng)
+    expected = flax_to_torch(variables, build())
+    with torch.device("meta"):
+        module = build()
+    frozen, param = next(iter(module.named_parameters()))
+    param.requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "copying ... to a meta parameter is a no-op"
+        loaded = flax_to_torch(variables, module)
+    assert loaded is module
+    state = loaded.state_dict()
+    assert state.keys() == expected.state_dict().keys()
+    for key, tensor in expected.state_dict().items():
+        assert not state[key].is_meta and state[key].device.type == "cpu", key
+        assert same_bits(state[key], tensor), key
+    for name, param in loaded.named_parameters():
+        assert type(param) is nn.Parameter, name
+        assert param.requires_grad == (name != frozen), name
+    x = torch.from_numpy(rng.standard_normal(input_shape).astype(np.float32))
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), expected.eval()(x))
+
+
+def test_flax_to_torch_into_a_partly_meta_module_keeps_its_real_tensors(rng):
+    """Only the meta tensors are replaced; a real one is copied into, the same Parameter."""
+    variables = random_variables(se_torch.SqueezeExcite(32), rng)
+    with torch.device("meta"):
+        module = se_torch.SqueezeExcite(32)
+    bias = module.fc2.bias = nn.Parameter(torch.from_numpy(rng.standard_normal(32)).float())
+    flax_to_torch(variables, module)
+    assert module.fc2.bias is bias
+    expected = flax_to_torch(variables, se_torch.SqueezeExcite(32)).state_dict()
+    for key, tensor in module.state_dict().items():
+        assert not tensor.is_meta and same_bits(tensor, expected[key]), key
+
+
+class WithMetaOnlyBuffers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+        self.register_buffer("scale", torch.ones(4), persistent=False)
+
+
+def test_meta_tensors_the_variables_cannot_fill_are_errors(rng):
+    """A non-persistent meta buffer (in no state_dict) and a meta counter kept with
+    keep_counters=True have no values to get: both listed, the module left as it was."""
+    variables = random_variables(WithMetaOnlyBuffers(), rng)
+    del variables["batch_stats"]["bn"]["num_batches_tracked"]  # Flax's own BatchNorm
+    with torch.device("meta"):
+        module = WithMetaOnlyBuffers()
+    with pytest.raises(ConversionError) as info:
+        flax_to_torch(variables, module, keep_counters=True)
+    scale, counter = info.value.missing
+    assert scale.startswith("scale (a non-persistent buffer on the meta device")
+    assert counter.startswith("bn.num_batches_tracked (")
+    assert "own is on the meta device: keep_counters=True has no value to keep" in counter
+    assert not info.value.unexpected and not info.value.mismatched
+    assert module.scale.is_meta and all(t.is_meta for t in module.state_dict().values())
+
+
+def test_torch_to_flax_refuses_a_meta_module_naming_each_key():
+    with torch.device("meta"):
+        module = se_torch.SqueezeExcite(32)
+    with pytest.raises(ConversionError) as info:
+        torch_to_flax(module)
+    assert sorted(info.value.mismatched) == sorted(
+        f"{key}: on the meta device, it has no values to convert (load or materialize the "
+        f"module first)"
+        for key in module.state_dict()
+    )
+
+
+class TiedLinears(nn.Module):
+    """Two Linear layers sharing one weight, biases their own."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.fc2.weight = self.fc1.weight
+
+
+class TiedConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3)
+        self.conv2.weight = self.conv1.weight
+
+
+class TiedStatistics(nn.Module):
+    """Two BatchNorms sharing one running-mean buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+        self.bn2.running_mean = self.bn1.running_mean
+
+
+# module, its two tied keys, and their Flax variables
+TIED = {
+    "linear": (TiedLinears, "fc1.weight", "fc2.weight", ("params", "fc1", "kernel"), "fc2"),
+    "conv": (TiedConvs, "conv1.weight", "conv2.weight", ("params", "conv1", "kernel"), "conv2"),
+    "buffer": (
+        TiedStatistics,
+        "bn1.running_mean",
+        "bn2.running_mean",
+        ("batch_stats", "bn1", "mean"),
+        "bn2",
+    ),
+}
+
+
+FLAX_AXES = {"linear": (1, 0), "conv": (2, 3, 1, 0), "buffer": (0,)}  # PyTorch -> Flax
+
+
+def tied_paths(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    first = TIED[kind][3]
+    return first, (first[0], TIED[kind][4], first[2])
+
+
+def set_leaf(variables: dict, path: tuple[str, ...], value: np.ndarray) -> None:
+    variables[path[0]][path[1]][path[2]] = value
+
+
+def get_leaf(variables: dict, path: tuple[str, ...]) -> np.ndarray:
+    return variables[path[0]][path[1]][path[2]]
+
+
+@pytest.mark.parametrize("kind", TIED)
+def test_tied_tensors_load_equal_values_and_refuse_different_ones(kind, rng):
+    """One tensor under two keys: the variables giving the two different values is an error
+    naming both keys, listed with the other problems, the module untouched (it used to keep the
+    second's values under both names); equal values load, and the tie is kept. torch_to_flax
+    gives both Flax variables the shared value."""
+    build, first, second = TIED[kind][:3]
+    first_path, second_path = tied_paths(kind)
+    module = fill_random_(build(), rng)
+    shared = module.state_dict(keep_vars=True)[first]
+    assert module.state_dict(keep_vars=True)[second] is shared
+    from_module = traverse_util.flatten_dict(torch_to_flax(module))
+    value = shared.detach().numpy().transpose(FLAX_AXES[kind])  # the shared value, Flax's way
+    for path in (first_path, second_path):
+        assert np.asarray(from_module[path]).tobytes() == np.ascontiguousarray(value).tobytes()
+
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    variables = random_variables(module, rng)  # the two tied leaves differ
+    del variables["params"][first_path[1]]["bias"]  # and one more problem
+    with pytest.raises(ConversionError) as info:
+        flax_to_torch(variables, module)
+    [problem] = info.value.mismatched
+    assert problem.startswith(f"{first} and {second}: one tensor in the module (tied)")
+    assert "/".join(first_path) in problem and "/".join(second_path) in problem
+    assert info.value.missing == [f"params/{first_path[1]}/bias (for {first_path[1]}.bias)"]
+    for key, tensor in module.state_dict().items():
+        assert same_bits(tensor, before[key]), key
+    assert module.state_dict(keep_vars=True)[second] is shared
+
+    variables = random_variables(module, rng)
+    set_leaf(variables, second_path, get_leaf(variables, first_path).copy())
+    loaded = flax_to_torch(variables, module)
+    tensors = loaded.state_dict(keep_vars=True)
+    assert tensors[first] is tensors[second] is shared
+    assert_holds(loaded, variables)
+
+
+def test_tied_values_are_compared_bit_for_bit(rng):
+    """The same NaN payload twice is equal and loads; 0.0 and -0.0 are not, however ==
+    compares them."""
+    module = TiedLinears()
+    variables = random_variables(module, rng)
+    kernel = variables["params"]["fc1"]["kernel"]
+    kernel.flat[0] = np.array(0x7FA00001, np.uint32).view(np.float32)  # a signalling NaN
+    variables["params"]["fc2"]["kernel"] = kernel.copy()
+    flax_to_torch(variables, module)
+    assert module.fc1.weight is module.fc2.weight
+    assert module.fc1.weight.detach().numpy().T.view(np.uint32).flat[0] == 0x7FA00001
+    kernel.flat[1], variables["params"]["fc2"]["kernel"].flat[1] = 0.0, -0.0
+    with pytest.raises(ConversionError, match=r"fc1.weight and fc2.weight: one tensor"):
+        flax_to_torch(variables, module)
+
+
+def test_two_parameters_viewing_one_memory_are_tied_too(rng):
+    """Two Parameter objects over the same memory (``nn.Parameter(w.data)``) are one tensor as
+    much as one Parameter under two names: different values are refused, equal ones load."""
+    module = TiedLinears()
+    module.fc2.weight = nn.Parameter(module.fc1.weight.data)
+    assert module.fc2.weight is not module.fc1.weight
+    variables = random_variables(module, rng)
+    with pytest.raises(ConversionError, match=r"fc1.weight and fc2.weight: one tensor"):
+        flax_to_torch(variables, module)
+    variables["params"]["fc2"]["kernel"] = variables["params"]["fc1"]["kernel"].copy()
+    assert_holds(flax_to_torch(variables, module), variables)
+    assert module.fc2.weight.data_ptr() == module.fc1.weight.data_ptr()
+
+
+@pytest.mark.parametrize("kind", TIED)
+def test_a_meta_module_s_tied_tensors_load_as_one(kind, rng):
+    """Built on the meta device, a tied tensor becomes one real tensor under both keys, given
+    equal values; different ones are an error and leave the module on the meta device."""
+    build, first, second = TIED[kind][:3]
+    first_path, second_path = tied_paths(kind)
+    with torch.device("meta"):
+        module = build()
+    variables = random_variables(build(), rng)
+    with pytest.raises(ConversionError, match=rf"{first} and {second}: one tensor"):
+        flax_to_torch(variables, module)
+    tensors = module.state_dict(keep_vars=True)
+    assert tensors[first] is tensors[second]
+    assert all(t.is_meta for t in tensors.values())
+    set_leaf(variables, second_path, get_leaf(variables, first_path).copy())
+    flax_to_torch(variables, module)
+    tensors = module.state_dict(keep_vars=True)
+    assert tensors[first] is tensors[second] and not tensors[first].is_meta
+    assert not any(t.is_meta for t in tensors.values())
+    for name, param in module.named_parameters():
+        assert type(param) is nn.Parameter and param.requires_grad, name
+    assert_holds(module, variables)

@@ -65,6 +65,7 @@ def from_pretrained(
     options = pretrained.options(
         num_classes, features_only, **kwargs, dtype=dtype, param_dtype=param_dtype
     )
+    pretrained.check(options)  # framework-free, before anything is built
     rngs = nnx.Rngs(0) if rngs is None else rngs
 
     def build(rngs: nnx.Rngs) -> nnx.Module:
