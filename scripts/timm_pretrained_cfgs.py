@@ -8,6 +8,13 @@ Each name maps its tags, timm's default first, to the ``pretrained_cfg`` entries
 into a ``config.json`` (sources, file names and empty entries left out) plus ``hf_hub_id``
 where weights are published. ``tests/test_model_registry.py`` checks the committed table
 against timm where timm is installed.
+
+``--se-architectures`` writes se_common/timm_se_architectures.json instead: every architecture
+timm publishes weights for on the hub (a tag with ``hf_hub_id``) that has SE-style attention
+(:data:`SE_STYLE`, the modules looked for), found by building each one on PyTorch's meta device
+(no memory, no initialisation: about 3 minutes for timm 1.0's 1,151 on 2 cores) and listing its
+attention modules, with its timm module, parameter count and hub ids. ``docs/models.md`` lists
+those not registered here (``scripts/model_table.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +48,85 @@ def timm_table(names: list[str]) -> dict[str, dict[str, dict]]:
             tags[full.split(".", 1)[1]] = entries
         table[name] = tags
     return table
+
+
+# timm's SE-style attention modules (channel gates computed from pooled context), by class
+# path -> a short label; the classes an installed timm lacks are skipped, an alias of a class
+# listed before it counts as that class. Self-attention
+# (non-local, halo, bottleneck attention) and plain spatial attention are not SE-style.
+SE_STYLE = {
+    "timm.layers.squeeze_excite.SEModule": "SE",
+    "timm.layers.squeeze_excite.SqueezeExcite": "SE (squeeze_excite.SqueezeExcite)",
+    "timm.layers.squeeze_excite.SqueezeExciteCl": "SE, channels-last",
+    "timm.models._efficientnet_blocks.SqueezeExcite": "SE (EfficientNet blocks)",
+    "timm.models.senet.SEModule": "SE (legacy SENet)",
+    "timm.layers.squeeze_excite.EffectiveSEModule": "effective SE",
+    "timm.models.hgnet.EseModule": "effective SE (HGNet)",
+    "timm.layers.eca.EcaModule": "ECA",
+    "timm.layers.eca.CecaModule": "circular ECA",
+    "timm.layers.cbam.CbamModule": "CBAM",
+    "timm.layers.cbam.LightCbamModule": "light CBAM",
+    "timm.layers.selective_kernel.SelectiveKernel": "Selective Kernel",
+    "timm.layers.split_attn.SplitAttn": "split attention (ResNeSt)",
+    "timm.layers.gather_excite.GatherExcite": "gather-excite",
+    "timm.layers.global_context.GlobalContext": "global context (GCNet)",
+    "timm.layers.coord_attn.CoordAttn": "coordinate attention",
+    "timm.layers.coord_attn.SimpleCoordAttn": "simple coordinate attention",
+    "timm.layers.coord_attn.EfficientLocalAttn": "efficient local attention",
+    "timm.layers.coord_attn.StripAttn": "strip attention",
+}
+
+
+def se_architectures() -> None:
+    """Writes se_common/timm_se_architectures.json (see the module's docstring)."""
+    import importlib
+    import time
+    import warnings
+
+    import timm
+    import torch
+    from timm.models import _registry
+
+    classes = {}
+    for path, label in SE_STYLE.items():
+        module, _, name = path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name, None)
+        if cls is not None and cls not in classes:  # squeeze_excite.SqueezeExcite is SEModule
+            classes[cls] = (path, label)
+    start = time.perf_counter()
+    hub: dict[str, dict[str, str]] = {}
+    for full in timm.list_models(pretrained=True):
+        cfg = _registry.get_pretrained_cfg(full)
+        if cfg is not None and cfg.hf_hub_id:
+            name, _, tag = full.partition(".")
+            hub.setdefault(name, {})[tag] = cfg.hf_hub_id
+    found = {}
+    for name, tags in hub.items():
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            model = timm.create_model(name, pretrained=False)
+        kinds = {classes[type(m)][0] for m in model.modules() if type(m) in classes}
+        if kinds:
+            found[name] = {
+                "module": _registry._model_to_module[name],
+                "attention": [p for p in SE_STYLE if p in kinds],
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "tags": tags,
+            }
+    seconds = time.perf_counter() - start
+    out = ROOT / "se_common" / "timm_se_architectures.json"
+    rows = ",\n".join(f"{json.dumps(n)}: {json.dumps(row)}" for n, row in found.items())
+    used = {p: label for cls, (p, label) in classes.items()}
+    out.write_text(
+        f'{{"timm": {json.dumps(timm.__version__)}, "torch": {json.dumps(torch.__version__)}, '
+        f'"published": {len(hub)},\n"attention": {json.dumps(used)},\n'
+        f'"architectures": {{\n{rows}}}}}\n'
+    )
+    json.loads(out.read_text())  # well-formed
+    print(
+        f"{out.relative_to(ROOT)}: {len(found)} of {len(hub)} architectures with published "
+        f"weights have SE-style attention (timm {timm.__version__}, {seconds:.0f} s)"
+    )
 
 
 def ranges() -> None:
@@ -87,6 +173,9 @@ def ranges() -> None:
 def main() -> None:
     if sys.argv[1:] == ["--ranges"]:
         ranges()
+        return
+    if sys.argv[1:] == ["--se-architectures"]:
+        se_architectures()
         return
     import timm
 
