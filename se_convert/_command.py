@@ -28,6 +28,7 @@ from se_weights._formats import (
     file_format,
     save,
 )
+from se_weights._hub import misfits
 from se_weights._load import load
 
 __all__ = ["convert_file"]
@@ -84,11 +85,7 @@ def _torch_problems(tensors: dict[str, np.ndarray], model: Model) -> _Problems:
         spec = plan.get(key)
         if spec is None:
             found.unexpected.append(f"{key} {_shape(shape)} {dtype} (not in the {side})")
-        elif (
-            shape != tuple(spec.shape)
-            or (spec.dtype == "float") != is_floating(dtype)
-            or (spec.dtype != "float" and dtype != np.dtype(spec.dtype))
-        ):
+        elif misfits(shape, dtype, spec):
             found.mismatched.append(f"{key}: {_shape(shape)} {dtype}, the {side} has {wanted(key)}")
     if len(floats) > 1:
         found.mismatched.append(

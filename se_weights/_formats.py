@@ -851,30 +851,38 @@ def _alive(pid: Any) -> bool:
     return True
 
 
-def _restore(path: Path, log: Callable[[str], None]) -> bool:
-    """Puts back the checkpoint a killed ``save(force=True)`` had moved aside (where the system
-    cannot swap two directories at once): ``path`` absent, and a temporary directory next to it
-    whose owner file names it, on this host, from a process that is gone, holds it. Never
-    touches a temporary directory whose owner may be alive. True if one was restored."""
-    if os.path.lexists(path):
-        return False
+def _dead_leftovers(path: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The temporary directories next to ``path`` that runs writing it left behind, with their
+    owner files: the owner file names ``path``, on this host, from a process that is gone. One
+    whose owner may be alive is never among them."""
     destination = _destination(path)
     try:
         with os.scandir(path.parent) as listing:
             leftovers = sorted(Path(e.path) for e in listing if is_leftover(e.name, path))
     except OSError:
-        return False
+        return []
+    found = []
     for leftover in leftovers:
         owner = _owner(leftover)
-        aside = leftover / _ASIDE
         if (
-            owner is None
-            or owner.get("destination") != destination
-            or owner.get("host") != socket.gethostname()
-            or _alive(owner.get("pid"))
-            or aside.is_symlink()
-            or not aside.is_dir()
+            owner is not None
+            and owner.get("destination") == destination
+            and owner.get("host") == socket.gethostname()
+            and not _alive(owner.get("pid"))
         ):
+            found.append((leftover, owner))
+    return found
+
+
+def _restore(path: Path, log: Callable[[str], None]) -> bool:
+    """Puts back the checkpoint a killed ``save(force=True)`` had moved aside (where the system
+    cannot swap two directories at once): ``path`` absent, and a dead run's temporary directory
+    next to it (:func:`_dead_leftovers`) holds it. True if one was restored."""
+    if os.path.lexists(path):
+        return False
+    for leftover, owner in _dead_leftovers(path):
+        aside = leftover / _ASIDE
+        if aside.is_symlink() or not aside.is_dir():
             continue
         try:
             _move_new(aside, path)
@@ -890,26 +898,12 @@ def _restore(path: Path, log: Callable[[str], None]) -> bool:
 
 
 def _sweep(path: Path, log: Callable[[str], None]) -> None:
-    """Removes the temporary directories that killed runs writing ``path`` left behind (their
-    owner file names ``path``, on this host, from a process that is gone) and that hold nothing
-    to restore: ``path`` is there (the new checkpoint, or the old one an exchange kept), or they
-    hold no checkpoint moved aside. They are this package's own; one whose owner may be alive is
-    never touched."""
-    destination = _destination(path)
-    try:
-        with os.scandir(path.parent) as listing:
-            leftovers = sorted(Path(e.path) for e in listing if is_leftover(e.name, path))
-    except OSError:
-        return
-    for leftover in leftovers:
-        owner = _owner(leftover)
-        if (
-            owner is None
-            or owner.get("destination") != destination
-            or owner.get("host") != socket.gethostname()
-            or _alive(owner.get("pid"))
-            or (os.path.lexists(leftover / _ASIDE) and not os.path.lexists(path))
-        ):
+    """Removes the temporary directories that killed runs writing ``path`` left behind
+    (:func:`_dead_leftovers`) and that hold nothing to restore: ``path`` is there (the new
+    checkpoint, or the old one an exchange kept), or they hold no checkpoint moved aside. They
+    are this package's own."""
+    for leftover, owner in _dead_leftovers(path):
+        if os.path.lexists(leftover / _ASIDE) and not os.path.lexists(path):
             continue
         shutil.rmtree(leftover, ignore_errors=True)
         log(

@@ -38,6 +38,7 @@ __all__ = [
     "Pretrained",
     "check_state_dict",
     "is_hub_id",
+    "misfits",
     "read_pretrained",
     "report",
     "write_pretrained",
@@ -203,12 +204,7 @@ class Pretrained:
             f"{k}: stored {tuple(v.shape)} {v.dtype}, {arch.name} needs {plan[k].shape}"
             + ("" if plan[k].dtype == "float" else f" {plan[k].dtype}")
             for k, v in self.tensors.items()
-            if k in plan
-            and (
-                tuple(v.shape) != plan[k].shape
-                or (plan[k].dtype == "float") != is_floating(v.dtype)
-                or (plan[k].dtype != "float" and np.dtype(v.dtype) != np.dtype(plan[k].dtype))
-            )
+            if k in plan and misfits(v.shape, v.dtype, plan[k])
         ]
         if missing or unexpected or mismatched:
             title = f"{self.cfg.source}: the weights do not fit {arch.name}"
@@ -505,6 +501,17 @@ def report(pretrained: Pretrained, parameters: int, dtype: Any, verbose: bool) -
         print(f"  note: {note}", file=sys.stderr)
 
 
+def misfits(shape: tuple[int, ...], dtype: Any, spec: Any) -> bool:
+    """Whether a tensor of ``shape`` and ``dtype`` is not what its plan entry ``spec`` (a
+    :class:`se_common.TensorSpec`) says: another shape, a floating tensor where the plan has an
+    integer counter or the reverse, or another integer dtype."""
+    return (
+        tuple(shape) != tuple(spec.shape)
+        or (spec.dtype == "float") != is_floating(dtype)
+        or (spec.dtype != "float" and np.dtype(dtype) != np.dtype(spec.dtype))
+    )
+
+
 def check_state_dict(
     tensors: dict[str, np.ndarray], config: Any, num_classes: int, in_chans: int, what: str
 ) -> None:
@@ -519,12 +526,7 @@ def check_state_dict(
     mismatched = [
         f"{k}: {tuple(v.shape)} {np.dtype(v.dtype)}, the plan has {plan[k].shape} {plan[k].dtype}"
         for k, v in tensors.items()
-        if k in plan
-        and (
-            tuple(v.shape) != plan[k].shape
-            or (plan[k].dtype == "float") != is_floating(v.dtype)
-            or (plan[k].dtype != "float" and np.dtype(v.dtype) != np.dtype(plan[k].dtype))
-        )
+        if k in plan and misfits(v.shape, v.dtype, plan[k])
     ]
     if len(floats) > 1:
         mismatched.append(f"floating dtypes {', '.join(sorted(d.name for d in floats))}: one only")
