@@ -14,7 +14,8 @@ if [ ! -x .venv/bin/python ]; then
     fresh=1
 fi
 stamp=.venv/.se-flax-installed
-want="$(cat pyproject.toml constraints.txt | sha256sum)"
+# the kernels (setup.py builds se_flax/_kernels into se_flax/) are rebuilt when they change
+want="$(cat pyproject.toml constraints.txt setup.py se_flax/_kernels/* | sha256sum)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     pins=$(grep -c '==' constraints.txt)
     # the largest pinned packages, with their versions, for the progress line
@@ -25,13 +26,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         say "installing se-flax and its $pins pinned packages ($headline, ...) into .venv;" \
             "the first time takes a minute or two ..."
     else
-        say "pyproject.toml or constraints.txt changed: updating .venv ($pins pinned packages) ..."
+        say "pyproject.toml, constraints.txt or the kernels changed: updating .venv ($pins pinned packages) ..."
     fi
     start=$SECONDS
     # pip's own lines, one per package file (scripts/pip_progress.py), not its "already
     # satisfied" lines nor progress bars
-    .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off \
-        -c constraints.txt -e ".[dev]" 2> >(grep -v "^WARNING: Location" >&2) |
+    # PIP_CONSTRAINT: the pins hold in the isolated build of the kernels too (jaxlib's headers)
+    PIP_CONSTRAINT=constraints.txt .venv/bin/python -m pip install --disable-pip-version-check \
+        --progress-bar off -c constraints.txt -e ".[dev]" 2> >(grep -v "^WARNING: Location" >&2) |
         .venv/bin/python -u scripts/pip_progress.py >&2
     echo "$want" > "$stamp"
     say ".venv ready ($((SECONDS - start)) s)"

@@ -14,7 +14,8 @@ from se_common import PretrainedCfg, list_models, make_divisible, resolve_rd_cha
 from se_flax._attention import CbamModule, ChannelAttn, EcaModule, EffectiveSEModule, SpatialAttn
 from se_flax._batchnorm import BatchNorm
 from se_flax._factory import create_model
-from se_flax._layers import ConvNormAct, PointwiseConv, conv_general_dilated
+from se_flax._grouped import kernels_built
+from se_flax._layers import Conv, ConvNormAct, PointwiseConv, conv_general_dilated
 from se_flax._pretrained import from_pretrained, save_pretrained
 from se_flax._resnet import (
     ATTN_LAYERS,
@@ -40,6 +41,7 @@ __all__ = [
     "Bottleneck",
     "CbamModule",
     "ChannelAttn",
+    "Conv",
     "ConvNormAct",
     "EcaModule",
     "EffectiveSEModule",
@@ -58,6 +60,7 @@ __all__ = [
     "conv_general_dilated",
     "create_model",
     "from_pretrained",
+    "kernels_built",
     "list_models",
     "make_divisible",
     "resolve_rd_channels",

@@ -1,6 +1,6 @@
 """Building blocks shared by the Flax modules: initialisers, the input check, dense layers with
-their owner's options, convolutions (``PointwiseConv`` for 1x1, ``conv_general_dilated`` for
-the rest), the stem's ``max_pool`` and ``ConvNormAct``."""
+their owner's options, convolutions (``PointwiseConv`` for 1x1, ``Conv`` with
+``conv_general_dilated`` for the rest), the stem's ``max_pool`` and ``ConvNormAct``."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from jax import lax
 from se_common import check_feature_map, conv_padding
 from se_flax._batchnorm import BatchNorm
 from se_flax._dtypes import Dtype, accumulation_dtype
+from se_flax._grouped import grouped_conv, kernels_built
 from se_flax._rounded import NHWC, rounded_matmul, shifted_conv, windows
 
 __all__ = [
+    "Conv",
     "ConvNormAct",
     "ModuleDef",
     "PointwiseConv",
@@ -155,10 +157,22 @@ def conv_general_dilated(
     preferred_element_type: Any = None,
     out_sharding: Any = None,
 ) -> jax.Array:
-    """``lax.conv_general_dilated``, with bfloat16 convolutions on CPU as shifted matmuls.
+    """``lax.conv_general_dilated``, with grouped and depthwise convolutions on CPU through
+    se_flax's kernels, and bfloat16 convolutions on CPU as shifted matmuls.
 
     Given to ``nn.Conv`` / ``nnx.Conv`` (their ``conv_general_dilated`` option) by
-    :func:`conv`: parameters, results and every other case are the convolution's. An
+    :func:`conv` and :class:`Conv`: parameters, results and every other case are the
+    convolution's.
+
+    A grouped NHWC convolution (``feature_group_count > 1``, depthwise included) in float32 or
+    float64, with any strides and kernel dilation and non-negative padding (explicit,
+    ``"SAME"``, ``"VALID"``), runs on XLA's CPU backend se_flax's kernels (setup.py builds them;
+    :func:`se_flax.kernels_built`), for the forward pass and both gradients: XLA's CPU
+    convolution runs 3-130x slower forward and 40-700x slower backward there (README's
+    performance findings). Forward mode, higher derivatives and ``vmap`` work; other backends
+    keep XLA's convolution.
+
+    An
     ungrouped, undilated NHWC bfloat16 convolution with at least 128 input channels (padding
     explicit and non-negative, or ``"SAME"`` / ``"VALID"``) computes,
     on XLA's CPU backend, one matmul per kernel tap accumulated in float32 and rounded once:
@@ -172,7 +186,10 @@ def conv_general_dilated(
     args = (window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers)
     pads = padding
     if isinstance(padding, str) and lhs.ndim == rhs.ndim == 4:  # "SAME", "VALID": explicit pads
-        pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+        dilated = [
+            (k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dilation or (1, 1), strict=True)
+        ]
+        pads = lax.padtype_to_pads(lhs.shape[1:3], dilated, window_strides, padding)
     shifted = (
         lhs.dtype == jnp.bfloat16
         and rhs.dtype == jnp.bfloat16
@@ -190,6 +207,26 @@ def conv_general_dilated(
         and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
         == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
     )
+    grouped = (
+        feature_group_count > 1
+        and lhs.dtype == rhs.dtype
+        and lhs.dtype in (jnp.float32, jnp.float64)
+        and preferred_element_type in (None, lhs.dtype)
+        and out_sharding is None
+        and batch_group_count == 1
+        and lhs.ndim == 4
+        and rhs.ndim == 4
+        and not isinstance(pads, str)
+        and all(p >= 0 for pair in pads for p in pair)
+        and all(d == 1 for d in (lhs_dilation or (1, 1)))
+        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
+        and kernels_built()
+    )
+    if grouped:
+        return grouped_conv(
+            lhs, rhs, feature_group_count, window_strides, pads, rhs_dilation or (1, 1), precision
+        )
     if not shifted:
         return lax.conv_general_dilated(
             lhs,
@@ -204,6 +241,22 @@ def conv_general_dilated(
     strides = tuple(int(s) for s in window_strides)
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     return shifted_conv(lhs, rhs, strides, pads, precision)
+
+
+class Conv(nn.Conv):
+    """``nn.Conv`` with :func:`conv_general_dilated`: the same attributes, parameters
+    (``kernel`` ``(KH, KW, C_in / feature_group_count, features)``, ``bias``), names and
+    results, with grouped and depthwise convolutions on CPU through se_flax's kernels (and
+    bfloat16 ones as shifted matmuls). A drop-in for ``nn.Conv`` in a model of one's own.
+
+    Example:
+        >>> conv = Conv(64, (3, 3), feature_group_count=64)  # depthwise
+        >>> x = jnp.ones((2, 8, 8, 64))
+        >>> conv.apply(conv.init(jax.random.key(0), x), x).shape
+        (2, 8, 8, 64)
+    """
+
+    conv_general_dilated: Any = conv_general_dilated
 
 
 def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
@@ -263,18 +316,17 @@ def conv(
     name: str,
     **options: Any,
 ) -> nn.Module:
-    """``nn.Conv`` with :func:`conv_general_dilated`, or its faster twin :class:`PointwiseConv`
-    for ungrouped 1x1 kernels."""
+    """:class:`Conv` (``nn.Conv`` with :func:`conv_general_dilated`), or its faster twin
+    :class:`PointwiseConv` for ungrouped 1x1 kernels."""
     if is_pointwise(kernel_size, feature_group_count, padding):
         return PointwiseConv(features, tuple(strides), name=name, **options)
-    return nn.Conv(
+    return Conv(
         features,
         kernel_size,
         strides,
         padding,
         kernel_dilation=kernel_dilation,
         feature_group_count=feature_group_count,
-        conv_general_dilated=conv_general_dilated,
         name=name,
         **options,
     )

@@ -18,7 +18,7 @@ from se_flax.nnx._attention import (
     SpatialAttn,
 )
 from se_flax.nnx._factory import create_model
-from se_flax.nnx._layers import BatchNorm, ConvNormAct, PointwiseConv
+from se_flax.nnx._layers import BatchNorm, Conv, ConvNormAct, PointwiseConv
 from se_flax.nnx._pretrained import from_pretrained, save_pretrained
 from se_flax.nnx._resnet import (
     ATTN_LAYERS,
@@ -43,6 +43,7 @@ __all__ = [
     "Bottleneck",
     "CbamModule",
     "ChannelAttn",
+    "Conv",
     "ConvNormAct",
     "EcaModule",
     "EffectiveSEModule",

@@ -28,6 +28,7 @@ from se_flax._layers import (
 
 __all__ = [
     "BatchNorm",
+    "Conv",
     "ConvNormAct",
     "ModuleDef",
     "PointwiseConv",
@@ -172,6 +173,23 @@ class PointwiseConv(nnx.Module):
         return pointwise_conv(x, self.kernel[...], bias, self.strides, self.precision, self.dtype)
 
 
+class Conv(nnx.Conv):
+    """``nnx.Conv`` with :func:`se_flax.conv_general_dilated` (NNX): the same arguments,
+    variables (``kernel`` ``(KH, KW, in_features / feature_group_count, out_features)``,
+    ``bias``) and results, with grouped and depthwise convolutions on CPU through se_flax's
+    kernels. A drop-in for ``nnx.Conv`` in a model of one's own.
+
+    Example:
+        >>> conv = Conv(64, 64, (3, 3), feature_group_count=64, rngs=nnx.Rngs(0))  # depthwise
+        >>> conv(jnp.ones((2, 8, 8, 64))).shape
+        (2, 8, 8, 64)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("conv_general_dilated", conv_general_dilated)
+        super().__init__(*args, **kwargs)
+
+
 def conv(
     in_features: int,
     features: int,
@@ -184,11 +202,11 @@ def conv(
     rngs: nnx.Rngs,
     **options: Any,
 ) -> nnx.Module:
-    """``nnx.Conv`` with :func:`se_flax.conv_general_dilated`, or its faster twin
-    :class:`PointwiseConv` for ungrouped 1x1 kernels."""
+    """:class:`Conv` (``nnx.Conv`` with :func:`se_flax.conv_general_dilated`), or its faster
+    twin :class:`PointwiseConv` for ungrouped 1x1 kernels."""
     if is_pointwise(kernel_size, feature_group_count, padding):
         return PointwiseConv(in_features, features, tuple(strides), rngs=rngs, **options)
-    return nnx.Conv(
+    return Conv(
         in_features,
         features,
         tuple(kernel_size),
@@ -196,7 +214,6 @@ def conv(
         padding=padding,
         kernel_dilation=kernel_dilation,
         feature_group_count=feature_group_count,
-        conv_general_dilated=conv_general_dilated,
         rngs=rngs,
         **options,
     )
