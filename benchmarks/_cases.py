@@ -17,18 +17,24 @@ WORKLOADS = {
     "(batch statistics; running statistics updated)",
     "infer": "whole network, eval-mode forward",
     "train": "whole network, one SGD training step (forward, loss, backward, update)",
+    "convs": "grouped and depthwise 3x3/5x5 convolutions alone (ResNeXt, RegNetY and depthwise "
+    "shapes), forward and forward + backward (input and kernel gradients), float32",
 }
 SE_WORKLOADS = ("se_fwd", "se_fwdbwd")
 SK_WORKLOADS = ("sk_fwd", "sk_fwdbwd")
 BLOCK_WORKLOADS = SE_WORKLOADS + SK_WORKLOADS
 MODEL_WORKLOADS = ("infer", "train")
+# The record workloads of `convs`: forward, and forward + backward (output, input and kernel
+# gradients), as se_fwd / se_fwdbwd.
+CONV_WORKLOADS = ("conv_fwd", "conv_fwdbwd")
 # Forward-only workloads run in eval mode, the others in train mode (matters for BatchNorm).
 EVAL_WORKLOADS = ("se_fwd", "sk_fwd", "infer")
 
 # mode -> (framework, description). Mode names are unique, so a mode implies its framework.
 MODES = {
-    "jit": ("jax", "jax.jit of the linen module, NHWC"),
+    "jit": ("jax", "jax.jit of the linen module (convs: of se_flax.conv_general_dilated), NHWC"),
     "jit_donate": ("jax", "jax.jit, NHWC, input (se_*, sk_*) or train state (train) donated"),
+    "xla_jit": ("jax", "jax.jit of jax.lax.conv_general_dilated: XLA's own convolution (convs)"),
     "nnx_jit": ("jax", "NNX model under nnx.jit (infer, train), NHWC"),
     "nnx_tree": ("jax", "NNX model under nnx.jit(graph=False), modules as pytrees, NHWC"),
     "nnx_split": ("jax", "NNX model: nnx.split once, jax.jit over the state (infer, train), NHWC"),
@@ -40,11 +46,18 @@ MODES = {
 NNX_MODES = ("nnx_jit", "nnx_tree", "nnx_split")
 # Donation has nothing to reuse at inference: the input is not the size of the output. (A
 # block's input is: SE's always, SK's at stride 1 with in = out channels, as benchmarked.)
-# NNX modes run the networks only.
-NOT_APPLICABLE = {("infer", "jit_donate")} | {
-    (workload, mode) for workload in BLOCK_WORKLOADS for mode in NNX_MODES
-}
+# NNX modes run the networks only. `xla_jit` runs the convolutions only, which run neither
+# donation, NNX nor torch.compile (one operator: PyTorch's eager call is oneDNN's kernel).
+NOT_APPLICABLE = (
+    {("infer", "jit_donate")}
+    | {(workload, mode) for workload in BLOCK_WORKLOADS for mode in NNX_MODES}
+    | {(workload, "xla_jit") for workload in BLOCK_WORKLOADS + MODEL_WORKLOADS}
+    | {(w, m) for w in CONV_WORKLOADS for m in ("jit_donate", "compile", *NNX_MODES)}
+)
 DTYPES = ("float32", "bfloat16")
+# The convolutions run in float32 only (se_flax's grouped kernels compute in float32 /
+# float64; bfloat16 runs them in float32 and rounds once): other --dtypes plan no conv case.
+CONV_DTYPES = ("float32",)
 ITEMSIZE = {"float32": 4, "bfloat16": 2}
 
 # (H, W, C) of the feature map each ResNet-50 stage hands to its SE blocks (bottleneck outputs).
@@ -98,6 +111,69 @@ EXTRA_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "resnet10": ("resnet18", {"layers": (1, 1, 1, 1)}),
     "skresnet10": ("skresnet18", {"layers": (1, 1, 1, 1)}),
 }
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """A grouped convolution: NHWC input ``(batch, h, w, c)``, ``c`` output channels, ``groups``
+    groups (``c``: depthwise), a ``kernel`` x ``kernel`` window, ``stride``, padding
+    ``kernel // 2`` on every side."""
+
+    h: int
+    w: int
+    c: int
+    groups: int
+    kernel: int
+    stride: int
+    source: str = ""
+
+    @property
+    def padding(self) -> int:
+        return self.kernel // 2
+
+    def output_hw(self) -> tuple[int, int]:
+        k, p, s = self.kernel, self.padding, self.stride
+        return (self.h + 2 * p - k) // s + 1, (self.w + 2 * p - k) // s + 1
+
+    def flops(self, batch: int) -> int:
+        """2 x the multiply-adds of one forward call (taps on padding included)."""
+        ho, wo = self.output_hw()
+        return 2 * batch * ho * wo * self.c * (self.c // self.groups) * self.kernel**2
+
+
+def _conv(h, w, c, groups, kernel, stride, source="") -> tuple[str, ConvShape]:
+    kind = "dw" if groups == c else f"g{groups}"
+    return f"{h}x{w}x{c}_{kind}_k{kernel}_s{stride}", ConvShape(
+        h, w, c, groups, kernel, stride, source
+    )
+
+
+# The `convs` workload: the grouped 3x3 convolutions of ResNeXt-50 32x4d's stages and
+# RegNetY-1.6GF's (group width 24), one at stride 2, and depthwise 3x3 and 5x5 ones.
+CONV_SHAPES: dict[str, ConvShape] = dict(
+    [
+        _conv(56, 56, 128, 32, 3, 1, "ResNeXt-50 32x4d stage 1"),
+        _conv(28, 28, 256, 32, 3, 1, "ResNeXt-50 32x4d stage 2"),
+        _conv(14, 14, 512, 32, 3, 1, "ResNeXt-50 32x4d stage 3"),
+        _conv(7, 7, 1024, 32, 3, 1, "ResNeXt-50 32x4d stage 4"),
+        _conv(28, 28, 120, 5, 3, 1, "RegNetY-1.6GF stage 2"),
+        _conv(14, 14, 336, 14, 3, 1, "RegNetY-1.6GF stage 3"),
+        _conv(7, 7, 888, 37, 3, 1, "RegNetY-1.6GF stage 4"),
+        _conv(56, 56, 128, 32, 3, 2, "stride 2, ResNeXt-50 32x4d stage 1 width"),
+        _conv(112, 112, 96, 96, 3, 1, "depthwise"),
+        _conv(56, 56, 144, 144, 3, 1, "depthwise"),
+        _conv(28, 28, 240, 240, 5, 1, "depthwise"),
+        _conv(14, 14, 480, 480, 3, 1, "depthwise"),
+        _conv(7, 7, 1152, 1152, 5, 1, "depthwise"),
+        _conv(56, 56, 144, 144, 3, 2, "depthwise, stride 2"),
+    ]
+)
+# Seconds that the timed repeats of one conv case may take (Runner.budget_s): XLA's grouped
+# backward runs seconds per call (10-14 s at 8x56x56x128, 32 groups, on 2 cores); every conv
+# case, in both frameworks, follows the same rule.
+CONV_BUDGET_S = 10.0
+# --quick: two small shapes (XLA's grouped backward takes about a second per call at batch 8).
+QUICK_CONV_SHAPES = ("14x14x336_g14_k3_s1", "14x14x480_dw_k3_s1")
 # Model-name prefix of an attention network -> its label; "<prefix><plain>" is <plain>'s twin.
 ATTENTION_PREFIXES = {"se": "SE", "sk": "SK"}
 
@@ -131,7 +207,7 @@ class Case:
     framework: str
     mode: str
     dtype: str
-    name: str  # "stage1".."stage4" for block workloads, the model name otherwise
+    name: str  # "stage1".."stage4" for blocks, a CONV_SHAPES name for convs, else the model
     batch: int
     shape: tuple[int, int, int, int]
 
@@ -165,8 +241,12 @@ def plan(
     models: list[str],
     model_batch: int,
     image_size: int,
+    conv_shapes: list[str] = (),
+    conv_batch: int = 8,
 ) -> list[Case]:
-    """Every case of a run, each once, grouped so that one setting's modes run side by side."""
+    """Every case of a run, each once, grouped so that one setting's modes run side by side.
+    ``convs`` plans its two record workloads (``CONV_WORKLOADS``) at ``conv_shapes``, in
+    ``CONV_DTYPES`` only."""
     settings: list[tuple[str, str, int, tuple[int, int, int, int]]] = []
     for workload in workloads:
         if workload in SE_WORKLOADS:
@@ -178,12 +258,20 @@ def plan(
         elif workload in SK_WORKLOADS:
             for name, hwc in sk_stages.items():
                 settings.append((workload, name, sk_batch, (sk_batch, *hwc)))
+        elif workload == "convs":
+            for conv_workload in CONV_WORKLOADS:
+                for name in conv_shapes:
+                    conv = CONV_SHAPES[name]
+                    shape = (conv_batch, conv.h, conv.w, conv.c)
+                    settings.append((conv_workload, name, conv_batch, shape))
         else:
             for model in models:
                 shape = (model_batch, image_size, image_size, 3)
                 settings.append((workload, model, model_batch, shape))
     cases = []
     for (workload, name, batch, shape), dtype, mode in itertools.product(settings, dtypes, modes):
+        if workload in CONV_WORKLOADS and dtype not in CONV_DTYPES:
+            continue
         if (workload, mode) not in NOT_APPLICABLE:
             cases.append(Case(workload, MODES[mode][0], mode, dtype, name, batch, shape))
     return cases

@@ -1,8 +1,9 @@
-"""``python -m benchmarks``: SE and SK blocks, SE-/SK-ResNet throughput, JAX vs PyTorch, one run.
+"""``python -m benchmarks``: SE and SK blocks, grouped convs, networks, JAX vs PyTorch, one run.
 
 Writes ``DIR/results.json`` (one record per measurement, plus machine, versions, settings, the
 measured memory bandwidth, the matmul roofline and the networks' FLOPs), ``DIR/results.md`` and
-PNG plots.
+PNG plots. ``--workloads convs`` times grouped and depthwise convolutions alone
+(``se_flax.conv_general_dilated`` and XLA's, against PyTorch's ``conv2d``).
 """
 
 from __future__ import annotations
@@ -17,14 +18,19 @@ import shlex
 import sys
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks._cases import (
+    CONV_BUDGET_S,
+    CONV_DTYPES,
+    CONV_SHAPES,
     DTYPES,
     EXTRA_MODELS,
     MODEL_WORKLOADS,
     MODES,
     NNX_MODES,
+    QUICK_CONV_SHAPES,
     QUICK_ROOFLINE_SHAPES,
     QUICK_SK_STAGES,
     QUICK_STAGES,
@@ -42,8 +48,10 @@ FULL = {
     "sweep_batches": [1, 4, 16, 64, 256],
     "sk_stages": RESNET18_STAGES,
     "sk_batch": 32,
-    "models": ["resnet50", "seresnet50", "resnet18", "skresnet18"],
+    "models": ["resnet50", "seresnet50", "resnet18", "skresnet18", "seresnext50_32x4d"],
     "model_batch": 8,
+    "conv_shapes": list(CONV_SHAPES),
+    "conv_batch": 8,
     "image_size": 224,
     "repeats": 7,
     "min_time": 0.05,
@@ -61,6 +69,8 @@ QUICK = {
     "sk_batch": 2,
     "models": ["resnet14", "seresnet14", "resnet10", "skresnet10"],
     "model_batch": 2,
+    "conv_shapes": list(QUICK_CONV_SHAPES),
+    "conv_batch": 2,
     "image_size": 32,
     "repeats": 3,
     "min_time": 0.002,
@@ -74,11 +84,16 @@ QUICK = {
 }
 
 
-# The same statement as the README's.
+# The durations, as docs/benchmarks.md states them. The full run's is an estimate: 35 minutes
+# were measured before the convs workload and seresnext50_32x4d joined the defaults.
 DURATIONS = (
-    "Durations on 2 CPU cores: the full run (the defaults) about 35 minutes (measured: 32 and "
-    "35.5 min on a 2-core Xeon); --quick about 1 minute when the cores are idle (63 s measured), "
-    "2-3 minutes while other jobs share them."
+    "Durations on 2 CPU cores: the full run (the defaults) about 2 hours, estimated (35 min "
+    "measured, 32 and 35.5 min on a 2-core Xeon, before the convs workload added about 6 min "
+    "and seresnext50_32x4d about 90 min, most of it JAX's bfloat16 training steps, whose "
+    "grouped convolutions are XLA's: about 85 s a step); --workloads convs alone about 6 "
+    "minutes, most of it XLA's grouped backward (xla_jit); --quick about 1 minute when the "
+    "cores are idle (63 s measured before convs, which add about 5 s), 2-3 minutes while other "
+    "jobs share them."
 )
 
 
@@ -138,7 +153,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=_list(list(DTYPES)),
         default=None,
         help="bfloat16 means parameters and activations in bfloat16, in both "
-        "frameworks (default: both; --quick: float32)",
+        "frameworks (default: both; --quick: float32); convs run in float32 only",
     )
     p.add_argument(
         "--stages",
@@ -193,10 +208,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"network input resolution (default {FULL['image_size']})",
     )
     p.add_argument(
+        "--conv-shapes",
+        type=_list(list(CONV_SHAPES)),
+        default=None,
+        help="convolutions of the convs workload, named HxWxC_gGROUPS_kK_sSTRIDE (dw: "
+        "depthwise), of "
+        + ", ".join(CONV_SHAPES)
+        + " (default: all; --quick: "
+        + ",".join(QUICK_CONV_SHAPES)
+        + ")",
+    )
+    p.add_argument(
+        "--conv-batch",
+        type=positive(int),
+        default=None,
+        help=f"batch of the convs cases (default {FULL['conv_batch']}; --quick: "
+        f"{QUICK['conv_batch']})",
+    )
+    p.add_argument(
         "--repeats",
         type=positive(int),
         default=None,
-        help=f"timed repeats per case (default {FULL['repeats']})",
+        help=f"timed repeats per case (default {FULL['repeats']}; a convs case whose repeats "
+        f"would take over {CONV_BUDGET_S:g} s runs fewer, 3 at least)",
     )
     p.add_argument(
         "--min-time",
@@ -214,8 +248,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="tiny shapes and models (resnet14/seresnet14, resnet10/skresnet10), few repeats, "
-        "small roofline matmuls: a smoke run (results.md says so, and judges no target)",
+        help="tiny shapes and models (resnet14/seresnet14, resnet10/skresnet10; two small "
+        "convs at batch 2), few repeats, small roofline matmuls: a smoke run (results.md says "
+        "so, and judges no target)",
     )
     p.add_argument(
         "--out",
@@ -241,6 +276,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "sk_batch",
         "models",
         "model_batch",
+        "conv_shapes",
+        "conv_batch",
         "image_size",
         "repeats",
         "min_time",
@@ -256,6 +293,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.modes = [m for m in args.modes if MODES[m][0] in args.frameworks]
     if not args.modes:
         p.error(f"none of --modes belongs to --frameworks {','.join(args.frameworks)}")
+    if not planned(args):
+        p.error(
+            "nothing to run: no case of --workloads in these --modes and --dtypes (convs: "
+            f"{', '.join(CONV_DTYPES)} only; modes jit, xla_jit, eager, channels_last)"
+        )
     if args.threads > len(os.sched_getaffinity(0)):
         p.error(
             f"--threads {args.threads} exceeds the {len(os.sched_getaffinity(0))} CPUs "
@@ -326,6 +368,8 @@ def planned(args: argparse.Namespace) -> list:
         args.models,
         args.model_batch,
         args.image_size,
+        args.conv_shapes,
+        args.conv_batch,
     )
 
 
@@ -381,6 +425,12 @@ def main(argv: list[str] | None = None) -> int:
             "models": args.models,
             "model_batch": args.model_batch,
             "image_size": args.image_size,
+            "conv_batch": args.conv_batch,
+            "conv_shapes": {
+                name: {**asdict(CONV_SHAPES[name]), "padding": CONV_SHAPES[name].padding}
+                for name in args.conv_shapes
+            },
+            "conv_budget_s": CONV_BUDGET_S,
         },
         "machine": machine,
         "bandwidth": bandwidth,

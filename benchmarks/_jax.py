@@ -1,5 +1,6 @@
 """JAX/Flax runners, NHWC: linen ``jit`` and ``jit_donate``; NNX ``nnx_jit``, ``nnx_tree`` and
-``nnx_split``."""
+``nnx_split``; the convolutions' ``jit`` (``se_flax.conv_general_dilated``) and ``xla_jit``
+(``jax.lax.conv_general_dilated``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ import se_flax.nnx
 from benchmarks import _torch
 from benchmarks._cases import (
     BLOCK_WORKLOADS,
+    CONV_BUDGET_S,
+    CONV_SHAPES,
+    CONV_WORKLOADS,
     EVAL_WORKLOADS,
     NNX_MODES,
     SE_WORKLOADS,
@@ -31,6 +35,7 @@ from se_flax.optim import sgd
 from se_flax.training import TrainState, cross_entropy, train_step
 
 CHAIN = 32  # a donated block input is chained through at most this many calls, then refilled
+NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _block(case: Case, dtype: jnp.dtype) -> nn.Module:
@@ -65,8 +70,57 @@ def _variables(case: Case, seed: int) -> dict:
     return torch_to_flax(_torch.module(case, seed))
 
 
+def _conv_runner(case: Case, slots: int, seed: int) -> Runner:
+    """One grouped convolution under ``jax.jit``: ``se_flax.conv_general_dilated`` (``jit``;
+    se_flax's CPU kernels where built) or ``jax.lax.conv_general_dilated`` (``xla_jit``), the
+    same arguments; forward, or forward + backward (the output, and the input and kernel gradients
+    from ``jax.vjp`` at a fixed random cotangent), the PyTorch runner's kernel."""
+    conv = CONV_SHAPES[case.name]
+    dtype = jnp.dtype(case.dtype)
+    rng = np.random.default_rng(seed)
+    function = se_flax.conv_general_dilated if case.mode == "jit" else jax.lax.conv_general_dilated
+    pads = ((conv.padding, conv.padding),) * 2
+    n, _, _, c = case.shape
+
+    def forward(x, kernel):
+        strides = (conv.stride, conv.stride)
+        return function(
+            x, kernel, strides, pads, dimension_numbers=NHWC, feature_group_count=conv.groups
+        )
+
+    def arrays(shape) -> list[jax.Array]:
+        return [
+            jax.device_put(rng.standard_normal(shape, np.float32).astype(dtype))
+            for _ in range(slots)
+        ]
+
+    kernel = jax.device_put(_torch.conv_kernel(case, seed).astype(dtype))
+    xs = arrays(case.shape)
+    if case.workload == "conv_fwd":
+        fn = jax.jit(forward)
+
+        def step(i: int):
+            return fn(xs[i % slots], kernel)
+
+    else:
+
+        def fwdbwd(x, kernel, g):
+            y, vjp = jax.vjp(forward, x, kernel)
+            return y, *vjp(g)  # the output, the input gradient, the kernel gradient
+
+        fn = jax.jit(fwdbwd)
+        cotangents = arrays((n, *conv.output_hw(), c))
+
+        def step(i: int):
+            return fn(xs[i % slots], kernel, cotangents[i % slots])
+
+    return Runner(step, jax.block_until_ready, budget_s=CONV_BUDGET_S)
+
+
 def runner(case: Case, slots: int, seed: int) -> Runner:
     """Builds the runner of one JAX case: parameters and ``slots`` rotated inputs on device."""
+    if case.workload in CONV_WORKLOADS:
+        return _conv_runner(case, slots, seed)
     dtype = jnp.dtype(case.dtype)
     rng = np.random.default_rng(seed)
     donate = case.mode == "jit_donate"

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from benchmarks._cases import (
     BLOCK_WORKLOADS,
+    CONV_BUDGET_S,
+    CONV_SHAPES,
+    CONV_WORKLOADS,
     ITEMSIZE,
     MODEL_WORKLOADS,
     MODES,
@@ -24,6 +27,12 @@ NOISY = "†"  # marks a noisy record, and every ratio or share computed from on
 # dx and parameter gradients): read x and g once (pooling and sum(g * x) share a pass),
 # read g again and write dx.
 FLOOR_PASSES = {"se_fwd": 3, "se_fwdbwd": 4}
+# A convolution's FLOPs per call over its forward's: forward + backward computes the output,
+# the input gradient and the kernel gradient, each as many multiply-adds as the forward.
+CONV_PASSES = {"conv_fwd": 1, "conv_fwdbwd": 3}
+# The convolutions' goal: JAX (se_flax.conv_general_dilated) within 1.5x of PyTorch's
+# channels_last time, i.e. at least 1 / 1.5 of its speed (CPU).
+CONV_GOAL = 1 / 1.5
 
 
 def derive(
@@ -35,7 +44,8 @@ def derive(
     """Adds throughput (images per second), the noise flag and, for SE blocks, the memory-floor
     numbers (SK blocks and networks are compute-bound: no floor); for networks whose FLOPs per
     image are in ``flops`` (``(workload, name) -> FLOPs``), the share of the matmul roofline of
-    the record's dtype (``roofline_GFLOPs``: dtype -> GFLOP/s)."""
+    the record's dtype (``roofline_GFLOPs``: dtype -> GFLOP/s); for convolutions, their FLOPs
+    per call (2 x multiply-adds, taps on padding included) and GFLOP/s."""
     if record.get("median_s") is None:
         return record
     record["throughput"] = record["batch"] / record["median_s"]
@@ -46,6 +56,10 @@ def derive(
         record["floor_bytes"] = floor
         record["achieved_GBps"] = floor / record["median_s"] / 1e9
         record["floor_fraction"] = record["achieved_GBps"] / bandwidth_GBps
+    if record["workload"] in CONV_PASSES:
+        conv = CONV_SHAPES[record["name"]]
+        record["flops"] = CONV_PASSES[record["workload"]] * conv.flops(record["batch"])
+        record["GFLOPs"] = record["flops"] / record["median_s"] / 1e9
     per_image = (flops or {}).get((record["workload"], record["name"]))
     if record["workload"] in MODEL_WORKLOADS and per_image is not None:
         record["flops_per_image"] = per_image
@@ -124,11 +138,13 @@ def targets(
     """The issue's targets, evaluated on this run's records (ratios within one run).
 
     CPU: JAX SE block >= 1.5x PyTorch eager and >= 50% of the memory floor at every stage;
-    JAX SE-ResNet inference >= PyTorch eager channels_last. GPU: SE block >= 85% of the
-    memory floor, JAX SE/plain >= 0.90, JAX within 10% of torch.compile. Other ratios (the SK
-    block's speed, SK/plain, the NNX networks' speed over linen ``jit``'s) are listed with no
-    goal. ``judge=False`` (a ``--quick`` smoke run) lists every value with no goal or verdict.
-    Each row is ``noisy`` when a record it comes from is.
+    JAX SE-ResNet inference >= PyTorch eager channels_last; JAX grouped and depthwise
+    convolutions (``jit``: se_flax's) within 1.5x of PyTorch channels_last's time
+    (speed ratio >= 1 / 1.5; XLA's own, ``xla_jit``, and se_flax over XLA listed). GPU: SE
+    block >= 85% of the memory floor, JAX SE/plain >= 0.90, JAX within 10% of torch.compile.
+    Other ratios (the SK block's speed, SK/plain, the NNX networks' speed over linen ``jit``'s)
+    are listed with no goal. ``judge=False`` (a ``--quick`` smoke run) lists every value with
+    no goal or verdict. Each row is ``noisy`` when a record it comes from is.
     """
     gpu = machine.get("gpu") is not None
     index, rows = _index(records), []
@@ -202,6 +218,22 @@ def targets(
                             jax_,
                             compiled,
                         )
+    for r in records:  # convolutions: JAX against PyTorch channels_last, se_flax against XLA
+        if r["workload"] not in CONV_WORKLOADS or r["mode"] not in ("jit", "xla_jit"):
+            continue
+        jax_ = index.get((r["workload"], r["mode"], r["dtype"], r["name"], r["batch"]))
+        if jax_ is None:
+            continue
+        case = f"{r['workload']} {r['name']} b{r['batch']} {r['dtype']} {r['mode']}"
+        cl = index.get((r["workload"], "channels_last", r["dtype"], r["name"], r["batch"]))
+        if cl is not None:
+            goal = CONV_GOAL if r["mode"] == "jit" and not gpu else None
+            ratio = cl["median_s"] / jax_["median_s"]
+            add("JAX conv / torch channels_last speed", case, ratio, goal, jax_, cl)
+        xla = index.get((r["workload"], "xla_jit", r["dtype"], r["name"], r["batch"]))
+        if r["mode"] == "jit" and xla is not None:
+            ratio = xla["median_s"] / jax_["median_s"]
+            add("se_flax conv / XLA conv speed", case, ratio, None, jax_, xla)
     for row in attention_ratios(records):
         goal = 0.9 if gpu and row["mode"] in jax_modes and row["label"] == "SE" else None
         add(
@@ -238,6 +270,33 @@ def _pivot(records: list[dict], workloads, cell) -> list[str]:
         lines.append(
             f"| {workload} | {name} | {batch} | {shape_text} | {dtype} | "
             + " | ".join(cells.get(m, "") for m in modes)
+            + " |"
+        )
+    return lines
+
+
+def _conv_table(records: list[dict]) -> list[str]:
+    """The convolutions: one row per shape (and batch, dtype), the forward's time per mode,
+    then forward + backward's, in ms."""
+    modes = [m for m in MODES if any(r["mode"] == m for r in records)]
+    rows = defaultdict(dict)
+    for r in records:
+        rows[r["name"], r["batch"], r["dtype"]][r["workload"], r["mode"]] = r
+    columns = [(w, m) for w in CONV_WORKLOADS for m in modes]
+    label = {"conv_fwd": "fwd", "conv_fwdbwd": "fwd+bwd"}
+    lines = [
+        "| case | from | input (NHWC) | groups | kernel | stride | dtype | "
+        + " | ".join(f"{label[w]} {m}" for w, m in columns)
+        + " |",
+        "|---" * (7 + len(columns)) + "|",
+    ]
+    for (name, batch, dtype), cells in rows.items():
+        conv = CONV_SHAPES[name]
+        groups = f"{conv.groups} (depthwise)" if conv.groups == conv.c else str(conv.groups)
+        lines.append(
+            f"| {name} | {conv.source} | {batch}x{conv.h}x{conv.w}x{conv.c} | {groups} | "
+            f"{conv.kernel}x{conv.kernel} | {conv.stride} | {dtype} | "
+            + " | ".join(_time_cell(cells[c]) if c in cells else "" for c in columns)
             + " |"
         )
     return lines
@@ -369,6 +428,24 @@ def markdown(results: dict) -> str:
             "",
         ]
         lines += _table(_pivot(sk, SK_WORKLOADS, _time_cell))
+    convs = [r for r in records if r["workload"] in CONV_WORKLOADS]
+    if convs:
+        lines += [
+            "## Grouped and depthwise convolutions: time per call",
+            "",
+            "One convolution, C in and C out channels, padding k // 2, under `jax.jit`: `jit` is "
+            "`se_flax.conv_general_dilated` (se_flax's CPU kernels where built), `xla_jit` "
+            "`jax.lax.conv_general_dilated` with the same arguments (XLA's own grouped "
+            "convolution); PyTorch's `torch.nn.functional.conv2d`, NCHW (`eager`) and "
+            "`channels_last`. fwd: the forward (PyTorch under `no_grad`); fwd+bwd: the output "
+            "and the input and kernel gradients at a fixed random cotangent (`jax.vjp`; "
+            "PyTorch's `y.backward(dy)`, the gradients cleared first). Same kernel in both "
+            f"frameworks, float32. A case whose repeats would take over {CONV_BUDGET_S:g} s "
+            "runs fewer of them, 3 at least (`repeats` in results.json); GFLOP/s are in "
+            "results.json.",
+            "",
+        ]
+        lines += _table(_conv_table(convs))
     nets = [r for r in records if r["workload"] in MODEL_WORKLOADS]
     if nets:
         lines += [
@@ -435,7 +512,7 @@ def markdown(results: dict) -> str:
         lines += ["## Targets (reported, not asserted)", ""]
         table = ["| target | case | value | goal | met |", "|---|---|---|---|---|"]
         for row in rows:
-            goal = "" if row["goal"] is None else f"{row['goal']:g}"
+            goal = "" if row["goal"] is None else f"{row['goal']:.3g}"
             met = {None: "", True: "yes", False: "**no**"}[row["met"]]
             table.append(
                 f"| {row['target']} | {row['case']} | {row['value']:.2f}{_mark(row)} | {goal} "
@@ -470,7 +547,7 @@ def markdown(results: dict) -> str:
 
 def plots(results: dict, out: Path) -> list[Path]:
     """PNG plots: SE floor share per stage, SE batch sweep, SK time per stage, network
-    throughput, attention networks' throughput over their plain twins'."""
+    throughput, attention networks' throughput over their plain twins', convolution times."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -612,4 +689,28 @@ def plots(results: dict, out: Path) -> list[Path]:
                 ax.set_title(f"{w}, {dtype}", fontsize=10)
                 ax.set_ylabel("throughput / plain twin's")
         finish(fig, axes, "attention.png")
+
+    conv_work = [w for w in CONV_WORKLOADS if any(r["workload"] == w for r in records)]
+    if conv_work:
+        conv_records = [r for r in records if r["workload"] in CONV_WORKLOADS]
+        names = list(dict.fromkeys(r["name"] for r in conv_records))
+        fig, axes = plt.subplots(
+            len(conv_work),
+            1,
+            squeeze=False,
+            figsize=(max(6.0, 0.9 * len(names)), 4.2 * len(conv_work)),
+        )
+        for i, w in enumerate(conv_work):
+            ax = axes[i][0]
+            times = {
+                (r["name"], r["mode"]): 1e3 * r["median_s"]
+                for r in conv_records
+                if r["workload"] == w and r["dtype"] == "float32"
+            }
+            bars(ax, names, lambda name, mode, times=times: times.get((name, mode)))
+            ax.set_yscale("log")
+            ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+            ax.set_title(f"{w}, float32, batch {results['settings']['conv_batch']}", fontsize=10)
+            ax.set_ylabel("ms per call (log)")
+        finish(fig, axes, "convs.png")
     return written

@@ -19,7 +19,11 @@ class Runner:
     ``sync`` must wait for; ``sync(outputs)`` blocks until all of them are computed
     (``block_until_ready``, or the device synchronised); ``refresh()`` does untimed
     housekeeping between repeats (refilling donated inputs). ``max_number`` caps the calls
-    per repeat (donated inputs are chained through at most that many calls).
+    per repeat (donated inputs are chained through at most that many calls). ``budget_s``,
+    where set, bounds the time of a case whose calls are slow (XLA's grouped convolution
+    backward: seconds per call): its warm-up stops after one call when that call took a
+    quarter of the budget, and its repeats are cut so that they fit in the budget, to no fewer
+    than 3.
     """
 
     step: Callable[[int], Any]
@@ -27,6 +31,7 @@ class Runner:
     refresh: Callable[[], None] = lambda: None
     max_number: int = 1000
     extra: dict = field(default_factory=dict)
+    budget_s: float | None = None
 
 
 def measure(runner: Runner, repeats: int, min_time: float, warmup_time: float) -> dict:
@@ -37,7 +42,8 @@ def measure(runner: Runner, repeats: int, min_time: float, warmup_time: float) -
 
     Returns:
         ``compile_s`` (wall time of the first call: tracing, compilation, first run),
-        ``median_s`` and ``iqr_s`` (per call, over repeats), ``min_s``, ``repeats``, ``number``.
+        ``median_s`` and ``iqr_s`` (per call, over repeats), ``min_s``, ``repeats`` (fewer
+        than asked where ``runner.budget_s`` cut them), ``number``.
     """
     counter = 0
 
@@ -56,11 +62,17 @@ def measure(runner: Runner, repeats: int, min_time: float, warmup_time: float) -
     # Warm-up: at least two calls and warmup_time seconds; it also calibrates `number`.
     runner.refresh()
     warm, calls = 0.0, 0
+    budget = runner.budget_s
     while calls < 2 or warm < warmup_time:
         warm += run(1)
         calls += 1
+        if budget is not None and warm >= max(warmup_time, budget / 4):
+            break  # a slow call: one warm-up call is enough
     per_call = warm / calls
     number = max(1, min(runner.max_number, math.ceil(min_time / max(per_call, 1e-9))))
+    if budget is not None:
+        fit = math.floor(budget / (per_call * number))
+        repeats = max(min(repeats, 3), min(repeats, fit))
     times = []
     for _ in range(repeats):
         runner.refresh()

@@ -164,13 +164,14 @@ def conv_general_dilated(
     :func:`conv` and :class:`Conv`: parameters, results and every other case are the
     convolution's.
 
-    A grouped NHWC convolution (``feature_group_count > 1``, depthwise included) in float32 or
-    float64, with any strides and kernel dilation and non-negative padding (explicit,
-    ``"SAME"``, ``"VALID"``), runs on XLA's CPU backend se_flax's kernels (setup.py builds them;
+    A grouped NHWC convolution (``feature_group_count > 1``, depthwise included) with any
+    strides and kernel dilation and non-negative padding (explicit, ``"SAME"``, ``"VALID"``)
+    runs on XLA's CPU backend se_flax's kernels (setup.py builds them;
     :func:`se_flax.kernels_built`), for the forward pass and both gradients: XLA's CPU
-    convolution runs 3-130x slower forward and 40-700x slower backward there (README's
-    performance findings). Forward mode, higher derivatives and ``vmap`` work; other backends
-    keep XLA's convolution.
+    convolution runs 3-130x slower forward and 40-700x slower backward there (docs'
+    benchmark findings). float32 and float64 run as they are; bfloat16 and float16 are
+    computed in float32 and rounded once (their gradients too). Forward mode, higher
+    derivatives and ``vmap`` work; other backends keep XLA's convolution.
 
     An
     ungrouped, undilated NHWC bfloat16 convolution with at least 128 input channels (padding
@@ -207,11 +208,12 @@ def conv_general_dilated(
         and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
         == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
     )
+    wide = jnp.float64 if lhs.dtype == jnp.float64 else jnp.float32  # what the kernels run
     grouped = (
         feature_group_count > 1
         and lhs.dtype == rhs.dtype
-        and lhs.dtype in (jnp.float32, jnp.float64)
-        and preferred_element_type in (None, lhs.dtype)
+        and lhs.dtype in (jnp.float32, jnp.float64, jnp.bfloat16, jnp.float16)
+        and preferred_element_type in (None, lhs.dtype, wide)
         and out_sharding is None
         and batch_group_count == 1
         and lhs.ndim == 4
@@ -223,10 +225,17 @@ def conv_general_dilated(
         == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
         and kernels_built()
     )
-    if grouped:
-        return grouped_conv(
-            lhs, rhs, feature_group_count, window_strides, pads, rhs_dilation or (1, 1), precision
+    if grouped:  # 16 bits: accumulated in float32, rounded once (gradients too, by autodiff)
+        y = grouped_conv(
+            lhs.astype(wide),
+            rhs.astype(wide),
+            feature_group_count,
+            window_strides,
+            pads,
+            rhs_dilation or (1, 1),
+            precision,
         )
+        return y.astype(preferred_element_type or lhs.dtype)
     if not shifted:
         return lax.conv_general_dilated(
             lhs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,11 @@ import pytest
 from benchmarks import _cli, _report, _timing
 from benchmarks._cases import (
     BLOCK_WORKLOADS,
+    CONV_SHAPES,
+    CONV_WORKLOADS,
     MODES,
     NNX_MODES,
+    QUICK_CONV_SHAPES,
     QUICK_ROOFLINE_SHAPES,
     QUICK_SK_STAGES,
     QUICK_STAGES,
@@ -135,6 +139,14 @@ def check_results(results: dict, argv: list[str], out: Path) -> None:
         elif r["workload"].startswith("sk_"):
             assert (h, w, c) == QUICK_SK_STAGES[r["name"]] and n == args.sk_batch
             assert not FLOOR_FIELDS & r.keys()  # compute-bound: no floor, as for networks
+        elif r["workload"] in CONV_WORKLOADS:
+            conv = CONV_SHAPES[r["name"]]
+            assert (h, w, c) == (conv.h, conv.w, conv.c) and n == args.conv_batch
+            assert r["name"] in args.conv_shapes and r["dtype"] == "float32"
+            assert not FLOOR_FIELDS & r.keys()
+            passes = {"conv_fwd": 1, "conv_fwdbwd": 3}[r["workload"]]
+            assert r["flops"] == passes * conv.flops(n)
+            assert r["GFLOPs"] == pytest.approx(r["flops"] / r["median_s"] / 1e9)
         else:
             assert (h, w, c) == (args.image_size, args.image_size, 3)
             assert not FLOOR_FIELDS & r.keys()
@@ -153,11 +165,13 @@ def check_results(results: dict, argv: list[str], out: Path) -> None:
     assert "## Targets" not in text and "| goal | met |" not in text
     assert all(t["goal"] is None and t["met"] is None for t in results["targets"])
     assert "- matmul roofline: " in text and "## Matmul roofline" in text
-    assert text.count("†") == 0 or "† noisy: the interquartile range exceeds 25%" in text
+    # a cell marked noisy comes with the footnote (the introduction names the mark once)
+    assert text.count("†") == 1 or "† noisy: the interquartile range exceeds 25%" in text
     if results["settings"]["xla_flags"]:
         assert f"- `--xla-flags`: `{results['settings']['xla_flags']}`" in text
     for workload in args.workloads:
-        assert f"| {workload} |" in text
+        for name in CONV_WORKLOADS if workload == "convs" else [workload]:
+            assert f"| {name} |" in text
     if {"sk_fwd", "sk_fwdbwd"} & set(args.workloads):
         assert "## SK block: time per call" in text
     for png in out.glob("*.png"):
@@ -168,7 +182,10 @@ def check_results(results: dict, argv: list[str], out: Path) -> None:
         "sk_block.png",
         "networks.png",
         "attention.png",
+        "convs.png",
     }
+    if "convs" not in args.workloads:
+        expected_plots.discard("convs.png")
     if not {"infer", "train"} & set(args.workloads):
         expected_plots -= {"networks.png", "attention.png"}
     if not attention_pairs(args.models):  # no SE or SK model next to its plain twin
@@ -184,7 +201,8 @@ def test_quick_run_has_every_record(tmp_path):
     # Every quick mode but jit_donate, whose network train steps would compile every model
     # again (half of this run's 80 s); test_quick_run_compile_and_bfloat16 runs jit_donate.
     # and the SE pair of the quick models (the SK pair's networks compile as long again).
-    argv = ["--modes", "jit,eager,channels_last", "--models", "resnet14,seresnet14"]
+    # The convs workload runs its two quick shapes (grouped, depthwise) in its four modes.
+    argv = ["--modes", "jit,xla_jit,eager,channels_last", "--models", "resnet14,seresnet14"]
     results, stdout = run_benchmarks(tmp_path, *argv)
     check_results(results, argv, tmp_path / "bench")
     records = results["records"]
@@ -195,6 +213,8 @@ def test_quick_run_has_every_record(tmp_path):
         "sk_fwdbwd",
         "infer",
         "train",
+        "conv_fwd",
+        "conv_fwdbwd",
     }
     # SK blocks: every stage in every mode; models: seresnet14 next to its plain twin
     sk = {(r["workload"], r["name"], r["mode"]) for r in records if r["workload"].startswith("sk")}
@@ -204,8 +224,9 @@ def test_quick_run_has_every_record(tmp_path):
         "seresnet14",
     }
     assert set(_cli.QUICK["models"]) == {"resnet14", "seresnet14", "resnet10", "skresnet10"}
-    assert {r["mode"] for r in results["records"]} == {"jit", "eager", "channels_last"}
-    assert set(_cli.QUICK["modes"]) == {"jit", "jit_donate", "eager", "channels_last"}
+    assert {r["mode"] for r in results["records"]} == {"jit", "xla_jit", "eager", "channels_last"}
+    assert set(_cli.QUICK["modes"]) == {"jit", "jit_donate", "xla_jit", "eager", "channels_last"}
+    check_convs(results, tmp_path / "bench", QUICK_CONV_SHAPES)
     targets = {t["target"] for t in results["targets"]}
     assert {
         "JAX SE / torch eager speed",
@@ -213,6 +234,8 @@ def test_quick_run_has_every_record(tmp_path):
         "SE/plain throughput",
         "JAX / torch channels_last speed",
         "JAX SK / torch eager speed",
+        "JAX conv / torch channels_last speed",
+        "se_flax conv / XLA conv speed",
     } <= targets
     # SE/plain: seresnet14's throughput over resnet14's, per workload and mode, in the report
     by_key = {(r["workload"], r["mode"], r["name"]): r for r in records}
@@ -231,6 +254,55 @@ def test_quick_run_has_every_record(tmp_path):
         assert row["value"] == pytest.approx(plain["median_s"] / se["median_s"])
         assert f"| {workload} | seresnet14/resnet14 |" in text
     assert "records in" in stdout
+
+
+def check_convs(results: dict, out: Path, shapes) -> None:
+    """The convs records of a quick run: every shape in both passes and the four modes, a
+    positive time each, the table and the ratios."""
+    convs = [r for r in results["records"] if r["workload"] in CONV_WORKLOADS]
+    modes = ("jit", "xla_jit", "eager", "channels_last")
+    by_key = {(r["workload"], r["name"], r["mode"]): r for r in convs}
+    assert len(by_key) == len(convs)
+    assert set(by_key) == {(w, s, m) for w in CONV_WORKLOADS for s in shapes for m in modes}
+    assert all(r["median_s"] > 0 and r["compile_s"] > 0 and r["GFLOPs"] > 0 for r in convs)
+    assert {(r["mode"], r["framework"], r["layout"]) for r in convs} == {
+        ("jit", "jax", "NHWC"),
+        ("xla_jit", "jax", "NHWC"),
+        ("eager", "torch", "NCHW"),
+        ("channels_last", "torch", "NCHW (channels_last)"),
+    }
+    # xla_jit measures the convolutions only
+    assert {r["workload"] for r in results["records"] if r["mode"] == "xla_jit"} <= set(
+        CONV_WORKLOADS
+    )
+    assert set(results["settings"]["conv_shapes"]) == set(shapes)
+    text = (out / "results.md").read_text()
+    section = text.split("## Grouped and depthwise convolutions: time per call")[1]
+    section = section.split("\n## ")[0]
+    header = "| fwd jit | fwd xla_jit | fwd eager | fwd channels_last | fwd+bwd jit |"
+    assert header in section
+    for name in shapes:
+        row = next(x for x in section.splitlines() if x.startswith(f"| {name} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")][7:]
+        assert len(cells) == 8, row
+        assert all(re.fullmatch(r"[0-9.e+-]+ ms ±[0-9.e+-]+†?", c) for c in cells), row
+    ratios = {
+        (t["target"], t["case"]): t["value"]
+        for t in results["targets"]
+        if t["case"].split()[0] in CONV_WORKLOADS
+    }
+    for workload in CONV_WORKLOADS:
+        for name in shapes:
+            case = f"{workload} {name} b{convs[0]['batch']} float32"
+            cl = by_key[workload, name, "channels_last"]["median_s"]
+            ours, xla = (by_key[workload, name, m]["median_s"] for m in ("jit", "xla_jit"))
+            target = "JAX conv / torch channels_last speed"
+            assert ratios[target, f"{case} jit"] == pytest.approx(cl / ours)
+            assert ratios[target, f"{case} xla_jit"] == pytest.approx(cl / xla)
+            assert ratios["se_flax conv / XLA conv speed", f"{case} jit"] == pytest.approx(
+                xla / ours
+            )
+    assert len(ratios) == 3 * len(CONV_WORKLOADS) * len(shapes)
 
 
 def test_quick_run_compile_and_bfloat16(tmp_path):
@@ -321,6 +393,60 @@ def test_nnx_modes_plan_networks_only():
     assert set(NNX_MODES) <= set(_cli.FULL["modes"])
 
 
+def test_convs_plan_float32_in_four_modes():
+    args = _cli.parse_args(["--workloads", "convs"])  # the full defaults: every mode and dtype
+    cases = _cli.planned(args)
+    assert {c.workload for c in cases} == set(CONV_WORKLOADS)
+    assert {c.mode for c in cases} == {"jit", "xla_jit", "eager", "channels_last"}
+    assert {c.dtype for c in cases} == {"float32"} and {c.batch for c in cases} == {8}
+    assert len(cases) == len(CONV_WORKLOADS) * len(CONV_SHAPES) * 4 == len(set(cases))
+    assert {c.name for c in cases} == set(CONV_SHAPES) == set(_cli.FULL["conv_shapes"])
+    dw = CONV_SHAPES["56x56x144_dw_k3_s2"]
+    assert (dw.groups, dw.kernel, dw.stride, dw.padding, dw.output_hw()) == (144, 3, 2, 1, (28, 28))
+    assert CONV_SHAPES["7x7x888_g37_k3_s1"].flops(2) == 2 * 2 * 7 * 7 * 888 * 24 * 9
+    args = _cli.parse_args(["--quick", "--workloads", "se_fwd,convs", "--conv-batch", "3"])
+    cases = _cli.planned(args)
+    assert {c.name for c in cases if c.workload in CONV_WORKLOADS} == set(QUICK_CONV_SHAPES)
+    assert {c.batch for c in cases if c.workload in CONV_WORKLOADS} == {3}
+    assert not [c for c in cases if c.mode == "xla_jit" and c.workload not in CONV_WORKLOADS]
+    assert not [c for c in cases if c.mode == "jit_donate" and c.workload in CONV_WORKLOADS]
+    assert "seresnext50_32x4d" in _cli.FULL["models"]
+
+
+def test_conv_targets_and_table():
+    conv = {"workload": "conv_fwdbwd", "dtype": "float32", "name": "14x14x480_dw_k3_s1"}
+    conv = {**conv, "batch": 8, "shape": [8, 14, 14, 480], "iqr_s": 0.0}
+    times = {"jit": 3e-3, "xla_jit": 0.3, "eager": 5e-3, "channels_last": 2.5e-3}
+    records = [
+        _report.derive({**conv, "framework": MODES[m][0], "mode": m, "median_s": t}, 2.0)
+        for m, t in times.items()
+    ]
+    flops = 3 * 2 * 8 * 14 * 14 * 480 * 9  # output, input and kernel gradients: 3 passes
+    assert records[0]["flops"] == flops and records[0]["GFLOPs"] == pytest.approx(flops / 3e6)
+    rows = {(t["target"], t["case"].split()[-1]): t for t in _report.targets(records, {}, 32)}
+    assert set(rows) == {
+        ("JAX conv / torch channels_last speed", "jit"),
+        ("JAX conv / torch channels_last speed", "xla_jit"),
+        ("se_flax conv / XLA conv speed", "jit"),
+    }
+    ours = rows["JAX conv / torch channels_last speed", "jit"]
+    # within 1.5x of channels_last's time: 3.0 ms against 2.5 ms is met
+    assert ours["value"] == pytest.approx(2.5 / 3) and ours["goal"] == pytest.approx(1 / 1.5)
+    assert ours["met"]
+    assert rows["JAX conv / torch channels_last speed", "xla_jit"]["goal"] is None
+    assert rows["se_flax conv / XLA conv speed", "jit"]["value"] == pytest.approx(100)
+    slow = _report.derive({**records[0], "median_s": 4e-3}, 2.0)  # 1.6x channels_last's time
+    (row, *_) = _report.targets([slow, *records[1:]], {}, 32)
+    assert row["met"] is False
+    gpu = _report.targets(records, {"gpu": "H200"}, 32)
+    assert all(t["goal"] is None for t in gpu)
+    table = _report._conv_table(records)
+    assert table[0].startswith("| case | from | input (NHWC) | groups | kernel | stride |")
+    assert table[2].startswith("| 14x14x480_dw_k3_s1 | depthwise | 8x14x14x480 | 480 (depthwise)")
+    # no forward records: 4 empty cells, then fwd+bwd's
+    assert table[2].endswith("| float32 |  |  |  |  | 3 ms ±0 | 300 ms ±0 | 5 ms ±0 | 2.5 ms ±0 |")
+
+
 def test_nnx_overhead_arithmetic():
     net = {"workload": "train", "framework": "jax", "dtype": "float32", "name": "seresnet14"}
     net = {**net, "batch": 2, "shape": [2, 32, 32, 3]}
@@ -351,6 +477,9 @@ def test_nnx_overhead_arithmetic():
         (["--threads", "100000"], "--threads 100000 exceeds the"),
         (["--models", "resnet51"], "argument --models: expected a comma-separated subset"),
         (["--stages", "stage4", "--sweep-stage", "stage3"], "--sweep-stage stage3 is not one of"),
+        (["--conv-shapes", "9x9x9_g3_k3_s1"], "argument --conv-shapes: expected a comma-sep"),
+        (["--workloads", "convs", "--dtypes", "bfloat16"], "nothing to run: no case of"),
+        (["--workloads", "convs", "--modes", "compile"], "nothing to run: no case of"),
     ],
 )
 def test_bad_arguments(argv, message, capsys):
@@ -379,6 +508,30 @@ def test_measure_separates_first_call_and_refreshes_each_repeat():
     assert [e for e in timed if e[0] == "sync"][-1][1] == tuple(steps[-5:])  # one sync per repeat
     all_steps = [e[1] for e in events if e[0] == "step"]
     assert all_steps == list(range(len(all_steps)))  # one counter: inputs rotate across all calls
+
+
+def test_a_budget_cuts_the_warm_up_and_repeats_of_slow_calls(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(_timing, "time", type("Clock", (), {"perf_counter": lambda: clock[0]}))
+
+    def runner(budget_s):
+        def step(i):
+            clock[0] += 1.0  # every call takes a second
+            return i
+
+        calls = []
+        return Runner(
+            lambda i: calls.append(i) or step(i), lambda _: None, budget_s=budget_s
+        ), calls
+
+    slow, calls = runner(2.5)  # one warm-up call (over a quarter of the budget), 3 repeats
+    result = measure(slow, repeats=7, min_time=0.0, warmup_time=0.1)
+    assert (result["repeats"], result["number"], len(calls)) == (3, 1, 1 + 1 + 3)
+    roomy, calls = runner(100.0)  # the budget fits: 2 warm-up calls, the 7 repeats
+    assert measure(roomy, 7, 0.0, 0.1)["repeats"] == 7 and len(calls) == 1 + 2 + 7
+    unbounded, calls = runner(None)
+    assert measure(unbounded, 7, 0.0, 0.1)["repeats"] == 7 and len(calls) == 1 + 2 + 7
+    assert measure(runner(2.5)[0], 2, 0.0, 0.1)["repeats"] == 2  # never more than asked
 
 
 def test_floor_and_targets_arithmetic():

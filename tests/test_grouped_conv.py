@@ -178,6 +178,22 @@ def test_forward_mode_and_second_derivatives(rng):
             assert relative(a, b) < 1e-12
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_16_bits_accumulate_in_float32_and_round_once(dtype, rng):
+    x, kernel, *geometry = make(CASES[7], dtype, rng)
+    cotangent = jnp.asarray(rng.standard_normal(ours(x, kernel, *geometry).shape), dtype)
+    got = value_and_grads(ours, x, kernel, cotangent, *geometry)
+    wide = [a.astype(jnp.float32) for a in (x, kernel, cotangent)]
+    want = value_and_grads(ours, *wide, *geometry)  # the float32 kernels, then one rounding
+    for name, a, b in zip(("y", "dx", "dk"), got, want, strict=True):
+        assert a.dtype == dtype, name
+        np.testing.assert_array_equal(
+            np.asarray(a, np.float32), np.asarray(b.astype(dtype), np.float32)
+        )
+    exact = xla(*(a.astype(jnp.float64) for a in (x, kernel)), *geometry)
+    assert relative(got[0], exact) < 2.0**-7  # within a 16-bit rounding of the exact result
+
+
 def test_layers_are_drop_in_for_flax_convs(rng):
     x = jnp.asarray(rng.standard_normal((2, 9, 9, 24)))
     options = {"feature_group_count": 3, "strides": (2, 2), "kernel_dilation": (1, 2)}
@@ -201,9 +217,12 @@ def test_other_cases_keep_xlas_convolution():
     x = jnp.ones((1, 6, 6, 8), jnp.bfloat16)
     k = jnp.ones((3, 3, 2, 8), jnp.bfloat16)
     cases = {
-        "bfloat16": (x, k, {}),
         "ungrouped": (x.astype(jnp.float32), jnp.ones((3, 3, 8, 8), jnp.float32), {}),
-        "input dilation": (x.astype(jnp.float32), k.astype(jnp.float32), {"lhs_dilation": (2, 2), "padding": ((1, 1), (1, 1))}),
+        "input dilation": (
+            x.astype(jnp.float32),
+            k.astype(jnp.float32),
+            {"lhs_dilation": (2, 2), "padding": ((1, 1), (1, 1))},
+        ),
         "negative pad": (
             x.astype(jnp.float32), k.astype(jnp.float32), {"padding": ((-1, 1), (0, 0))}
         ),

@@ -64,7 +64,8 @@ struct Job {
 // Calls row(k) for k in [0, rows), on up to the pool's threads and the caller's.
 void ParallelRows(ffi::ThreadPool& pool, int64_t rows, std::function<void(int64_t)> row) {
   if (rows <= 0) return;
-  int64_t helpers = std::min<int64_t>(pool.num_threads(), rows - 1);
+  // The caller and num_threads - 1 helpers: as many workers as the pool has threads.
+  int64_t helpers = std::min<int64_t>(pool.num_threads() - 1, rows - 1);
   if (helpers <= 0) {
     for (int64_t k = 0; k < rows; ++k) row(k);
     return;
@@ -163,6 +164,13 @@ struct Lanes<float> {
   static V Pairs(const float* s) {  // lanes s[0] x4, s[1] x4 (groups of 4 lanes)
     return _mm256_set_m128(_mm_set1_ps(s[1]), _mm_set1_ps(s[0]));
   }
+  template <int D>
+  static V Spread(V v, int b) {  // lane l: v[(l / D) * D + b]
+    __m256i idx = _mm256_setr_epi32(b, (1 / D) * D + b, (2 / D) * D + b, (3 / D) * D + b,
+                                    (4 / D) * D + b, (5 / D) * D + b, (6 / D) * D + b,
+                                    (7 / D) * D + b);
+    return _mm256_permutevar8x32_ps(v, idx);
+  }
 };
 
 template <>
@@ -177,6 +185,13 @@ struct Lanes<double> {
   static V Add(V a, V b) { return _mm256_add_pd(a, b); }
   static V Pairs(const double* s) {  // lanes s[0] x2, s[1] x2
     return _mm256_set_m128d(_mm_set1_pd(s[1]), _mm_set1_pd(s[0]));
+  }
+  template <int D>
+  static V Spread(V v, int b) {  // lane l: v[(l / D) * D + b], as pairs of float lanes
+    const int s0 = b, s1 = (1 / D) * D + b, s2 = (2 / D) * D + b, s3 = (3 / D) * D + b;
+    __m256i idx = _mm256_setr_epi32(2 * s0, 2 * s0 + 1, 2 * s1, 2 * s1 + 1, 2 * s2, 2 * s2 + 1,
+                                    2 * s3, 2 * s3 + 1);
+    return _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(v), idx));
   }
 };
 #else
@@ -193,18 +208,21 @@ struct Lanes {
   static V Fma(V a, V b, V c) { return a * b + c; }
   static V Add(V a, V b) { return a + b; }
   static V Pairs(const T* s) { return s[0]; }
+  template <int D>
+  static V Spread(V v, int) { return v; }
 };
 #endif
 
 // The L input values lane-matched to the chunk at o0 for reduction index b. D is a
 // compile-time group width when > 0 (D == 1: depthwise, b_size 1); kWide: D is a multiple of
 // L (one group per chunk).
-template <typename T, int D, bool kWide>
+template <typename T, int D, int B, bool kWide>
 inline typename Lanes<T>::V Gather(const T* in, int64_t o0, int64_t d_rt, int64_t b_size,
                                    int64_t b) {
   typedef Lanes<T> S;
   constexpr int L = S::L;
   const int64_t d = D > 0 ? D : d_rt;
+  if constexpr (B > 0) b_size = B;
   if constexpr (kWide) {
     return S::Set1(in[(o0 / d) * b_size + b]);
   } else if constexpr (D == 1) {
@@ -219,22 +237,34 @@ inline typename Lanes<T>::V Gather(const T* in, int64_t o0, int64_t d_rt, int64_
   }
 }
 
-// out[p * out_step + o0 : + L] = sum_t sum_b Gather(in[t] + shift + p * in_step, b) * w[t][b * ldw + o0 : + L]
-// for p < NP: NP pixels, each the sum over ntaps taps (every one valid for all NP pixels).
-template <typename T, int D, bool kWide, int NP>
-inline void Block(const T* const* in, const T* const* w, int ntaps, int64_t shift,
-                  int64_t in_step, int64_t b_size, int64_t d_rt, int64_t ldw, int64_t o0, T* out,
-                  int64_t out_step) {
+// out[p * out_step + o0 : + L] = sum_t sum_b Gather(in[p * ntaps + t], b) * w[t][b * L : + L]
+// for p < NP: NP pixels in registers, each the sum over ntaps taps (a tap outside the input
+// points at zeros); w[t], the chunk's weights of tap t, packed (b_size, L).
+template <typename T, int D, int B, bool kWide, int NP>
+inline void Block(const T* const* in, const T* const* w, int ntaps, int64_t b_size,
+                  int64_t d_rt, int64_t o0, T* out, int64_t out_step) {
   typedef Lanes<T> S;
+  constexpr bool kSpread = !kWide && B == D && 2 * D == S::L;  // two square groups a chunk
+  const int64_t bs = B > 0 ? B : b_size;
   typename S::V acc[NP];
   for (int p = 0; p < NP; ++p) acc[p] = S::Zero();
   for (int t = 0; t < ntaps; ++t) {
-    const T* x = in[t] + shift;
-    const T* wt = w[t] + o0;
-    for (int64_t b = 0; b < b_size; ++b) {
-      const typename S::V wv = S::Load(wt + b * ldw);
-      for (int p = 0; p < NP; ++p)
-        acc[p] = S::Fma(Gather<T, D, kWide>(x + p * in_step, o0, d_rt, b_size, b), wv, acc[p]);
+    const T* x[NP];
+    for (int p = 0; p < NP; ++p) x[p] = in[p * ntaps + t];
+    const T* wt = w[t];
+    if constexpr (kSpread) {  // the chunk's 2 * B inputs in one load, spread per b
+      typename S::V xv[NP];
+      for (int p = 0; p < NP; ++p) xv[p] = S::Load(x[p] + o0);
+      for (int b = 0; b < B; ++b) {
+        const typename S::V wv = S::Load(wt + b * S::L);
+        for (int p = 0; p < NP; ++p) acc[p] = S::Fma(S::template Spread<D>(xv[p], b), wv, acc[p]);
+      }
+    } else {
+      for (int64_t b = 0; b < bs; ++b) {
+        const typename S::V wv = S::Load(wt + b * S::L);
+        for (int p = 0; p < NP; ++p)
+          acc[p] = S::Fma(Gather<T, D, B, kWide>(x[p], o0, d_rt, bs, b), wv, acc[p]);
+      }
     }
   }
   for (int p = 0; p < NP; ++p) S::Store(out + p * out_step + o0, acc[p]);
@@ -243,112 +273,117 @@ inline void Block(const T* const* in, const T* const* w, int ntaps, int64_t shif
 constexpr int kPixels = 6;  // pixels per block: 6 accumulators, the weights and the inputs
 constexpr int kMaxTaps = 64;  // kernels of up to 64 taps run in vector blocks
 
-// One output row of `count` pixels: pixel q reads, for tap t = (i, j) of the row's valid
-// kernel rows, input pixel in_row[i] + (q * step + col[j]) * in_channels where that lies in
-// [0, in_width); it writes out_row + q * out_step. The forward pass and the input gradient.
+// The kernel (taps, b_size, width) as (width / L, taps, b_size, L): each chunk's weights
+// contiguous (unpacked, the L1 cache would hold few of them: they lie width apart).
+template <typename T>
+std::vector<T> Pack(const T* k, int64_t taps, int64_t b_size, int64_t width) {
+  constexpr int L = Lanes<T>::L;
+  std::vector<T> packed(taps * b_size * width);
+  for (int64_t ch = 0; ch < width / L; ++ch)
+    for (int64_t t = 0; t < taps; ++t)
+      for (int64_t b = 0; b < b_size; ++b)
+        std::memcpy(&packed[((ch * taps + t) * b_size + b) * L], &k[(t * b_size + b) * width + ch * L],
+                    L * sizeof(T));
+  return packed;
+}
+
+// One output row of `count` pixels: pixel q reads, for tap (a, c) (the row's valid kernel
+// rows x its kernel columns), input pixel q * step + offsets[c] of in_rows[a] (zeros outside
+// [0, in_width)); it writes out_row + q * out_step. The forward pass and the input gradient.
 struct Row {
   const int64_t* rows;     // the valid kernel rows (tap index i)
   int nrows;
-  const int64_t* cols;     // the valid kernel columns (tap index j) and their offsets
-  const int64_t* offsets;  // input pixel of q: q * step + offsets[j]
+  const int64_t* cols;     // the kernel columns (tap index j) and their offsets
+  const int64_t* offsets;  // input pixel of q: q * step + offsets[c]
   int ncols;
   int64_t step, in_width, in_channels, count;
 };
 
-template <typename T, int D, bool kWide>
-void RowBlocks(const Row& r, const T* const* in_rows, const T* kernel, int64_t kw,
-               int64_t tap_size, int64_t b_size, int64_t d_rt, int64_t ldw, int64_t chunks,
+template <typename T, int D, int B, bool kWide>
+void RowBlocks(const Row& r, const T* const* in_rows, const T* zeros, const T* packed,
+               int64_t kw, int64_t taps_all, int64_t b_size, int64_t d_rt, int64_t chunks,
                T* out_row, int64_t out_step) {
   constexpr int L = Lanes<T>::L;
-  // The pixels whose every tap is in range.
-  int64_t lo = 0, hi = r.count;
-  for (int c = 0; c < r.ncols; ++c) {
-    const int64_t off = r.offsets[c];
-    lo = std::max(lo, off >= 0 ? 0 : (-off + r.step - 1) / r.step);
-    hi = std::min(hi, r.in_width - 1 - off < 0 ? 0 : (r.in_width - 1 - off) / r.step + 1);
-  }
-  lo = std::min(lo, r.count);
-  hi = std::max(hi, lo);
-  const T* ins[kMaxTaps];  // the interior's taps, at pixel lo
+  const int ntaps = r.nrows * r.ncols;
   const T* ws[kMaxTaps];
-  const T* bins[kMaxTaps];  // a border pixel's
-  const T* bws[kMaxTaps];
-  auto taps = [&](int64_t q, const T** in, const T** w) {  // the taps in range for pixel q
-    int n = 0;
+  auto weights = [&](int64_t o0) {  // the taps' weights of the chunk at o0
     for (int a = 0; a < r.nrows; ++a)
-      for (int c = 0; c < r.ncols; ++c) {
-        const int64_t iw = q * r.step + r.offsets[c];
-        if (iw < 0 || iw >= r.in_width) continue;
-        in[n] = in_rows[a] + iw * r.in_channels;
-        w[n] = kernel + (r.rows[a] * kw + r.cols[c]) * tap_size;
-        ++n;
-      }
-    return n;
+      for (int c = 0; c < r.ncols; ++c)
+        ws[a * r.ncols + c] = packed + ((o0 / L) * taps_all + r.rows[a] * kw + r.cols[c]) * b_size * L;
   };
-  const int n_in = hi > lo ? taps(lo, ins, ws) : 0;
+  const T* ins[kPixels * kMaxTaps];
+  auto fill = [&](int64_t q0, int np) {  // the input pixels of pixels [q0, q0 + np)
+    for (int p = 0; p < np; ++p)
+      for (int c = 0; c < r.ncols; ++c) {
+        const int64_t iw = (q0 + p) * r.step + r.offsets[c];
+        const bool inside = iw >= 0 && iw < r.in_width;
+        for (int a = 0; a < r.nrows; ++a)
+          ins[p * ntaps + a * r.ncols + c] = inside ? in_rows[a] + iw * r.in_channels : zeros;
+      }
+  };
+  auto block = [&](int64_t q0, int np, int64_t o0) {
+    T* out = out_row + q0 * out_step;
+    switch (np) {
+      case 6: return Block<T, D, B, kWide, 6>(ins, ws, ntaps, b_size, d_rt, o0, out, out_step);
+      case 5: return Block<T, D, B, kWide, 5>(ins, ws, ntaps, b_size, d_rt, o0, out, out_step);
+      case 4: return Block<T, D, B, kWide, 4>(ins, ws, ntaps, b_size, d_rt, o0, out, out_step);
+      case 3: return Block<T, D, B, kWide, 3>(ins, ws, ntaps, b_size, d_rt, o0, out, out_step);
+      case 2: return Block<T, D, B, kWide, 2>(ins, ws, ntaps, b_size, d_rt, o0, out, out_step);
+      default: return Block<T, D, B, kWide, 1>(ins, ws, ntaps, b_size, d_rt, o0, out, out_step);
+    }
+  };
   // Which loop is outer: the weights of all chunks (taps x b_size x chunks * L) against a
   // quarter of a typical L2.
-  const bool weights_outer =
-      int64_t(r.nrows * r.ncols) * b_size * chunks * L * int64_t(sizeof(T)) > (128 << 10);
-  const int64_t in_step = r.step * r.in_channels;
   const int64_t end = chunks * L;
-  // pixels [p, p + np) of the interior (np <= kPixels) for the chunk at o0
-  auto interior = [&](int64_t p, int np, int64_t o0) {
-    const int64_t shift = (p - lo) * in_step;
-    T* out = out_row + p * out_step;
-    switch (np) {
-      case 6: return Block<T, D, kWide, 6>(ins, ws, n_in, shift, in_step, b_size, d_rt, ldw, o0, out, out_step);
-      case 5: return Block<T, D, kWide, 5>(ins, ws, n_in, shift, in_step, b_size, d_rt, ldw, o0, out, out_step);
-      case 4: return Block<T, D, kWide, 4>(ins, ws, n_in, shift, in_step, b_size, d_rt, ldw, o0, out, out_step);
-      case 3: return Block<T, D, kWide, 3>(ins, ws, n_in, shift, in_step, b_size, d_rt, ldw, o0, out, out_step);
-      case 2: return Block<T, D, kWide, 2>(ins, ws, n_in, shift, in_step, b_size, d_rt, ldw, o0, out, out_step);
-      default: return Block<T, D, kWide, 1>(ins, ws, n_in, shift, in_step, b_size, d_rt, ldw, o0, out, out_step);
+  if (int64_t(ntaps) * b_size * end * int64_t(sizeof(T)) > (128 << 10)) {
+    for (int64_t o0 = 0; o0 < end; o0 += L) {  // each chunk's weights stay in L1 over the row
+      weights(o0);
+      for (int64_t q0 = 0; q0 < r.count; q0 += kPixels) {
+        const int np = int(std::min<int64_t>(kPixels, r.count - q0));
+        fill(q0, np);
+        block(q0, np, o0);
+      }
     }
-  };
-  // a pixel outside the interior, with the taps in range, for the chunks [o_lo, o_hi)
-  auto border = [&](int64_t q, int64_t o_lo, int64_t o_hi) {
-    const int n = taps(q, bins, bws);
-    for (int64_t o0 = o_lo; o0 < o_hi; o0 += L)
-      Block<T, D, kWide, 1>(bins, bws, n, 0, 0, b_size, d_rt, ldw, o0, out_row + q * out_step,
-                            out_step);
-  };
-  if (weights_outer) {  // each chunk's weights stay in L1 over the whole row
-    for (int64_t o0 = 0; o0 < end; o0 += L) {
-      for (int64_t q = 0; q < lo; ++q) border(q, o0, o0 + L);
-      for (int64_t p = lo; p < hi; p += kPixels) interior(p, int(std::min<int64_t>(kPixels, hi - p)), o0);
-      for (int64_t q = hi; q < r.count; ++q) border(q, o0, o0 + L);
+  } else {
+    for (int64_t q0 = 0; q0 < r.count; q0 += kPixels) {  // each block's inputs stay in L1
+      const int np = int(std::min<int64_t>(kPixels, r.count - q0));
+      fill(q0, np);
+      for (int64_t o0 = 0; o0 < end; o0 += L) {
+        weights(o0);
+        block(q0, np, o0);
+      }
     }
-  } else {  // each block's inputs stay in L1 over all chunks
-    for (int64_t q = 0; q < lo; ++q) border(q, 0, end);
-    for (int64_t p = lo; p < hi; p += kPixels)
-      for (int64_t o0 = 0; o0 < end; o0 += L) interior(p, int(std::min<int64_t>(kPixels, hi - p)), o0);
-    for (int64_t q = hi; q < r.count; ++q) border(q, 0, end);
   }
 }
 
-// dk[t][b * ldk + o0 : + L] += sum_q Gather(x(q, t), b) * dy[q * O + o0 : + L] over one
-// output row's pixels q in [first, last) of tap t, for all b: NB b's in registers at a time.
-template <typename T, int D, bool kWide, int NB>
+// dk[(b0 + b) * ldk + o0 : + L] += sum_q Gather(x + q * x_step, b0 + b) * dy[q * dy_step + o0 : + L]
+// over one output row's pixels q in [first, last) of one tap, for b < NB: NB b's of one chunk
+// in registers.
+template <typename T, int D, int B, bool kWide, int NB>
 inline void OuterBlock(const T* x, int64_t x_step, const T* dy, int64_t dy_step, int64_t first,
                        int64_t last, int64_t b0, int64_t b_size, int64_t d_rt, int64_t o0,
                        T* dk, int64_t ldk) {
   typedef Lanes<T> S;
+  constexpr bool kSpread = !kWide && B == D && 2 * D == S::L && NB == B;
   typename S::V acc[NB][2];
   for (int b = 0; b < NB; ++b) acc[b][0] = acc[b][1] = S::Zero();
-  int64_t q = first;
-  for (; q + 1 < last; q += 2)
-    for (int e = 0; e < 2; ++e) {
-      const typename S::V g = S::Load(dy + (q + e) * dy_step + o0);
-      const T* xq = x + (q + e) * x_step;
-      for (int b = 0; b < NB; ++b)
-        acc[b][e] = S::Fma(Gather<T, D, kWide>(xq, o0, d_rt, b_size, b0 + b), g, acc[b][e]);
-    }
-  if (q < last) {
+  auto pixel = [&](int64_t q, int e) {
     const typename S::V g = S::Load(dy + q * dy_step + o0);
-    for (int b = 0; b < NB; ++b)
-      acc[b][0] =
-          S::Fma(Gather<T, D, kWide>(x + q * x_step, o0, d_rt, b_size, b0 + b), g, acc[b][0]);
+    const T* xq = x + q * x_step;
+    if constexpr (kSpread) {  // the chunk's 2 * B inputs in one load, spread per b
+      const typename S::V xv = S::Load(xq + o0);
+      for (int b = 0; b < NB; ++b) acc[b][e] = S::Fma(S::template Spread<D>(xv, b), g, acc[b][e]);
+    } else {
+      for (int b = 0; b < NB; ++b)
+        acc[b][e] = S::Fma(Gather<T, D, B, kWide>(xq, o0, d_rt, b_size, b0 + b), g, acc[b][e]);
+    }
+  };
+  int64_t q = first;
+  for (; q + 1 < last; q += 2) {
+    pixel(q, 0);
+    pixel(q + 1, 1);
   }
+  if (q < last) pixel(q, 0);
   for (int b = 0; b < NB; ++b) {
     T* p = dk + (b0 + b) * ldk + o0;
     S::Store(p, S::Add(S::Load(p), S::Add(acc[b][0], acc[b][1])));
@@ -359,10 +394,12 @@ inline void OuterBlock(const T* x, int64_t x_step, const T* dy, int64_t dy_step,
 // The three passes, for one compile-time inner width D (0: any). kVector: channels fill
 // whole vector chunks (the blocks above); else the scalar per-pixel products.
 
-template <typename T, int D, bool kVector, bool kWide>
+template <typename T, int D, int B, bool kVector, bool kWide>
 void Forward(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* k, T* y) {
   std::vector<int64_t> cols(g.kw), offsets(g.kw);
   for (int64_t j = 0; j < g.kw; ++j) cols[j] = j, offsets[j] = j * g.dw - g.pl;
+  const std::vector<T> zeros(kVector ? g.c : 0, T(0));  // what taps outside the input read
+  const std::vector<T> packed = kVector ? Pack(k, g.kh * g.kw, g.cg, g.o) : std::vector<T>();
   ParallelRows(pool, g.n * g.ho, [&](int64_t row) {
     const int64_t n = row / g.ho, oh = row % g.ho;
     T* yrow = y + row * g.wo * g.o;
@@ -377,8 +414,8 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* k, T
       }
       Row r{rows.data(), int(rows.size()), cols.data(), offsets.data(), int(g.kw),
             g.sw, g.w, g.c, g.wo};
-      RowBlocks<T, D, kWide>(r, in_rows.data(), k, g.kw, g.cg * g.o, g.cg, g.og, g.o,
-                             g.o / Lanes<T>::L, yrow, g.o);
+      RowBlocks<T, D, B, kWide>(r, in_rows.data(), zeros.data(), packed.data(), g.kw, g.kh * g.kw,
+                             g.cg, g.og, g.o / Lanes<T>::L, yrow, g.o);
       return;
     }
     std::fill(yrow, yrow + g.wo * g.o, T(0));
@@ -402,7 +439,7 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* k, T
 // dx from dy and the kernel transposed per group to (KH, KW, Og, C): each input row gathers
 // the output rows and taps that read it. Vector blocks run over the input columns
 // iw = r + q * sw of one residue r, which read output columns q + (r + pl - j * dw) / sw.
-template <typename T, int D, bool kVector, bool kWide>
+template <typename T, int D, int B, bool kVector, bool kWide>
 void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const T* dy, const T* k, T* dx) {
   std::vector<T> kt(g.kh * g.kw * g.og * g.c);
   for (int64_t t = 0; t < g.kh * g.kw; ++t)
@@ -411,6 +448,8 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const T* dy, const T* k
         for (int64_t d = 0; d < g.og; ++d)
           kt[(t * g.og + d) * g.c + gr * g.cg + b] = k[(t * g.cg + b) * g.o + gr * g.og + d];
   const T* ktp = kt.data();
+  const std::vector<T> zeros(kVector ? g.o : 0, T(0));  // what taps outside dy read
+  const std::vector<T> packed = kVector ? Pack(ktp, g.kh * g.kw, g.og, g.c) : std::vector<T>();
   ParallelRows(pool, g.n * g.h, [&](int64_t row) {
     const int64_t n = row / g.h, ih = row % g.h;
     T* dxrow = dx + row * g.w * g.c;
@@ -433,8 +472,9 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const T* dy, const T* k
         }
         Row r{rows.data(), int(rows.size()), cols.data(), offsets.data(), int(cols.size()),
               1, g.wo, g.o, (g.w - res + g.sw - 1) / g.sw};
-        RowBlocks<T, D, kWide>(r, in_rows.data(), ktp, g.kw, g.og * g.c, g.og, g.cg, g.c,
-                               g.c / Lanes<T>::L, dxrow + res * g.c, g.sw * g.c);
+        RowBlocks<T, D, B, kWide>(r, in_rows.data(), zeros.data(), packed.data(), g.kw,
+                               g.kh * g.kw, g.og, g.cg, g.c / Lanes<T>::L, dxrow + res * g.c,
+                               g.sw * g.c);
       }
       return;
     }
@@ -458,10 +498,13 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const T* dy, const T* k
 
 // dk: sums over fixed blocks of output rows (each row's sum in registers, then added to its
 // block's), the blocks' sums added in order.
-template <typename T, int D, bool kVector, bool kWide>
+// dk: sums over fixed blocks of output rows (each row's sums in registers, then added to its
+// block's), the blocks' sums added in order. (Measured slower: tiles of rows summed in
+// registers, and chunks of channels on threads; both sweep the inputs more often.)
+template <typename T, int D, int B, bool kVector, bool kWide>
 void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* dy, T* dk) {
   constexpr int L = Lanes<T>::L;
-  constexpr int NB = 4;
+  constexpr int NB = B > 0 && B <= 4 ? B : 4;  // b's in registers at a time
   const int64_t size = g.kh * g.kw * g.cg * g.o;
   const int64_t rows = g.n * g.ho;
   const int64_t blocks = std::min<int64_t>(rows, 8);
@@ -486,11 +529,11 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* d
             for (int64_t o0 = 0; o0 < g.o; o0 += L) {
               int64_t b0 = 0;
               for (; b0 + NB <= g.cg; b0 += NB)
-                OuterBlock<T, D, kWide, NB>(x0, g.sw * g.c, dyrow, g.o, first, last, b0, g.cg,
-                                            g.og, o0, tap, g.o);
+                OuterBlock<T, D, B, kWide, NB>(x0, g.sw * g.c, dyrow, g.o, first, last, b0,
+                                               g.cg, g.og, o0, tap, g.o);
               for (; b0 < g.cg; ++b0)
-                OuterBlock<T, D, kWide, 1>(x0, g.sw * g.c, dyrow, g.o, first, last, b0, g.cg,
-                                           g.og, o0, tap, g.o);
+                OuterBlock<T, D, B, kWide, 1>(x0, g.sw * g.c, dyrow, g.o, first, last, b0, g.cg,
+                                              g.og, o0, tap, g.o);
             }
           } else {
             T* tap = part.data() + (i * g.kw + j) * g.cg * g.o;
@@ -512,16 +555,16 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* d
 
 enum class Pass { kForward, kInputGrad, kKernelGrad };
 
-template <typename T, int D, bool kVector, bool kWide>
+template <typename T, int D, int B, bool kVector, bool kWide>
 void Run(Pass pass, ffi::ThreadPool& pool, const Geometry& g, const T* a, const T* b, T* out) {
   switch (pass) {
-    case Pass::kForward: return Forward<T, D, kVector, kWide>(pool, g, a, b, out);
-    case Pass::kInputGrad: return InputGrad<T, D, kVector, kWide>(pool, g, a, b, out);
-    case Pass::kKernelGrad: return KernelGrad<T, D, kVector, kWide>(pool, g, a, b, out);
+    case Pass::kForward: return Forward<T, D, B, kVector, kWide>(pool, g, a, b, out);
+    case Pass::kInputGrad: return InputGrad<T, D, B, kVector, kWide>(pool, g, a, b, out);
+    case Pass::kKernelGrad: return KernelGrad<T, D, B, kVector, kWide>(pool, g, a, b, out);
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, int B>
 void RunWidth(Pass pass, ffi::ThreadPool& pool, const Geometry& g, const T* a, const T* b,
               T* out) {
   constexpr int L = Lanes<T>::L;
@@ -529,9 +572,9 @@ void RunWidth(Pass pass, ffi::ThreadPool& pool, const Geometry& g, const T* a, c
   // D wide group in one chunk or many.
   const int64_t width = pass == Pass::kInputGrad ? g.c : g.o;
   const int64_t d = pass == Pass::kInputGrad ? g.cg : g.og;
-  if (!kHaveVectors || width % L != 0 || g.kh * g.kw > kMaxTaps) return Run<T, D, false, false>(pass, pool, g, a, b, out);
-  if (d % L == 0) return Run<T, D, true, true>(pass, pool, g, a, b, out);
-  return Run<T, D, true, false>(pass, pool, g, a, b, out);
+  if (!kHaveVectors || width % L != 0 || g.kh * g.kw > kMaxTaps) return Run<T, D, B, false, false>(pass, pool, g, a, b, out);
+  if (d % L == 0) return Run<T, D, B, true, true>(pass, pool, g, a, b, out);
+  return Run<T, D, B, true, false>(pass, pool, g, a, b, out);
 }
 
 // D, the width of a group on the side the vector chunks run over (Og; Cg for the input
@@ -541,13 +584,18 @@ void Dispatch(Pass pass, ffi::ThreadPool& pool, const Geometry& g, const T* a, c
               T* out) {
   const int64_t inner = pass == Pass::kInputGrad ? g.cg : g.og;
   const int64_t outer = pass == Pass::kInputGrad ? g.og : g.cg;
-  switch (inner) {
-    case 1: return outer == 1 ? RunWidth<T, 1>(pass, pool, g, a, b, out)
-                              : RunWidth<T, 0>(pass, pool, g, a, b, out);
-    case 2: return RunWidth<T, 2>(pass, pool, g, a, b, out);
-    case 4: return RunWidth<T, 4>(pass, pool, g, a, b, out);
-    default: return RunWidth<T, 0>(pass, pool, g, a, b, out);
-  }
+  if (inner == outer) switch (inner) {  // square groups: both widths compile-time constants
+      case 1: return RunWidth<T, 1, 1>(pass, pool, g, a, b, out);
+      case 2: return RunWidth<T, 2, 2>(pass, pool, g, a, b, out);
+      case 4: return RunWidth<T, 4, 4>(pass, pool, g, a, b, out);
+      case 8: return RunWidth<T, 8, 8>(pass, pool, g, a, b, out);
+      case 16: return RunWidth<T, 16, 16>(pass, pool, g, a, b, out);
+      case 24: return RunWidth<T, 24, 24>(pass, pool, g, a, b, out);
+      case 32: return RunWidth<T, 32, 32>(pass, pool, g, a, b, out);
+      case 64: return RunWidth<T, 64, 64>(pass, pool, g, a, b, out);
+      default: break;
+    }
+  return RunWidth<T, 0, 0>(pass, pool, g, a, b, out);
 }
 
 std::string Dims(const ffi::AnyBuffer& buffer) {
