@@ -87,13 +87,11 @@ QUICK = {
 # The durations, as docs/benchmarks.md states them. The full run's is an estimate: 35 minutes
 # were measured before the convs workload and seresnext50_32x4d joined the defaults.
 DURATIONS = (
-    "Durations on 2 CPU cores: the full run (the defaults) about 2 hours, estimated (35 min "
-    "measured, 32 and 35.5 min on a 2-core Xeon, before the convs workload added about 6 min "
-    "and seresnext50_32x4d about 90 min, most of it JAX's bfloat16 training steps, whose "
-    "grouped convolutions are XLA's: about 85 s a step); --workloads convs alone about 6 "
-    "minutes, most of it XLA's grouped backward (xla_jit); --quick about 1 minute when the "
-    "cores are idle (63 s measured before convs, which add about 5 s), 2-3 minutes while other "
-    "jobs share them."
+    "Durations on 2 CPU cores: the full run (the defaults) about an hour, estimated (35 min "
+    "measured, 32 and 35.5 min on a 2-core Xeon, before the convs workload, about 6 min, and "
+    "seresnext50_32x4d joined the defaults); --workloads convs alone about 6 minutes, most of "
+    "it XLA's grouped backward (xla_jit); --quick about 1 minute when the cores are idle (63 s "
+    "measured before convs, which add about 5 s), 2-3 minutes while other jobs share them."
 )
 
 

@@ -274,7 +274,6 @@ def test_bfloat16_conv_is_the_convolution(shape, features, kernel, strides, padd
         "float32",
         "float64",
         "channels below 128",
-        "grouped",
         "dilated",
         "negative padding",
         "NCHW",
@@ -282,15 +281,15 @@ def test_bfloat16_conv_is_the_convolution(shape, features, kernel, strides, padd
 )
 def test_conv_general_dilated_leaves_other_convolutions_alone(case, rng):
     # Every other convolution is lax.conv_general_dilated's, the same program and bits.
+    # (Grouped ones run se_flax's kernels: tests/test_grouped_conv.py.)
     dtype = {"float32": jnp.float32, "float64": jnp.float64}.get(case, jnp.bfloat16)
     c = 64 if case == "channels below 128" else 128
     x = jnp.asarray(rng.standard_normal((2, 6, 6, c)), dtype)
-    k = jnp.asarray(rng.standard_normal((3, 3, c // (2 if case == "grouped" else 1), 8)), dtype)
+    k = jnp.asarray(rng.standard_normal((3, 3, c, 8)), dtype)
     options = {
         "window_strides": (1, 1),
         "padding": ((1, -1), (0, 1)) if case == "negative padding" else ((1, 1), (1, 1)),
         "dimension_numbers": ("NHWC", "HWIO", "NHWC"),
-        "feature_group_count": 2 if case == "grouped" else 1,
         "rhs_dilation": (2, 2) if case == "dilated" else None,
     }
     if case == "NCHW":

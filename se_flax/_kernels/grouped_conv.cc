@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include <Python.h>
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -237,17 +239,21 @@ inline typename Lanes<T>::V Gather(const T* in, int64_t o0, int64_t d_rt, int64_
   }
 }
 
-// out[p * out_step + o0 : + L] = sum_t sum_b Gather(in[p * ntaps + t], b) * w[t][b * L : + L]
-// for p < NP: NP pixels in registers, each the sum over ntaps taps (a tap outside the input
-// points at zeros); w[t], the chunk's weights of tap t, packed (b_size, L).
-template <typename T, int D, int B, bool kWide, int NP>
+// out[p * out_step + o0 + c * L : + L] = sum_t sum_b Gather(in[p * ntaps + t], b) *
+// w[t][c * next + b * L : + L] for p < NP, c < CH: NP pixels of CH chunks in registers, each
+// the sum over ntaps taps (a tap outside the input points at zeros); w[t], the chunk's weights
+// of tap t, packed (b_size, L), the next chunk's `next` further. Two chunks of one group
+// (kWide) share each input's broadcast.
+template <typename T, int D, int B, bool kWide, int NP, int CH>
 inline void Block(const T* const* in, const T* const* w, int ntaps, int64_t b_size,
-                  int64_t d_rt, int64_t o0, T* out, int64_t out_step) {
+                  int64_t d_rt, int64_t next, int64_t o0, T* out, int64_t out_step) {
   typedef Lanes<T> S;
   constexpr bool kSpread = !kWide && B == D && 2 * D == S::L;  // two square groups a chunk
+  static_assert(CH == 1 || kWide, "two chunks a block share their inputs: one group");
   const int64_t bs = B > 0 ? B : b_size;
-  typename S::V acc[NP];
-  for (int p = 0; p < NP; ++p) acc[p] = S::Zero();
+  typename S::V acc[NP][CH];
+  for (int p = 0; p < NP; ++p)
+    for (int c = 0; c < CH; ++c) acc[p][c] = S::Zero();
   for (int t = 0; t < ntaps; ++t) {
     const T* x[NP];
     for (int p = 0; p < NP; ++p) x[p] = in[p * ntaps + t];
@@ -257,17 +263,22 @@ inline void Block(const T* const* in, const T* const* w, int ntaps, int64_t b_si
       for (int p = 0; p < NP; ++p) xv[p] = S::Load(x[p] + o0);
       for (int b = 0; b < B; ++b) {
         const typename S::V wv = S::Load(wt + b * S::L);
-        for (int p = 0; p < NP; ++p) acc[p] = S::Fma(S::template Spread<D>(xv[p], b), wv, acc[p]);
+        for (int p = 0; p < NP; ++p)
+          acc[p][0] = S::Fma(S::template Spread<D>(xv[p], b), wv, acc[p][0]);
       }
     } else {
       for (int64_t b = 0; b < bs; ++b) {
-        const typename S::V wv = S::Load(wt + b * S::L);
-        for (int p = 0; p < NP; ++p)
-          acc[p] = S::Fma(Gather<T, D, B, kWide>(x[p], o0, d_rt, bs, b), wv, acc[p]);
+        typename S::V wv[CH];
+        for (int c = 0; c < CH; ++c) wv[c] = S::Load(wt + c * next + b * S::L);
+        for (int p = 0; p < NP; ++p) {
+          const typename S::V xv = Gather<T, D, B, kWide>(x[p], o0, d_rt, bs, b);
+          for (int c = 0; c < CH; ++c) acc[p][c] = S::Fma(xv, wv[c], acc[p][c]);
+        }
       }
     }
   }
-  for (int p = 0; p < NP; ++p) S::Store(out + p * out_step + o0, acc[p]);
+  for (int p = 0; p < NP; ++p)
+    for (int c = 0; c < CH; ++c) S::Store(out + p * out_step + o0 + c * S::L, acc[p][c]);
 }
 
 constexpr int kPixels = 6;  // pixels per block: 6 accumulators, the weights and the inputs
@@ -321,36 +332,56 @@ void RowBlocks(const Row& r, const T* const* in_rows, const T* zeros, const T* p
           ins[p * ntaps + a * r.ncols + c] = inside ? in_rows[a] + iw * r.in_channels : zeros;
       }
   };
+  // Two chunks a block where they are one group's (their inputs shared): 12 accumulators.
+  const int64_t d = D > 0 ? D : d_rt;
+  const bool pair = kWide && d % (2 * L) == 0;
+  const int64_t next = taps_all * b_size * L;  // the next chunk's weights, packed
   auto block = [&](int64_t q0, int np, int64_t o0) {
     T* out = out_row + q0 * out_step;
-    switch (np) {
-      case 6: return Block<T, D, B, kWide, 6>(ins, ws, ntaps, b_size, d_rt, o0, out, out_step);
-      case 5: return Block<T, D, B, kWide, 5>(ins, ws, ntaps, b_size, d_rt, o0, out, out_step);
-      case 4: return Block<T, D, B, kWide, 4>(ins, ws, ntaps, b_size, d_rt, o0, out, out_step);
-      case 3: return Block<T, D, B, kWide, 3>(ins, ws, ntaps, b_size, d_rt, o0, out, out_step);
-      case 2: return Block<T, D, B, kWide, 2>(ins, ws, ntaps, b_size, d_rt, o0, out, out_step);
-      default: return Block<T, D, B, kWide, 1>(ins, ws, ntaps, b_size, d_rt, o0, out, out_step);
+#define SE_FLAX_BLOCK(NP, CH) \
+  return Block<T, D, B, kWide, NP, CH>(ins, ws, ntaps, b_size, d_rt, next, o0, out, out_step)
+    if constexpr (kWide) {
+      if (pair) switch (np) {
+          case 6: SE_FLAX_BLOCK(6, 2);
+          case 5: SE_FLAX_BLOCK(5, 2);
+          case 4: SE_FLAX_BLOCK(4, 2);
+          case 3: SE_FLAX_BLOCK(3, 2);
+          case 2: SE_FLAX_BLOCK(2, 2);
+          default: SE_FLAX_BLOCK(1, 2);
+        }
     }
+    switch (np) {
+      case 6: SE_FLAX_BLOCK(6, 1);
+      case 5: SE_FLAX_BLOCK(5, 1);
+      case 4: SE_FLAX_BLOCK(4, 1);
+      case 3: SE_FLAX_BLOCK(3, 1);
+      case 2: SE_FLAX_BLOCK(2, 1);
+      default: SE_FLAX_BLOCK(1, 1);
+    }
+#undef SE_FLAX_BLOCK
   };
+  // The row in blocks of at most kPixels pixels, as even as can be (7 pixels: 4 and 3, not 6
+  // and 1, whose one accumulator would wait on each FMA).
+  const int64_t nblocks = (r.count + kPixels - 1) / kPixels;
+  auto size_of = [&](int64_t k) { return int(r.count / nblocks + (k < r.count % nblocks)); };
   // Which loop is outer: the weights of all chunks (taps x b_size x chunks * L) against a
   // quarter of a typical L2.
   const int64_t end = chunks * L;
+  const int64_t step = pair ? 2 * L : L;
   if (int64_t(ntaps) * b_size * end * int64_t(sizeof(T)) > (128 << 10)) {
-    for (int64_t o0 = 0; o0 < end; o0 += L) {  // each chunk's weights stay in L1 over the row
+    for (int64_t o0 = 0; o0 < end; o0 += step) {  // each chunk's weights stay in L1 over the row
       weights(o0);
-      for (int64_t q0 = 0; q0 < r.count; q0 += kPixels) {
-        const int np = int(std::min<int64_t>(kPixels, r.count - q0));
-        fill(q0, np);
-        block(q0, np, o0);
+      for (int64_t k = 0, q0 = 0; k < nblocks; q0 += size_of(k), ++k) {
+        fill(q0, size_of(k));
+        block(q0, size_of(k), o0);
       }
     }
   } else {
-    for (int64_t q0 = 0; q0 < r.count; q0 += kPixels) {  // each block's inputs stay in L1
-      const int np = int(std::min<int64_t>(kPixels, r.count - q0));
-      fill(q0, np);
-      for (int64_t o0 = 0; o0 < end; o0 += L) {
+    for (int64_t k = 0, q0 = 0; k < nblocks; q0 += size_of(k), ++k) {  // inputs stay in L1
+      fill(q0, size_of(k));
+      for (int64_t o0 = 0; o0 < end; o0 += step) {
         weights(o0);
-        block(q0, np, o0);
+        block(q0, size_of(k), o0);
       }
     }
   }
@@ -695,3 +726,12 @@ SE_FLAX_EXPORT(SeFlaxGroupedConvKernelGrad);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeFlaxGroupedConv, ForwardImpl, SE_FLAX_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeFlaxGroupedConvInputGrad, InputGradImpl, SE_FLAX_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeFlaxGroupedConvKernelGrad, KernelGradImpl, SE_FLAX_BINDING);
+
+// A module of nothing, so that importing the library (as module walkers do) is harmless: it is
+// loaded with ctypes (se_flax/_grouped.py).
+static struct PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_grouped_conv_kernels",
+                                     "se_flax's CPU kernels: XLA FFI handlers, loaded with ctypes",
+                                     -1, nullptr};
+extern "C" __attribute__((visibility("default"))) PyObject* PyInit__grouped_conv_kernels() {
+  return PyModule_Create(&kModule);
+}
