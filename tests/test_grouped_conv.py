@@ -41,6 +41,10 @@ CASES = [
     ("width5-wide-pad", 1, 4, 4, 20, 20, 4, 3, (1, 1), (1, 1), ((3, 2), (2, 3))),
     ("width2-k7", 1, 9, 9, 16, 16, 8, 7, (1, 1), (1, 1), "SAME"),
     ("width4-k9", 1, 10, 10, 16, 16, 4, 9, (1, 1), (1, 1), "SAME"),  # 81 taps: scalar path
+    # weights over 128 KB: a task per group and image, from a padded slice (three chunks a
+    # group in float32, and the kernel gradient summed per group)
+    ("width24-units", 2, 7, 7, 192, 192, 8, 3, (1, 1), (1, 1), "SAME"),
+    ("depthwise-k5-edges", 2, 7, 7, 64, 64, 64, 5, (1, 1), (1, 1), "SAME"),  # most pixels at ends
 ]
 IDS = [c[0] for c in CASES]
 

@@ -22,6 +22,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <Python.h>
@@ -150,11 +151,11 @@ inline void Outer(const T* __restrict x, const T* __restrict dy, T* __restrict d
 #include <immintrin.h>
 constexpr bool kHaveVectors = true;
 
-template <typename T>
+template <typename T, int VB>
 struct Lanes;
 
 template <>
-struct Lanes<float> {
+struct Lanes<float, 32> {
   static constexpr int L = 8;
   typedef __m256 V;
   static V Zero() { return _mm256_setzero_ps(); }
@@ -176,7 +177,7 @@ struct Lanes<float> {
 };
 
 template <>
-struct Lanes<double> {
+struct Lanes<double, 32> {
   static constexpr int L = 4;
   typedef __m256d V;
   static V Zero() { return _mm256_setzero_pd(); }
@@ -196,10 +197,54 @@ struct Lanes<double> {
     return _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(v), idx));
   }
 };
+#if defined(__AVX512F__)
+// 64-byte vectors (16 floats, 8 doubles), where the chunks' groups allow (RunWidth).
+template <>
+struct Lanes<float, 64> {
+  static constexpr int L = 16;
+  typedef __m512 V;
+  static V Zero() { return _mm512_setzero_ps(); }
+  static V Set1(float s) { return _mm512_set1_ps(s); }
+  static V Load(const float* p) { return _mm512_loadu_ps(p); }
+  static void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V Add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V Pairs(const float* s) {  // lanes s[0] x8, s[1] x8
+    return _mm512_mask_blend_ps(__mmask16(0xFF00), _mm512_set1_ps(s[0]), _mm512_set1_ps(s[1]));
+  }
+  template <int D>
+  static V Spread(V v, int b) {  // lane l: v[(l / D) * D + b]
+    alignas(64) int32_t idx[16];
+    for (int l = 0; l < 16; ++l) idx[l] = (l / D) * D + b;
+    return _mm512_permutexvar_ps(_mm512_load_si512(idx), v);
+  }
+};
+
+template <>
+struct Lanes<double, 64> {
+  static constexpr int L = 8;
+  typedef __m512d V;
+  static V Zero() { return _mm512_setzero_pd(); }
+  static V Set1(double s) { return _mm512_set1_pd(s); }
+  static V Load(const double* p) { return _mm512_loadu_pd(p); }
+  static void Store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static V Fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V Add(V a, V b) { return _mm512_add_pd(a, b); }
+  static V Pairs(const double* s) {  // lanes s[0] x4, s[1] x4
+    return _mm512_mask_blend_pd(__mmask8(0xF0), _mm512_set1_pd(s[0]), _mm512_set1_pd(s[1]));
+  }
+  template <int D>
+  static V Spread(V v, int b) {  // lane l: v[(l / D) * D + b]
+    alignas(64) int64_t idx[8];
+    for (int l = 0; l < 8; ++l) idx[l] = (l / D) * D + b;
+    return _mm512_permutexvar_pd(_mm512_load_si512(idx), v);
+  }
+};
+#endif
 #else
 constexpr bool kHaveVectors = false;  // the scalar products only
 
-template <typename T>
+template <typename T, int VB>
 struct Lanes {
   static constexpr int L = 1;
   typedef T V;
@@ -218,10 +263,10 @@ struct Lanes {
 // The L input values lane-matched to the chunk at o0 for reduction index b. D is a
 // compile-time group width when > 0 (D == 1: depthwise, b_size 1); kWide: D is a multiple of
 // L (one group per chunk).
-template <typename T, int D, int B, bool kWide>
-inline typename Lanes<T>::V Gather(const T* in, int64_t o0, int64_t d_rt, int64_t b_size,
+template <typename T, int VB, int D, int B, bool kWide>
+inline typename Lanes<T, VB>::V Gather(const T* in, int64_t o0, int64_t d_rt, int64_t b_size,
                                    int64_t b) {
-  typedef Lanes<T> S;
+  typedef Lanes<T, VB> S;
   constexpr int L = S::L;
   const int64_t d = D > 0 ? D : d_rt;
   if constexpr (B > 0) b_size = B;
@@ -233,7 +278,7 @@ inline typename Lanes<T>::V Gather(const T* in, int64_t o0, int64_t d_rt, int64_
     const T s[2] = {in[(o0 / D) * b_size + b], in[(o0 / D + 1) * b_size + b]};
     return S::Pairs(s);
   } else {
-    alignas(32) T lanes[L];
+    alignas(64) T lanes[L];
     for (int l = 0; l < L; ++l) lanes[l] = in[((o0 + l) / d) * b_size + b];
     return S::Load(lanes);
   }
@@ -244,11 +289,13 @@ inline typename Lanes<T>::V Gather(const T* in, int64_t o0, int64_t d_rt, int64_
 // the sum over ntaps taps (a tap outside the input points at zeros); w[t], the chunk's weights
 // of tap t, packed (b_size, L), the next chunk's `next` further. Two chunks of one group
 // (kWide) share each input's broadcast.
-template <typename T, int D, int B, bool kWide, int NP, int CH>
+template <typename T, int VB, int D, int B, bool kWide, int NP, int CH>
 inline void Block(const T* const* in, const T* const* w, int ntaps, int64_t b_size,
-                  int64_t d_rt, int64_t next, int64_t o0, T* out, int64_t out_step) {
-  typedef Lanes<T> S;
-  constexpr bool kSpread = !kWide && B == D && 2 * D == S::L;  // two square groups a chunk
+                  int64_t d_rt, int64_t next, int64_t o0, T* out, int64_t out_step,
+                  const int64_t* tap_offsets = nullptr) {
+  typedef Lanes<T, VB> S;
+  // several square groups a chunk: their inputs in one load
+  constexpr bool kSpread = !kWide && D > 1 && B == D && D < S::L && S::L % D == 0;
   static_assert(CH == 1 || kWide, "two chunks a block share their inputs: one group");
   const int64_t bs = B > 0 ? B : b_size;
   typename S::V acc[NP][CH];
@@ -256,7 +303,10 @@ inline void Block(const T* const* in, const T* const* w, int ntaps, int64_t b_si
     for (int c = 0; c < CH; ++c) acc[p][c] = S::Zero();
   for (int t = 0; t < ntaps; ++t) {
     const T* x[NP];
-    for (int p = 0; p < NP; ++p) x[p] = in[p * ntaps + t];
+    if (tap_offsets)  // in: each pixel's base, the same offset a tap
+      for (int p = 0; p < NP; ++p) x[p] = in[p] + tap_offsets[t];
+    else  // in: each pixel's taps
+      for (int p = 0; p < NP; ++p) x[p] = in[p * ntaps + t];
     const T* wt = w[t];
     if constexpr (kSpread) {  // the chunk's 2 * B inputs in one load, spread per b
       typename S::V xv[NP];
@@ -271,7 +321,7 @@ inline void Block(const T* const* in, const T* const* w, int ntaps, int64_t b_si
         typename S::V wv[CH];
         for (int c = 0; c < CH; ++c) wv[c] = S::Load(wt + c * next + b * S::L);
         for (int p = 0; p < NP; ++p) {
-          const typename S::V xv = Gather<T, D, B, kWide>(x[p], o0, d_rt, bs, b);
+          const typename S::V xv = Gather<T, VB, D, B, kWide>(x[p], o0, d_rt, bs, b);
           for (int c = 0; c < CH; ++c) acc[p][c] = S::Fma(xv, wv[c], acc[p][c]);
         }
       }
@@ -281,14 +331,26 @@ inline void Block(const T* const* in, const T* const* w, int ntaps, int64_t b_si
     for (int c = 0; c < CH; ++c) S::Store(out + p * out_step + o0 + c * S::L, acc[p][c]);
 }
 
-constexpr int kPixels = 6;  // pixels per block: 6 accumulators, the weights and the inputs
+constexpr int kPixels = 8;  // pixels per block at most (Pixels: per vector width and chunks)
+
+// The pixels a block holds: enough accumulators to cover the FMAs' latency, with the weights
+// and an input in registers (16 of them with 32-byte vectors, 32 with 64-byte ones; AVX-512
+// builds have 32 of either width).
+template <int VB, int CH>
+constexpr int Pixels() {
+#if defined(__AVX512F__)
+  return CH == 3 ? 6 : (VB == 64 || CH == 2 ? 8 : 6);
+#else
+  return CH == 3 ? 4 : 6;
+#endif
+}
 constexpr int kMaxTaps = 64;  // kernels of up to 64 taps run in vector blocks
 
 // The kernel (taps, b_size, width) as (width / L, taps, b_size, L): each chunk's weights
 // contiguous (unpacked, the L1 cache would hold few of them: they lie width apart).
-template <typename T>
+template <typename T, int VB>
 std::vector<T> Pack(const T* k, int64_t taps, int64_t b_size, int64_t width) {
-  constexpr int L = Lanes<T>::L;
+  constexpr int L = Lanes<T, VB>::L;
   std::vector<T> packed(taps * b_size * width);
   for (int64_t ch = 0; ch < width / L; ++ch)
     for (int64_t t = 0; t < taps; ++t)
@@ -310,11 +372,11 @@ struct Row {
   int64_t step, in_width, in_channels, count;
 };
 
-template <typename T, int D, int B, bool kWide>
+template <typename T, int VB, int D, int B, bool kWide>
 void RowBlocks(const Row& r, const T* const* in_rows, const T* zeros, const T* packed,
-               int64_t kw, int64_t taps_all, int64_t b_size, int64_t d_rt, int64_t chunks,
-               T* out_row, int64_t out_step) {
-  constexpr int L = Lanes<T>::L;
+               int64_t kw, int64_t taps_all, int64_t b_size, int64_t d_rt, int64_t begin,
+               int64_t end, T* out_row, int64_t out_step) {
+  constexpr int L = Lanes<T, VB>::L;
   const int ntaps = r.nrows * r.ncols;
   const T* ws[kMaxTaps];
   auto weights = [&](int64_t o0) {  // the taps' weights of the chunk at o0
@@ -332,44 +394,50 @@ void RowBlocks(const Row& r, const T* const* in_rows, const T* zeros, const T* p
           ins[p * ntaps + a * r.ncols + c] = inside ? in_rows[a] + iw * r.in_channels : zeros;
       }
   };
-  // Two chunks a block where they are one group's (their inputs shared): 12 accumulators.
+  // Two or three chunks a block where they are one group's (their inputs shared).
   const int64_t d = D > 0 ? D : d_rt;
-  const bool pair = kWide && d % (2 * L) == 0;
+  const int ch = !kWide ? 1 : d % (2 * L) == 0 ? 2 : d % (3 * L) == 0 ? 3 : 1;
   const int64_t next = taps_all * b_size * L;  // the next chunk's weights, packed
   auto block = [&](int64_t q0, int np, int64_t o0) {
     T* out = out_row + q0 * out_step;
-#define SE_FLAX_BLOCK(NP, CH) \
-  return Block<T, D, B, kWide, NP, CH>(ins, ws, ntaps, b_size, d_rt, next, o0, out, out_step)
+#define SE_FLAX_BLOCK(NP, CH)                                                                   \
+  case NP:                                                                                      \
+    if constexpr (NP <= Pixels<VB, CH>())                                                       \
+      return Block<T, VB, D, B, kWide, NP, CH>(ins, ws, ntaps, b_size, d_rt, next, o0, out,     \
+                                               out_step);                                      \
+    break
+#define SE_FLAX_BLOCKS(CH)                                                                       \
+  {                                                                                             \
+  switch (np) {                                                                                 \
+    SE_FLAX_BLOCK(8, CH);                                                                       \
+    SE_FLAX_BLOCK(7, CH);                                                                       \
+    SE_FLAX_BLOCK(6, CH);                                                                       \
+    SE_FLAX_BLOCK(5, CH);                                                                       \
+    SE_FLAX_BLOCK(4, CH);                                                                       \
+    SE_FLAX_BLOCK(3, CH);                                                                       \
+    SE_FLAX_BLOCK(2, CH);                                                                       \
+    SE_FLAX_BLOCK(1, CH);                                                                       \
+  }                                                                                             \
+  return;                                                                                       \
+  }
     if constexpr (kWide) {
-      if (pair) switch (np) {
-          case 6: SE_FLAX_BLOCK(6, 2);
-          case 5: SE_FLAX_BLOCK(5, 2);
-          case 4: SE_FLAX_BLOCK(4, 2);
-          case 3: SE_FLAX_BLOCK(3, 2);
-          case 2: SE_FLAX_BLOCK(2, 2);
-          default: SE_FLAX_BLOCK(1, 2);
-        }
+      if (ch == 2) SE_FLAX_BLOCKS(2)
+      if (ch == 3) SE_FLAX_BLOCKS(3)
     }
-    switch (np) {
-      case 6: SE_FLAX_BLOCK(6, 1);
-      case 5: SE_FLAX_BLOCK(5, 1);
-      case 4: SE_FLAX_BLOCK(4, 1);
-      case 3: SE_FLAX_BLOCK(3, 1);
-      case 2: SE_FLAX_BLOCK(2, 1);
-      default: SE_FLAX_BLOCK(1, 1);
-    }
+    SE_FLAX_BLOCKS(1)
+#undef SE_FLAX_BLOCKS
 #undef SE_FLAX_BLOCK
   };
-  // The row in blocks of at most kPixels pixels, as even as can be (7 pixels: 4 and 3, not 6
-  // and 1, whose one accumulator would wait on each FMA).
-  const int64_t nblocks = (r.count + kPixels - 1) / kPixels;
+  // The row in blocks of at most Pixels() pixels, as even as can be (7 pixels: 4 and 3, not
+  // 6 and 1, whose one accumulator would wait on each FMA).
+  const int most = ch == 2 ? Pixels<VB, 2>() : ch == 3 ? Pixels<VB, 3>() : Pixels<VB, 1>();
+  const int64_t nblocks = (r.count + most - 1) / most;
   auto size_of = [&](int64_t k) { return int(r.count / nblocks + (k < r.count % nblocks)); };
-  // Which loop is outer: the weights of all chunks (taps x b_size x chunks * L) against a
+  // Which loop is outer: the weights of the chunks (taps x b_size x channels) against a
   // quarter of a typical L2.
-  const int64_t end = chunks * L;
-  const int64_t step = pair ? 2 * L : L;
-  if (int64_t(ntaps) * b_size * end * int64_t(sizeof(T)) > (128 << 10)) {
-    for (int64_t o0 = 0; o0 < end; o0 += step) {  // each chunk's weights stay in L1 over the row
+  const int64_t step = ch * L;
+  if (int64_t(ntaps) * b_size * (end - begin) * int64_t(sizeof(T)) > (128 << 10)) {
+    for (int64_t o0 = begin; o0 < end; o0 += step) {  // each chunk's weights stay in L1 over the row
       weights(o0);
       for (int64_t k = 0, q0 = 0; k < nblocks; q0 += size_of(k), ++k) {
         fill(q0, size_of(k));
@@ -379,7 +447,7 @@ void RowBlocks(const Row& r, const T* const* in_rows, const T* zeros, const T* p
   } else {
     for (int64_t k = 0, q0 = 0; k < nblocks; q0 += size_of(k), ++k) {  // inputs stay in L1
       fill(q0, size_of(k));
-      for (int64_t o0 = 0; o0 < end; o0 += step) {
+      for (int64_t o0 = begin; o0 < end; o0 += step) {
         weights(o0);
         block(q0, size_of(k), o0);
       }
@@ -387,15 +455,108 @@ void RowBlocks(const Row& r, const T* const* in_rows, const T* zeros, const T* p
   }
 }
 
+// Depthwise (one input channel a group, one output channel a group): one output row of
+// `count` pixels, chunk by chunk (the weights of a chunk, taps x L, stay in L1 over the row).
+// Pixels whose taps all lie inside the input run in blocks of NP pixels x CH chunks (CH = 2:
+// one cache line of channels), with no tests; the row's ends test each tap. The forward pass
+// and the input gradient.
+template <typename T, int VB, int NP, int CH>
+inline void DepthwiseBlock(const Row& r, const T* const* in_rows, const T* packed,
+                           const int64_t* tap_of, int64_t next, int64_t q, int64_t o0,
+                           T* out, int64_t out_step, int j0, int j1) {
+  typedef Lanes<T, VB> S;
+  constexpr int L = S::L;
+  typename S::V acc[NP][CH];
+  for (int p = 0; p < NP; ++p)
+    for (int c = 0; c < CH; ++c) acc[p][c] = S::Zero();
+  const int64_t xs = r.step * r.in_channels;
+  for (int a = 0; a < r.nrows; ++a) {
+    for (int j = j0; j < j1; ++j) {  // the columns [j0, j1), inside the input
+      const T* wt = packed + tap_of[a * r.ncols + j] * L;
+      const T* x = in_rows[a] + (q * r.step + r.offsets[j]) * r.in_channels + o0;
+      typename S::V wv[CH];
+      for (int c = 0; c < CH; ++c) wv[c] = S::Load(wt + c * next);
+      for (int p = 0; p < NP; ++p)
+        for (int c = 0; c < CH; ++c) acc[p][c] = S::Fma(S::Load(x + p * xs + c * L), wv[c], acc[p][c]);
+    }
+  }
+  for (int p = 0; p < NP; ++p)
+    for (int c = 0; c < CH; ++c) S::Store(out + (q + p) * out_step + o0 + c * L, acc[p][c]);
+}
+
+template <typename T, int VB>
+void DepthwiseRow(const Row& r, const T* const* in_rows, const T* packed, int64_t kw,
+                  int64_t taps_all, int64_t chunks, T* out_row, int64_t out_step) {
+  typedef Lanes<T, VB> S;
+  constexpr int L = S::L;
+  constexpr int NP = 4;
+  int64_t tap_of[kMaxTaps];  // the packed tap of (a, j)
+  for (int a = 0; a < r.nrows; ++a)
+    for (int j = 0; j < r.ncols; ++j) tap_of[a * r.ncols + j] = r.rows[a] * kw + r.cols[j];
+  // Pixels [lo, hi) read inside the input at every tap.
+  int64_t lo = 0, hi = r.count;
+  for (int j = 0; j < r.ncols; ++j) {
+    int64_t first, last;
+    ValidColumns(r.in_width, r.count, r.step, -r.offsets[j], 0, &first, &last);
+    lo = std::max(lo, first);
+    hi = std::min(hi, last);
+  }
+  if (hi < lo) hi = lo;
+  const int64_t next = taps_all * L;  // the next chunk's weights, packed
+  // A pixel at the row's ends: its columns inside the input, [j0, j1) (the offsets run one
+  // way), all chunks four at a time.
+  auto edge = [&](int64_t q) {
+    int j0 = 0, j1 = 0;
+    for (int j = 0; j < r.ncols; ++j) {
+      const int64_t iw = q * r.step + r.offsets[j];
+      if (iw < 0 || iw >= r.in_width) continue;
+      if (j1 == j0) j0 = j;
+      j1 = j + 1;
+    }
+    const int64_t end = chunks * L;
+    int64_t o0 = 0;
+    for (; o0 + 4 * L <= end; o0 += 4 * L)
+      DepthwiseBlock<T, VB, 1, 4>(r, in_rows, packed + (o0 / L) * next, tap_of, next, q, o0,
+                                  out_row, out_step, j0, j1);
+    for (; o0 < end; o0 += L)
+      DepthwiseBlock<T, VB, 1, 1>(r, in_rows, packed + (o0 / L) * next, tap_of, next, q, o0,
+                                  out_row, out_step, j0, j1);
+  };
+  const int64_t end = chunks * L;
+  const int64_t pairs = end / (2 * L) * (2 * L);  // chunks two at a time, then the last one
+  // Pixel blocks outer, chunks inner: the row is read in memory order, each block's inputs
+  // staying in L1 over the chunks (chunks outer would sweep the rows once per chunk).
+  auto blocks = [&](auto np, int64_t q) {
+    constexpr int P = decltype(np)::value;
+    int64_t o0 = 0;
+    for (; o0 < pairs; o0 += 2 * L)
+      DepthwiseBlock<T, VB, P, 2>(r, in_rows, packed + (o0 / L) * next, tap_of, next, q, o0, out_row,
+                              out_step, 0, r.ncols);
+    for (; o0 < end; o0 += L)
+      DepthwiseBlock<T, VB, P, 1>(r, in_rows, packed + (o0 / L) * next, tap_of, next, q, o0, out_row,
+                              out_step, 0, r.ncols);
+  };
+  for (int64_t q = 0; q < lo; ++q) edge(q);
+  int64_t q = lo;
+  for (; q + NP <= hi; q += NP) blocks(std::integral_constant<int, NP>(), q);
+  switch (hi - q) {  // the last pixels in one block
+    case 3: blocks(std::integral_constant<int, 3>(), q); break;
+    case 2: blocks(std::integral_constant<int, 2>(), q); break;
+    case 1: blocks(std::integral_constant<int, 1>(), q); break;
+    default: break;
+  }
+  for (q = hi; q < r.count; ++q) edge(q);
+}
+
 // dk[(b0 + b) * ldk + o0 : + L] += sum_q Gather(x + q * x_step, b0 + b) * dy[q * dy_step + o0 : + L]
 // over one output row's pixels q in [first, last) of one tap, for b < NB: NB b's of one chunk
 // in registers.
-template <typename T, int D, int B, bool kWide, int NB>
+template <typename T, int VB, int D, int B, bool kWide, int NB>
 inline void OuterBlock(const T* x, int64_t x_step, const T* dy, int64_t dy_step, int64_t first,
                        int64_t last, int64_t b0, int64_t b_size, int64_t d_rt, int64_t o0,
                        T* dk, int64_t ldk) {
-  typedef Lanes<T> S;
-  constexpr bool kSpread = !kWide && B == D && 2 * D == S::L && NB == B;
+  typedef Lanes<T, VB> S;
+  constexpr bool kSpread = !kWide && D > 1 && B == D && D < S::L && S::L % D == 0 && NB == B;
   typename S::V acc[NB][2];
   for (int b = 0; b < NB; ++b) acc[b][0] = acc[b][1] = S::Zero();
   auto pixel = [&](int64_t q, int e) {
@@ -406,7 +567,7 @@ inline void OuterBlock(const T* x, int64_t x_step, const T* dy, int64_t dy_step,
       for (int b = 0; b < NB; ++b) acc[b][e] = S::Fma(S::template Spread<D>(xv, b), g, acc[b][e]);
     } else {
       for (int b = 0; b < NB; ++b)
-        acc[b][e] = S::Fma(Gather<T, D, B, kWide>(xq, o0, d_rt, b_size, b0 + b), g, acc[b][e]);
+        acc[b][e] = S::Fma(Gather<T, VB, D, B, kWide>(xq, o0, d_rt, b_size, b0 + b), g, acc[b][e]);
     }
   };
   int64_t q = first;
@@ -421,34 +582,263 @@ inline void OuterBlock(const T* x, int64_t x_step, const T* dy, int64_t dy_step,
   }
 }
 
+// Depthwise kernel gradient of one kernel row i over one output row: dk[i][j][o0 : + CH * L]
+// += sum_q x[q * sw + j * dw - pl][o0 :] * dy[q][o0 :] for the KW columns j at once, the
+// pixels whose taps all lie inside [lo, hi) in registers (KW x CH accumulators), the others
+// tap by tap.
+template <typename T, int VB, int KW, int CH>
+inline void DepthwiseOuter(const T* x0, int64_t x_step, int64_t x_dil, const T* dy,
+                           int64_t dy_step, const int64_t* first, const int64_t* last,
+                           int64_t lo, int64_t hi, T* dk, int64_t ldk) {
+  typedef Lanes<T, VB> S;
+  constexpr int L = S::L;
+  typename S::V acc[KW][CH];
+  for (int j = 0; j < KW; ++j)
+    for (int c = 0; c < CH; ++c) acc[j][c] = S::Zero();
+  for (int64_t q = lo; q < hi; ++q) {
+    typename S::V gv[CH];
+    for (int c = 0; c < CH; ++c) gv[c] = S::Load(dy + q * dy_step + c * L);
+    const T* xq = x0 + q * x_step;
+    for (int j = 0; j < KW; ++j)
+      for (int c = 0; c < CH; ++c)
+        acc[j][c] = S::Fma(S::Load(xq + j * x_dil + c * L), gv[c], acc[j][c]);
+  }
+  for (int j = 0; j < KW; ++j) {
+    auto tail = [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q)
+        for (int c = 0; c < CH; ++c)
+          acc[j][c] = S::Fma(S::Load(x0 + q * x_step + j * x_dil + c * L),
+                             S::Load(dy + q * dy_step + c * L), acc[j][c]);
+    };
+    tail(first[j], std::min(lo, last[j]));
+    tail(std::max(hi, first[j]), last[j]);
+    for (int c = 0; c < CH; ++c) {
+      T* p = dk + j * ldk + c * L;
+      S::Store(p, S::Add(S::Load(p), acc[j][c]));
+    }
+  }
+}
+
+// One kernel row's depthwise kernel gradient over one output row, for kernels KW = 3, 5, 7
+// wide; false for the others (the general blocks take them).
+template <typename T, int VB>
+bool DepthwiseGradRow(const Geometry& g, const T* xrow, const T* dyrow, int64_t i, T* total) {
+  constexpr int L = Lanes<T, VB>::L;
+  if (g.kw != 3 && g.kw != 5 && g.kw != 7) return false;
+  int64_t first[7], last[7], lo = 0, hi = g.wo;
+  for (int64_t j = 0; j < g.kw; ++j) {
+    ValidColumns(g.w, g.wo, g.sw, g.pl, j * g.dw, &first[j], &last[j]);
+    lo = std::max(lo, first[j]);
+    hi = std::min(hi, last[j]);
+  }
+  if (hi < lo) hi = lo;
+  const T* x0 = xrow - g.pl * g.c;  // + q * sw * C + j * dw * C: inside where the tap is
+  T* dk = total + i * g.kw * g.o;
+  auto run = [&](auto kw, auto ch, int64_t o0) {
+    DepthwiseOuter<T, VB, decltype(kw)::value, decltype(ch)::value>(
+        x0 + o0, g.sw * g.c, g.dw * g.c, dyrow + o0, g.o, first, last, lo, hi, dk + o0, g.o);
+  };
+  auto chunks = [&](auto kw) {
+    int64_t o0 = 0;
+    for (; o0 + 2 * L <= g.o; o0 += 2 * L) run(kw, std::integral_constant<int, 2>(), o0);
+    for (; o0 < g.o; o0 += L) run(kw, std::integral_constant<int, 1>(), o0);
+  };
+  if (g.kw == 3) chunks(std::integral_constant<int, 3>());
+  else if (g.kw == 5) chunks(std::integral_constant<int, 5>());
+  else chunks(std::integral_constant<int, 7>());
+  return true;
+}
+
+// One unit of channels [begin, end) of one image over every output pixel, from a slice of the
+// image's input holding the unit's input channels with its padding written out as zeros: then
+// every tap of every pixel lies inside, a pixel's tap t reads base(pixel) + offsets[t], and
+// blocks of pixels run across output rows (no tables of pointers, no short rows). The
+// forward pass, and the input gradient at stride 1.
+struct Flat {
+  const void* src;            // the image: src_h x src_w pixels of src_c channels
+  int64_t src_h, src_w, src_c;
+  int64_t r0, c0, hp, wp;     // slice row k is image row r0 + k (column: c0 + k), hp x wp
+  int64_t out_h, out_w, out_c;
+  void* out;                  // the output image, out_h x out_w pixels of out_c channels
+  int64_t sh, sw;             // output pixel (a, b)'s base: slice pixel (a * sh, b * sw) + shift
+  int64_t rs, cs;
+  int64_t tap_r[kMaxTaps], tap_c[kMaxTaps];  // tap t: slice rows and columns further
+  int ntaps;
+};
+
+template <typename T, int VB, int D, int B, bool kWide>
+void FlatTask(const Flat& f, const T* packed, int64_t b_size, int64_t d_rt, int64_t begin,
+              int64_t end, std::vector<T>* buffer) {
+  constexpr int L = Lanes<T, VB>::L;
+  const int64_t d = D > 0 ? D : d_rt;
+  const int64_t first = begin / d * b_size, width = ((end - 1) / d + 1) * b_size - first;
+  // The slice: the unit's input channels, zeros outside the image.
+  std::vector<T>& slice = *buffer;
+  slice.assign(f.hp * f.wp * width, T(0));
+  const T* src = static_cast<const T*>(f.src);
+  for (int64_t k = 0; k < f.hp; ++k) {
+    const int64_t r = f.r0 + k;
+    if (r < 0 || r >= f.src_h) continue;
+    const int64_t lo = std::max<int64_t>(0, -f.c0), hi = std::min(f.wp, f.src_w - f.c0);
+    for (int64_t j = lo; j < hi; ++j)
+      std::memcpy(&slice[(k * f.wp + j) * width], src + (r * f.src_w + f.c0 + j) * f.src_c + first,
+                  width * sizeof(T));
+  }
+  const T* base0 = slice.data() - first;  // + Gather's channel offsets, which count from 0
+  int64_t offsets[kMaxTaps];
+  for (int t = 0; t < f.ntaps; ++t) offsets[t] = (f.tap_r[t] * f.wp + f.tap_c[t]) * width;
+  const int ch = !kWide ? 1 : d % (2 * L) == 0 ? 2 : d % (3 * L) == 0 ? 3 : 1;
+  const int most = ch == 2 ? Pixels<VB, 2>() : ch == 3 ? Pixels<VB, 3>() : Pixels<VB, 1>();
+  const int64_t pixels = f.out_h * f.out_w;
+  const int64_t nblocks = (pixels + most - 1) / most;
+  auto size_of = [&](int64_t k) { return int(pixels / nblocks + (k < pixels % nblocks)); };
+  const int64_t taps_all = f.ntaps, next = taps_all * b_size * L;
+  T* out = static_cast<T*>(f.out);
+  for (int64_t o0 = begin; o0 < end; o0 += ch * L) {
+    const T* ws[kMaxTaps];
+    for (int t = 0; t < f.ntaps; ++t) ws[t] = packed + ((o0 / L) * taps_all + t) * b_size * L;
+    for (int64_t k = 0, q0 = 0; k < nblocks; q0 += size_of(k), ++k) {
+      const int np = size_of(k);
+      const T* bases[kPixels];
+      for (int p = 0; p < np; ++p) {
+        const int64_t a = (q0 + p) / f.out_w, b = (q0 + p) % f.out_w;
+        bases[p] = base0 + ((a * f.sh + f.rs) * f.wp + b * f.sw + f.cs) * width;
+      }
+      T* o = out + q0 * f.out_c;
+#define SE_FLAX_BLOCK(NP, CH)                                                                  \
+  case NP:                                                                                     \
+    if constexpr (NP <= Pixels<VB, CH>())                                                      \
+      Block<T, VB, D, B, kWide, NP, CH>(bases, ws, f.ntaps, b_size, d_rt, next, o0, o, f.out_c, \
+                                        offsets);                                              \
+    break
+#define SE_FLAX_BLOCKS(CH)     \
+  switch (np) {                \
+    SE_FLAX_BLOCK(8, CH);      \
+    SE_FLAX_BLOCK(7, CH);      \
+    SE_FLAX_BLOCK(6, CH);      \
+    SE_FLAX_BLOCK(5, CH);      \
+    SE_FLAX_BLOCK(4, CH);      \
+    SE_FLAX_BLOCK(3, CH);      \
+    SE_FLAX_BLOCK(2, CH);      \
+    SE_FLAX_BLOCK(1, CH);      \
+  }
+      if constexpr (kWide) {
+        if (ch == 2) {
+          SE_FLAX_BLOCKS(2)
+          continue;
+        }
+        if (ch == 3) {
+          SE_FLAX_BLOCKS(3)
+          continue;
+        }
+      }
+      SE_FLAX_BLOCKS(1)
+#undef SE_FLAX_BLOCKS
+#undef SE_FLAX_BLOCK
+    }
+  }
+}
+
+// How the forward pass and the input gradient split their work. Where the weights of all
+// chunks are large (over a quarter of a typical L2), a task is one unit of channels (the
+// chunks RowBlocks computes at once) of one image, so that each unit's weights are read
+// into L1 once per image rather than once per row; else a task is a row, all channels.
+struct Units {
+  int64_t count, width;  // count units of `width` channels (count 1: all channels a row)
+};
+
+// The input channels that output channels [begin, end) read (groups of d outputs, each
+// reading b_size inputs), copied out of an image of `pixels` pixels of c channels into
+// `slice`, contiguous: the channels' stride in the image (c, often a power of two) would map
+// a block's pixels onto a few sets of L1. Returns the first channel: pixel p's channel
+// c0 + k is slice[p * width + k].
+template <typename T>
+int64_t Slice(const T* image, int64_t pixels, int64_t c, int64_t begin, int64_t end, int64_t d,
+              int64_t b_size, std::vector<T>* slice) {
+  const int64_t c0 = begin / d * b_size, c1 = ((end - 1) / d + 1) * b_size, width = c1 - c0;
+  slice->resize(pixels * width);
+  for (int64_t p = 0; p < pixels; ++p)
+    std::memcpy(slice->data() + p * width, image + p * c + c0, width * sizeof(T));
+  return c0;
+}
+
+template <typename T, int VB, int D, int B, bool kWide>
+Units ChannelUnits(int64_t taps, int64_t b_size, int64_t d_rt, int64_t width, int64_t n) {
+  constexpr int L = Lanes<T, VB>::L;
+  if (D == 1 && B == 1) return {1, width};  // depthwise: small weights
+  if (taps * b_size * width * int64_t(sizeof(T)) <= (128 << 10)) return {1, width};
+  const int64_t d = D > 0 ? D : d_rt;
+  const int64_t unit = (!kWide ? 1 : d % (2 * L) == 0 ? 2 : d % (3 * L) == 0 ? 3 : 1) * L;
+  (void)n;
+  return {width / unit, unit};
+}
+
 // ---------------------------------------------------------------------------------------
 // The three passes, for one compile-time inner width D (0: any). kVector: channels fill
 // whole vector chunks (the blocks above); else the scalar per-pixel products.
 
-template <typename T, int D, int B, bool kVector, bool kWide>
+template <typename T, int VB, int D, int B, bool kVector, bool kWide>
 void Forward(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* k, T* y) {
   std::vector<int64_t> cols(g.kw), offsets(g.kw);
   for (int64_t j = 0; j < g.kw; ++j) cols[j] = j, offsets[j] = j * g.dw - g.pl;
   const std::vector<T> zeros(kVector ? g.c : 0, T(0));  // what taps outside the input read
-  const std::vector<T> packed = kVector ? Pack(k, g.kh * g.kw, g.cg, g.o) : std::vector<T>();
-  ParallelRows(pool, g.n * g.ho, [&](int64_t row) {
-    const int64_t n = row / g.ho, oh = row % g.ho;
-    T* yrow = y + row * g.wo * g.o;
-    if constexpr (kVector) {
-      std::vector<int64_t> rows;
-      std::vector<const T*> in_rows;
+  const std::vector<T> packed = kVector ? Pack<T, VB>(k, g.kh * g.kw, g.cg, g.o) : std::vector<T>();
+  if constexpr (kVector) {
+    const Units units = ChannelUnits<T, VB, D, B, kWide>(g.kh * g.kw, g.cg, g.og, g.o, g.n);
+    // Output row oh of image n, channels [begin, end), from the image's input `image`, `cs`
+    // channels a pixel.
+    auto row = [&](int64_t n, int64_t oh, int64_t begin, int64_t end, const T* image,
+                   int64_t cs) {
+      int64_t rows[kMaxTaps];
+      const T* in_rows[kMaxTaps];
+      int nrows = 0;
       for (int64_t i = 0; i < g.kh; ++i) {
         const int64_t ih = oh * g.sh - g.pt + i * g.dh;
         if (ih < 0 || ih >= g.h) continue;
-        rows.push_back(i);
-        in_rows.push_back(x + (n * g.h + ih) * g.w * g.c);
+        rows[nrows] = i;
+        in_rows[nrows++] = image + ih * g.w * cs;
       }
-      Row r{rows.data(), int(rows.size()), cols.data(), offsets.data(), int(g.kw),
-            g.sw, g.w, g.c, g.wo};
-      RowBlocks<T, D, B, kWide>(r, in_rows.data(), zeros.data(), packed.data(), g.kw, g.kh * g.kw,
-                             g.cg, g.og, g.o / Lanes<T>::L, yrow, g.o);
-      return;
+      Row r{rows, nrows, cols.data(), offsets.data(), int(g.kw), g.sw, g.w, cs, g.wo};
+      T* yrow = y + (n * g.ho + oh) * g.wo * g.o;
+      if constexpr (D == 1 && B == 1)
+        DepthwiseRow<T, VB>(r, in_rows, packed.data(), g.kw, g.kh * g.kw, g.o / Lanes<T, VB>::L,
+                            yrow, g.o);
+      else
+        RowBlocks<T, VB, D, B, kWide>(r, in_rows, zeros.data(), packed.data(), g.kw, g.kh * g.kw,
+                                      g.cg, g.og, begin, end, yrow, g.o);
+    };
+    if (units.count > 1) {  // a task: one unit of channels of one image, from a slice
+      Flat f{};
+      f.src_h = g.h, f.src_w = g.w, f.src_c = g.c;
+      f.r0 = -g.pt, f.c0 = -g.pl;  // input row oh * sh - pt + i * dh
+      f.hp = (g.ho - 1) * g.sh + (g.kh - 1) * g.dh + 1;
+      f.wp = (g.wo - 1) * g.sw + (g.kw - 1) * g.dw + 1;
+      f.out_h = g.ho, f.out_w = g.wo, f.out_c = g.o;
+      f.sh = g.sh, f.sw = g.sw, f.rs = 0, f.cs = 0;
+      f.ntaps = int(g.kh * g.kw);
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j)
+          f.tap_r[i * g.kw + j] = i * g.dh, f.tap_c[i * g.kw + j] = j * g.dw;
+      ParallelRows(pool, units.count * g.n, [&](int64_t task) {
+        const int64_t u = task / g.n, n = task % g.n;
+        Flat fn = f;
+        fn.src = x + n * g.h * g.w * g.c;
+        fn.out = y + n * g.ho * g.wo * g.o;
+        std::vector<T> buffer;
+        FlatTask<T, VB, D, B, kWide>(fn, packed.data(), g.cg, g.og, u * units.width,
+                                     (u + 1) * units.width, &buffer);
+      });
     }
+    else
+      ParallelRows(pool, g.n * g.ho, [&](int64_t task) {
+        const int64_t n = task / g.ho;
+        row(n, task % g.ho, 0, g.o, x + n * g.h * g.w * g.c, g.c);
+      });
+    return;
+  }
+  ParallelRows(pool, g.n * g.ho, [&](int64_t row) {
+    const int64_t n = row / g.ho, oh = row % g.ho;
+    T* yrow = y + row * g.wo * g.o;
     std::fill(yrow, yrow + g.wo * g.o, T(0));
     for (int64_t i = 0; i < g.kh; ++i) {
       const int64_t ih = oh * g.sh - g.pt + i * g.dh;
@@ -470,45 +860,102 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* k, T
 // dx from dy and the kernel transposed per group to (KH, KW, Og, C): each input row gathers
 // the output rows and taps that read it. Vector blocks run over the input columns
 // iw = r + q * sw of one residue r, which read output columns q + (r + pl - j * dw) / sw.
-template <typename T, int D, int B, bool kVector, bool kWide>
+template <typename T, int VB, int D, int B, bool kVector, bool kWide>
 void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const T* dy, const T* k, T* dx) {
+  // The kernel transposed per group, (KH, KW, Og, C): for the vector blocks packed as Pack
+  // would (C / L, KH * KW, Og, L), else as it is.
+  constexpr int L = Lanes<T, VB>::L;
   std::vector<T> kt(g.kh * g.kw * g.og * g.c);
-  for (int64_t t = 0; t < g.kh * g.kw; ++t)
+  const int64_t taps = g.kh * g.kw;
+  for (int64_t t = 0; t < taps; ++t)
     for (int64_t b = 0; b < g.cg; ++b)
-      for (int64_t gr = 0; gr < g.groups; ++gr)
-        for (int64_t d = 0; d < g.og; ++d)
-          kt[(t * g.og + d) * g.c + gr * g.cg + b] = k[(t * g.cg + b) * g.o + gr * g.og + d];
+      for (int64_t gr = 0; gr < g.groups; ++gr) {
+        const int64_t cc = gr * g.cg + b;  // kt's channel
+        const T* from = k + (t * g.cg + b) * g.o + gr * g.og;
+        if constexpr (kVector) {
+          T* to = &kt[(((cc / L) * taps + t) * g.og) * L + cc % L];
+          for (int64_t d = 0; d < g.og; ++d) to[d * L] = from[d];
+        } else {
+          for (int64_t d = 0; d < g.og; ++d) kt[(t * g.og + d) * g.c + cc] = from[d];
+        }
+      }
   const T* ktp = kt.data();
   const std::vector<T> zeros(kVector ? g.o : 0, T(0));  // what taps outside dy read
-  const std::vector<T> packed = kVector ? Pack(ktp, g.kh * g.kw, g.og, g.c) : std::vector<T>();
-  ParallelRows(pool, g.n * g.h, [&](int64_t row) {
-    const int64_t n = row / g.h, ih = row % g.h;
-    T* dxrow = dx + row * g.w * g.c;
-    if constexpr (kVector) {
-      std::vector<int64_t> rows;
-      std::vector<const T*> in_rows;
+  const std::vector<T>& packed = kt;
+  if constexpr (kVector) {
+    const Units units = ChannelUnits<T, VB, D, B, kWide>(g.kh * g.kw, g.og, g.cg, g.c, g.n);
+    auto row = [&](int64_t n, int64_t ih, int64_t begin, int64_t end, const T* image,
+                   int64_t cs) {
+      int64_t rows[kMaxTaps];
+      const T* in_rows[kMaxTaps];
+      int nrows = 0;
       for (int64_t i = 0; i < g.kh; ++i) {
         const int64_t t = ih + g.pt - i * g.dh;  // oh * sh
         if (t < 0 || t % g.sh != 0 || t / g.sh >= g.ho) continue;
-        rows.push_back(i);
-        in_rows.push_back(dy + (n * g.ho + t / g.sh) * g.wo * g.o);
+        rows[nrows] = i;
+        in_rows[nrows++] = image + (t / g.sh) * g.wo * cs;
       }
+      T* dxrow = dx + (n * g.h + ih) * g.w * g.c;
       for (int64_t res = 0; res < std::min(g.sw, g.w); ++res) {
-        std::vector<int64_t> cols, offsets;
+        int64_t cols[kMaxTaps], offsets[kMaxTaps];
+        int ncols = 0;
         for (int64_t j = 0; j < g.kw; ++j) {
           const int64_t t = res + g.pl - j * g.dw;  // ow * sw at q = 0
           if (t % g.sw != 0) continue;
-          cols.push_back(j);
-          offsets.push_back(t / g.sw);
+          cols[ncols] = j;
+          offsets[ncols++] = t / g.sw;
         }
-        Row r{rows.data(), int(rows.size()), cols.data(), offsets.data(), int(cols.size()),
-              1, g.wo, g.o, (g.w - res + g.sw - 1) / g.sw};
-        RowBlocks<T, D, B, kWide>(r, in_rows.data(), zeros.data(), packed.data(), g.kw,
-                               g.kh * g.kw, g.og, g.cg, g.c / Lanes<T>::L, dxrow + res * g.c,
-                               g.sw * g.c);
+        Row r{rows, nrows, cols, offsets, ncols, 1, g.wo, cs, (g.w - res + g.sw - 1) / g.sw};
+        if constexpr (D == 1 && B == 1)
+          DepthwiseRow<T, VB>(r, in_rows, packed.data(), g.kw, g.kh * g.kw, g.c / Lanes<T, VB>::L,
+                              dxrow + res * g.c, g.sw * g.c);
+        else
+          RowBlocks<T, VB, D, B, kWide>(r, in_rows, zeros.data(), packed.data(), g.kw,
+                                        g.kh * g.kw, g.og, g.cg, begin, end, dxrow + res * g.c,
+                                        g.sw * g.c);
       }
-      return;
-    }
+    };
+    if (units.count > 1 && g.sh == 1 && g.sw == 1) {  // as the forward pass, over dy
+      // dx[ih, iw] = sum_ij dy[ih + pt - i * dh, iw + pl - j * dw] kt[i, j]
+      Flat f{};
+      f.src_h = g.ho, f.src_w = g.wo, f.src_c = g.o;
+      f.r0 = g.pt - (g.kh - 1) * g.dh, f.c0 = g.pl - (g.kw - 1) * g.dw;
+      f.hp = g.h + (g.kh - 1) * g.dh, f.wp = g.w + (g.kw - 1) * g.dw;
+      f.out_h = g.h, f.out_w = g.w, f.out_c = g.c;
+      f.sh = 1, f.sw = 1, f.rs = (g.kh - 1) * g.dh, f.cs = (g.kw - 1) * g.dw;
+      f.ntaps = int(g.kh * g.kw);
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j)
+          f.tap_r[i * g.kw + j] = -i * g.dh, f.tap_c[i * g.kw + j] = -j * g.dw;
+      ParallelRows(pool, units.count * g.n, [&](int64_t task) {
+        const int64_t u = task / g.n, n = task % g.n;
+        Flat fn = f;
+        fn.src = dy + n * g.ho * g.wo * g.o;
+        fn.out = dx + n * g.h * g.w * g.c;
+        std::vector<T> buffer;
+        FlatTask<T, VB, D, B, kWide>(fn, packed.data(), g.og, g.cg, u * units.width,
+                                     (u + 1) * units.width, &buffer);
+      });
+    } else if (units.count > 1)  // a task: one unit of channels of one image, all its rows
+      ParallelRows(pool, units.count * g.n, [&](int64_t task) {
+        const int64_t u = task / g.n, n = task % g.n;
+        const int64_t begin = u * units.width, end = begin + units.width;
+        std::vector<T> slice;
+        const int64_t c0 = Slice(dy + n * g.ho * g.wo * g.o, g.ho * g.wo, g.o, begin, end, g.cg,
+                                 g.og, &slice);
+        const int64_t cs = int64_t(slice.size()) / (g.ho * g.wo);
+        for (int64_t ih = 0; ih < g.h; ++ih) row(n, ih, begin, end, slice.data() - c0, cs);
+      });
+    else
+      ParallelRows(pool, g.n * g.h, [&](int64_t task) {
+        const int64_t n = task / g.h;
+        row(n, task % g.h, 0, g.c, dy + n * g.ho * g.wo * g.o, g.o);
+      });
+    return;
+  }
+  ParallelRows(pool, g.n * g.h, [&](int64_t row) {
+    const int64_t n = row / g.h, ih = row % g.h;
+    T* dxrow = dx + row * g.w * g.c;
     std::fill(dxrow, dxrow + g.w * g.c, T(0));
     for (int64_t i = 0; i < g.kh; ++i) {
       const int64_t t = ih + g.pt - i * g.dh;  // oh * sh
@@ -527,15 +974,108 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const T* dy, const T* k
   });
 }
 
-// dk: sums over fixed blocks of output rows (each row's sum in registers, then added to its
-// block's), the blocks' sums added in order.
+// The kernel gradient of one tap over one image's pixels, for NB input channels x CH chunks
+// in registers: dk[b0 + b][o0 + c * L :] += sum_p xs[bases[p] + b0 + b] * ds[p * ld + c * L :]
+// (xs: a padded slice of the image's group inputs; ds: the unit's output gradients).
+template <typename T, int VB, int NB, int CH>
+inline void SweepBlock(const T* xs, const int64_t* bases, int64_t pixels, const T* ds, int64_t ld,
+                       T* dk, int64_t ldk) {
+  typedef Lanes<T, VB> S;
+  constexpr int L = S::L;
+  typename S::V acc[NB][CH];
+  for (int b = 0; b < NB; ++b)
+    for (int c = 0; c < CH; ++c) acc[b][c] = S::Zero();
+  for (int64_t p = 0; p < pixels; ++p) {
+    typename S::V gv[CH];
+    for (int c = 0; c < CH; ++c) gv[c] = S::Load(ds + p * ld + c * L);
+    const T* xp = xs + bases[p];
+    for (int b = 0; b < NB; ++b) {
+      const typename S::V xv = S::Set1(xp[b]);
+      for (int c = 0; c < CH; ++c) acc[b][c] = S::Fma(xv, gv[c], acc[b][c]);
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int c = 0; c < CH; ++c) {
+      T* q = dk + b * ldk + c * L;
+      S::Store(q, S::Add(S::Load(q), acc[b][c]));
+    }
+}
+
+// The kernel gradient where each group's output channels fill whole chunks and an image's
+// padded slice of a group's inputs fits in L1 (small maps of wide groups): a task is one unit
+// of output channels (one group's, CH chunks), summed over every image in registers, tap by
+// tap, so that dk is written by one task and read and written per image only. False where it
+// does not apply (the row sums take it).
+template <typename T, int VB, int D, int B, bool kWide>
+bool KernelGradUnits(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* dy, T* dk) {
+  if constexpr (!kWide) {
+    return false;
+  } else {
+    constexpr int L = Lanes<T, VB>::L;
+    const int64_t d = D > 0 ? D : g.og;
+    const int ch = d % (2 * L) == 0 ? 2 : d % (3 * L) == 0 ? 3 : 1;
+    const int64_t unit = ch * L, units = g.o / unit, taps = g.kh * g.kw;
+    const int64_t hp = (g.ho - 1) * g.sh + (g.kh - 1) * g.dh + 1;
+    const int64_t wp = (g.wo - 1) * g.sw + (g.kw - 1) * g.dw + 1;
+    // (One chunk a group, ch 1, measured no faster than the row sums: 14x14x512, 32 groups.)
+    if (ch == 1 || units < 4 || hp * wp * g.cg * int64_t(sizeof(T)) > (48 << 10)) return false;
+    std::vector<int64_t> bases(g.ho * g.wo);
+    for (int64_t a = 0; a < g.ho; ++a)
+      for (int64_t b = 0; b < g.wo; ++b) bases[a * g.wo + b] = (a * g.sh * wp + b * g.sw) * g.cg;
+    ParallelRows(pool, units, [&](int64_t u) {
+      const int64_t begin = u * unit, first = begin / d * g.cg;
+      for (int64_t t = 0; t < taps; ++t)
+        for (int64_t b = 0; b < g.cg; ++b)
+          std::fill_n(dk + (t * g.cg + b) * g.o + begin, unit, T(0));
+      std::vector<T> xs(hp * wp * g.cg), ds(g.ho * g.wo * unit);
+      for (int64_t n = 0; n < g.n; ++n) {
+        std::fill(xs.begin(), xs.end(), T(0));
+        for (int64_t k = 0; k < hp; ++k) {
+          const int64_t r = k - g.pt;
+          if (r < 0 || r >= g.h) continue;
+          const int64_t lo = std::min(g.pl, wp), hi = std::min(wp, g.w + g.pl);
+          for (int64_t j = lo; j < hi; ++j)
+            std::memcpy(&xs[(k * wp + j) * g.cg], x + ((n * g.h + r) * g.w + j - g.pl) * g.c + first,
+                        g.cg * sizeof(T));
+        }
+        for (int64_t p = 0; p < g.ho * g.wo; ++p)
+          std::memcpy(&ds[p * unit], dy + (n * g.ho * g.wo + p) * g.o + begin, unit * sizeof(T));
+        for (int64_t i = 0; i < g.kh; ++i)
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const T* xt = xs.data() + (i * g.dh * wp + j * g.dw) * g.cg;
+            T* dkt = dk + (i * g.kw + j) * g.cg * g.o + begin;
+            auto run = [&](auto nb, auto chn, int64_t b0) {
+              SweepBlock<T, VB, decltype(nb)::value, decltype(chn)::value>(
+                  xt + b0, bases.data(), g.ho * g.wo, ds.data(), unit, dkt + b0 * g.o, g.o);
+            };
+            auto tiles = [&](auto chn) {
+#if defined(__AVX512F__)
+              constexpr int NB = decltype(chn)::value == 3 ? 6 : 8;  // 16-18 accumulators of 32
+#else
+              constexpr int NB = decltype(chn)::value == 3 ? 4 : 6;  // 12 accumulators of 16
+#endif
+              int64_t b0 = 0;
+              for (; b0 + NB <= g.cg; b0 += NB) run(std::integral_constant<int, NB>(), chn, b0);
+              for (; b0 < g.cg; ++b0) run(std::integral_constant<int, 1>(), chn, b0);
+            };
+            if (ch == 2) tiles(std::integral_constant<int, 2>());
+            else tiles(std::integral_constant<int, 3>());
+          }
+      }
+    });
+    return true;
+  }
+}
+
 // dk: sums over fixed blocks of output rows (each row's sums in registers, then added to its
 // block's), the blocks' sums added in order. (Measured slower: tiles of rows summed in
 // registers, and chunks of channels on threads; both sweep the inputs more often.)
-template <typename T, int D, int B, bool kVector, bool kWide>
+template <typename T, int VB, int D, int B, bool kVector, bool kWide>
 void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* dy, T* dk) {
-  constexpr int L = Lanes<T>::L;
-  constexpr int NB = B > 0 && B <= 4 ? B : 4;  // b's in registers at a time
+  if constexpr (kVector)
+    if (KernelGradUnits<T, VB, D, B, kWide>(pool, g, x, dy, dk)) return;
+  constexpr int L = Lanes<T, VB>::L;
+  constexpr int NB = B > 0 && B <= (VB == 64 ? 8 : 4) ? B : 4;  // b's in registers at a time
   const int64_t size = g.kh * g.kw * g.cg * g.o;
   const int64_t rows = g.n * g.ho;
   const int64_t blocks = std::min<int64_t>(rows, 8);
@@ -551,6 +1091,8 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* d
         const int64_t ih = oh * g.sh - g.pt + i * g.dh;
         if (ih < 0 || ih >= g.h) continue;
         const T* xrow = x + (n * g.h + ih) * g.w * g.c;
+        if constexpr (kVector && D == 1 && B == 1)
+          if (DepthwiseGradRow<T, VB>(g, xrow, dyrow, i, total)) continue;
         for (int64_t j = 0; j < g.kw; ++j) {
           int64_t first, last;
           ValidColumns(g.w, g.wo, g.sw, g.pl, j * g.dw, &first, &last);
@@ -560,10 +1102,10 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* d
             for (int64_t o0 = 0; o0 < g.o; o0 += L) {
               int64_t b0 = 0;
               for (; b0 + NB <= g.cg; b0 += NB)
-                OuterBlock<T, D, B, kWide, NB>(x0, g.sw * g.c, dyrow, g.o, first, last, b0,
+                OuterBlock<T, VB, D, B, kWide, NB>(x0, g.sw * g.c, dyrow, g.o, first, last, b0,
                                                g.cg, g.og, o0, tap, g.o);
               for (; b0 < g.cg; ++b0)
-                OuterBlock<T, D, B, kWide, 1>(x0, g.sw * g.c, dyrow, g.o, first, last, b0, g.cg,
+                OuterBlock<T, VB, D, B, kWide, 1>(x0, g.sw * g.c, dyrow, g.o, first, last, b0, g.cg,
                                               g.og, o0, tap, g.o);
             }
           } else {
@@ -586,26 +1128,37 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* d
 
 enum class Pass { kForward, kInputGrad, kKernelGrad };
 
-template <typename T, int D, int B, bool kVector, bool kWide>
+template <typename T, int VB, int D, int B, bool kVector, bool kWide>
 void Run(Pass pass, ffi::ThreadPool& pool, const Geometry& g, const T* a, const T* b, T* out) {
   switch (pass) {
-    case Pass::kForward: return Forward<T, D, B, kVector, kWide>(pool, g, a, b, out);
-    case Pass::kInputGrad: return InputGrad<T, D, B, kVector, kWide>(pool, g, a, b, out);
-    case Pass::kKernelGrad: return KernelGrad<T, D, B, kVector, kWide>(pool, g, a, b, out);
+    case Pass::kForward: return Forward<T, VB, D, B, kVector, kWide>(pool, g, a, b, out);
+    case Pass::kInputGrad: return InputGrad<T, VB, D, B, kVector, kWide>(pool, g, a, b, out);
+    case Pass::kKernelGrad: return KernelGrad<T, VB, D, B, kVector, kWide>(pool, g, a, b, out);
   }
 }
 
 template <typename T, int D, int B>
 void RunWidth(Pass pass, ffi::ThreadPool& pool, const Geometry& g, const T* a, const T* b,
               T* out) {
-  constexpr int L = Lanes<T>::L;
   // The vector blocks' chunks: over the outputs' channels (O; C for the input gradient), each
   // D wide group in one chunk or many.
   const int64_t width = pass == Pass::kInputGrad ? g.c : g.o;
   const int64_t d = pass == Pass::kInputGrad ? g.cg : g.og;
-  if (!kHaveVectors || width % L != 0 || g.kh * g.kw > kMaxTaps) return Run<T, D, B, false, false>(pass, pool, g, a, b, out);
-  if (d % L == 0) return Run<T, D, B, true, true>(pass, pool, g, a, b, out);
-  return Run<T, D, B, true, false>(pass, pool, g, a, b, out);
+  const bool vector_taps = g.kh * g.kw <= kMaxTaps;
+#if defined(__AVX2__) && defined(__FMA__) && defined(__AVX512F__)
+  {  // 64-byte vectors where chunks hold whole groups, or square groups that fill them
+    constexpr int L = Lanes<T, 64>::L;
+    if (vector_taps && width % L == 0 && (d % L == 0 || (D > 0 && L % D == 0))) {
+      if (d % L == 0) return Run<T, 64, D, B, true, true>(pass, pool, g, a, b, out);
+      return Run<T, 64, D, B, true, false>(pass, pool, g, a, b, out);
+    }
+  }
+#endif
+  constexpr int L = Lanes<T, 32>::L;
+  if (!kHaveVectors || width % L != 0 || !vector_taps)
+    return Run<T, 32, D, B, false, false>(pass, pool, g, a, b, out);
+  if (d % L == 0) return Run<T, 32, D, B, true, true>(pass, pool, g, a, b, out);
+  return Run<T, 32, D, B, true, false>(pass, pool, g, a, b, out);
 }
 
 // D, the width of a group on the side the vector chunks run over (Og; Cg for the input
