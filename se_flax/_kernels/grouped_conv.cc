@@ -740,9 +740,9 @@ void FlatTask(const Flat& f, const T* packed, int64_t b_size, int64_t d_rt, int6
 }
 
 // How the forward pass and the input gradient split their work. Where the weights of all
-// chunks are large (over a quarter of a typical L2), a task is one unit of channels (the
-// chunks RowBlocks computes at once) of one image, so that each unit's weights are read
-// into L1 once per image rather than once per row; else a task is a row, all channels.
+// chunks are large (over 64-128 KB), a task is one unit of channels (the chunks a block
+// computes at once) of one image, so that each unit's weights are read into L1 once per image
+// rather than once per row; else a task is a row, all channels.
 struct Units {
   int64_t count, width;  // count units of `width` channels (count 1: all channels a row)
 };
@@ -766,7 +766,10 @@ template <typename T, int VB, int D, int B, bool kWide>
 Units ChannelUnits(int64_t taps, int64_t b_size, int64_t d_rt, int64_t width, int64_t n) {
   constexpr int L = Lanes<T, VB>::L;
   if (D == 1 && B == 1) return {1, width};  // depthwise: small weights
-  if (taps * b_size * width * int64_t(sizeof(T)) <= (128 << 10)) return {1, width};
+  // (Measured: 64 KB for whole groups a unit, 28x28x120 in 5 groups; 128 KB for several
+  // groups a chunk, 28x28x256 in 32.)
+  if (taps * b_size * width * int64_t(sizeof(T)) <= (kWide ? 64 << 10 : 128 << 10))
+    return {1, width};
   const int64_t d = D > 0 ? D : d_rt;
   const int64_t unit = (!kWide ? 1 : d % (2 * L) == 0 ? 2 : d % (3 * L) == 0 ? 3 : 1) * L;
   (void)n;
@@ -1001,10 +1004,10 @@ inline void SweepBlock(const T* xs, const int64_t* bases, int64_t pixels, const 
     }
 }
 
-// The kernel gradient where each group's output channels fill whole chunks and an image's
-// padded slice of a group's inputs fits in L1 (small maps of wide groups): a task is one unit
-// of output channels (one group's, CH chunks), summed over every image in registers, tap by
-// tap, so that dk is written by one task and read and written per image only. False where it
+// The kernel gradient where each group's output channels fill two or three chunks and an
+// image's padded slice of a group's inputs fits in L2 (256 KB: maps up to about 28x28): a task
+// is one unit of output channels (one group's), summed over every image in registers, tap by
+// tap, so that dk is written by one task and read and written once per image. False where it
 // does not apply (the row sums take it).
 template <typename T, int VB, int D, int B, bool kWide>
 bool KernelGradUnits(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* dy, T* dk) {
@@ -1018,7 +1021,7 @@ bool KernelGradUnits(ffi::ThreadPool& pool, const Geometry& g, const T* x, const
     const int64_t hp = (g.ho - 1) * g.sh + (g.kh - 1) * g.dh + 1;
     const int64_t wp = (g.wo - 1) * g.sw + (g.kw - 1) * g.dw + 1;
     // (One chunk a group, ch 1, measured no faster than the row sums: 14x14x512, 32 groups.)
-    if (ch == 1 || units < 4 || hp * wp * g.cg * int64_t(sizeof(T)) > (48 << 10)) return false;
+    if (ch == 1 || units < 4 || hp * wp * g.cg * int64_t(sizeof(T)) > (256 << 10)) return false;
     std::vector<int64_t> bases(g.ho * g.wo);
     for (int64_t a = 0; a < g.ho; ++a)
       for (int64_t b = 0; b < g.wo; ++b) bases[a * g.wo + b] = (a * g.sh * wp + b * g.sw) * g.cg;
