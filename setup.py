@@ -4,7 +4,8 @@ everything else is in pyproject.toml. The kernels are loaded with ctypes, not im
 A machine without a C++17 compiler still installs se-flax: the build is optional, and
 se_flax.conv_general_dilated then runs XLA's grouped convolutions (``se_flax.kernels_built()``
 says which). ``SE_FLAX_MARCH`` sets ``-march`` (default ``native``: the kernels are built for the
-machine that installs them; ``x86-64-v3`` for AVX2 machines in general).
+machine that installs them, with AVX-512 where it has it; ``x86-64-v3`` for AVX2 machines in
+general, ``x86-64-v4`` for AVX-512 ones).
 """
 
 import os
