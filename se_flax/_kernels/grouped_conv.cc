@@ -346,6 +346,30 @@ constexpr int Pixels() {
 }
 constexpr int kMaxTaps = 64;  // kernels of up to 64 taps run in vector blocks
 
+// Block for a run-time count of pixels np <= Pixels<VB, CH>().
+template <typename T, int VB, int D, int B, bool kWide, int CH>
+inline void BlockOf(int np, const T* const* in, const T* const* w, int ntaps, int64_t b_size,
+                    int64_t d_rt, int64_t next, int64_t o0, T* out, int64_t out_step,
+                    const int64_t* tap_offsets = nullptr) {
+#define SE_FLAX_BLOCK(NP)                                                                      \
+  case NP:                                                                                     \
+    if constexpr (NP <= Pixels<VB, CH>())                                                      \
+      return Block<T, VB, D, B, kWide, NP, CH>(in, w, ntaps, b_size, d_rt, next, o0, out,      \
+                                               out_step, tap_offsets);                         \
+    return
+  switch (np) {
+    SE_FLAX_BLOCK(8);
+    SE_FLAX_BLOCK(7);
+    SE_FLAX_BLOCK(6);
+    SE_FLAX_BLOCK(5);
+    SE_FLAX_BLOCK(4);
+    SE_FLAX_BLOCK(3);
+    SE_FLAX_BLOCK(2);
+    SE_FLAX_BLOCK(1);
+  }
+#undef SE_FLAX_BLOCK
+}
+
 // The kernel (taps, b_size, width) as (width / L, taps, b_size, L): each chunk's weights
 // contiguous (unpacked, the L1 cache would hold few of them: they lie width apart).
 template <typename T, int VB>
@@ -400,33 +424,15 @@ void RowBlocks(const Row& r, const T* const* in_rows, const T* zeros, const T* p
   const int64_t next = taps_all * b_size * L;  // the next chunk's weights, packed
   auto block = [&](int64_t q0, int np, int64_t o0) {
     T* out = out_row + q0 * out_step;
-#define SE_FLAX_BLOCK(NP, CH)                                                                   \
-  case NP:                                                                                      \
-    if constexpr (NP <= Pixels<VB, CH>())                                                       \
-      return Block<T, VB, D, B, kWide, NP, CH>(ins, ws, ntaps, b_size, d_rt, next, o0, out,     \
-                                               out_step);                                      \
-    break
-#define SE_FLAX_BLOCKS(CH)                                                                       \
-  {                                                                                             \
-  switch (np) {                                                                                 \
-    SE_FLAX_BLOCK(8, CH);                                                                       \
-    SE_FLAX_BLOCK(7, CH);                                                                       \
-    SE_FLAX_BLOCK(6, CH);                                                                       \
-    SE_FLAX_BLOCK(5, CH);                                                                       \
-    SE_FLAX_BLOCK(4, CH);                                                                       \
-    SE_FLAX_BLOCK(3, CH);                                                                       \
-    SE_FLAX_BLOCK(2, CH);                                                                       \
-    SE_FLAX_BLOCK(1, CH);                                                                       \
-  }                                                                                             \
-  return;                                                                                       \
-  }
     if constexpr (kWide) {
-      if (ch == 2) SE_FLAX_BLOCKS(2)
-      if (ch == 3) SE_FLAX_BLOCKS(3)
+      if (ch == 2)
+        return BlockOf<T, VB, D, B, kWide, 2>(np, ins, ws, ntaps, b_size, d_rt, next, o0, out,
+                                              out_step);
+      if (ch == 3)
+        return BlockOf<T, VB, D, B, kWide, 3>(np, ins, ws, ntaps, b_size, d_rt, next, o0, out,
+                                              out_step);
     }
-    SE_FLAX_BLOCKS(1)
-#undef SE_FLAX_BLOCKS
-#undef SE_FLAX_BLOCK
+    BlockOf<T, VB, D, B, kWide, 1>(np, ins, ws, ntaps, b_size, d_rt, next, o0, out, out_step);
   };
   // The row in blocks of at most Pixels() pixels, as even as can be (7 pixels: 4 and 3, not
   // 6 and 1, whose one accumulator would wait on each FMA).
@@ -705,36 +711,15 @@ void FlatTask(const Flat& f, const T* packed, int64_t b_size, int64_t d_rt, int6
         bases[p] = base0 + ((a * f.sh + f.rs) * f.wp + b * f.sw + f.cs) * width;
       }
       T* o = out + q0 * f.out_c;
-#define SE_FLAX_BLOCK(NP, CH)                                                                  \
-  case NP:                                                                                     \
-    if constexpr (NP <= Pixels<VB, CH>())                                                      \
-      Block<T, VB, D, B, kWide, NP, CH>(bases, ws, f.ntaps, b_size, d_rt, next, o0, o, f.out_c, \
-                                        offsets);                                              \
-    break
-#define SE_FLAX_BLOCKS(CH)     \
-  switch (np) {                \
-    SE_FLAX_BLOCK(8, CH);      \
-    SE_FLAX_BLOCK(7, CH);      \
-    SE_FLAX_BLOCK(6, CH);      \
-    SE_FLAX_BLOCK(5, CH);      \
-    SE_FLAX_BLOCK(4, CH);      \
-    SE_FLAX_BLOCK(3, CH);      \
-    SE_FLAX_BLOCK(2, CH);      \
-    SE_FLAX_BLOCK(1, CH);      \
-  }
-      if constexpr (kWide) {
-        if (ch == 2) {
-          SE_FLAX_BLOCKS(2)
-          continue;
-        }
-        if (ch == 3) {
-          SE_FLAX_BLOCKS(3)
-          continue;
-        }
-      }
-      SE_FLAX_BLOCKS(1)
-#undef SE_FLAX_BLOCKS
-#undef SE_FLAX_BLOCK
+      if (kWide && ch == 2)
+        BlockOf<T, VB, D, B, kWide, kWide ? 2 : 1>(np, bases, ws, f.ntaps, b_size, d_rt, next,
+                                                   o0, o, f.out_c, offsets);
+      else if (kWide && ch == 3)
+        BlockOf<T, VB, D, B, kWide, kWide ? 3 : 1>(np, bases, ws, f.ntaps, b_size, d_rt, next,
+                                                   o0, o, f.out_c, offsets);
+      else
+        BlockOf<T, VB, D, B, kWide, 1>(np, bases, ws, f.ntaps, b_size, d_rt, next, o0, o,
+                                       f.out_c, offsets);
     }
   }
 }
