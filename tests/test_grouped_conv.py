@@ -45,6 +45,10 @@ CASES = [
     # group in float32, and the kernel gradient summed per group)
     ("width24-units", 2, 7, 7, 192, 192, 8, 3, (1, 1), (1, 1), "SAME"),
     ("depthwise-k5-edges", 2, 7, 7, 64, 64, 64, 5, (1, 1), (1, 1), "SAME"),  # most pixels at ends
+    # several groups a chunk with weights over 128 KB: slices too (the float32 run takes the
+    # second: 16 lanes, two 8-wide groups a chunk)
+    ("width4-units-s2", 1, 7, 6, 1024, 1024, 256, 3, (2, 2), (1, 1), "SAME"),
+    ("width8-units", 1, 6, 6, 512, 512, 64, 3, (1, 1), (1, 1), "SAME"),
 ]
 IDS = [c[0] for c in CASES]
 
