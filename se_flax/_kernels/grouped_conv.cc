@@ -346,9 +346,22 @@ constexpr int Pixels() {
 }
 constexpr int kMaxTaps = 64;  // kernels of up to 64 taps run in vector blocks
 
+// The chunks of one group a block computes at once (their inputs shared): two or three
+// where a group fills that many, else one.
+template <typename T, int VB, bool kWide>
+inline int ChunksAGroup(int64_t d) {
+  constexpr int L = Lanes<T, VB>::L;
+  return !kWide ? 1 : d % (2 * L) == 0 ? 2 : d % (3 * L) == 0 ? 3 : 1;
+}
+
+template <int VB>
+inline int MostPixels(int ch) {
+  return ch == 2 ? Pixels<VB, 2>() : ch == 3 ? Pixels<VB, 3>() : Pixels<VB, 1>();
+}
+
 // Block for a run-time count of pixels np <= Pixels<VB, CH>().
 template <typename T, int VB, int D, int B, bool kWide, int CH>
-inline void BlockOf(int np, const T* const* in, const T* const* w, int ntaps, int64_t b_size,
+inline void BlockOfPixels(int np, const T* const* in, const T* const* w, int ntaps, int64_t b_size,
                     int64_t d_rt, int64_t next, int64_t o0, T* out, int64_t out_step,
                     const int64_t* tap_offsets = nullptr) {
 #define SE_FLAX_BLOCK(NP)                                                                      \
@@ -368,6 +381,23 @@ inline void BlockOf(int np, const T* const* in, const T* const* w, int ntaps, in
     SE_FLAX_BLOCK(1);
   }
 #undef SE_FLAX_BLOCK
+}
+
+// Block for a run-time count of chunks ch (ChunksAGroup) and pixels np <= MostPixels(ch).
+template <typename T, int VB, int D, int B, bool kWide>
+inline void BlockOf(int ch, int np, const T* const* in, const T* const* w, int ntaps,
+                    int64_t b_size, int64_t d_rt, int64_t next, int64_t o0, T* out,
+                    int64_t out_step, const int64_t* tap_offsets = nullptr) {
+  if constexpr (kWide) {
+    if (ch == 2)
+      return BlockOfPixels<T, VB, D, B, kWide, 2>(np, in, w, ntaps, b_size, d_rt, next, o0, out,
+                                                  out_step, tap_offsets);
+    if (ch == 3)
+      return BlockOfPixels<T, VB, D, B, kWide, 3>(np, in, w, ntaps, b_size, d_rt, next, o0, out,
+                                                  out_step, tap_offsets);
+  }
+  BlockOfPixels<T, VB, D, B, kWide, 1>(np, in, w, ntaps, b_size, d_rt, next, o0, out, out_step,
+                                       tap_offsets);
 }
 
 // The kernel (taps, b_size, width) as (width / L, taps, b_size, L): each chunk's weights
@@ -420,23 +450,15 @@ void RowBlocks(const Row& r, const T* const* in_rows, const T* zeros, const T* p
   };
   // Two or three chunks a block where they are one group's (their inputs shared).
   const int64_t d = D > 0 ? D : d_rt;
-  const int ch = !kWide ? 1 : d % (2 * L) == 0 ? 2 : d % (3 * L) == 0 ? 3 : 1;
+  const int ch = ChunksAGroup<T, VB, kWide>(d);
   const int64_t next = taps_all * b_size * L;  // the next chunk's weights, packed
   auto block = [&](int64_t q0, int np, int64_t o0) {
-    T* out = out_row + q0 * out_step;
-    if constexpr (kWide) {
-      if (ch == 2)
-        return BlockOf<T, VB, D, B, kWide, 2>(np, ins, ws, ntaps, b_size, d_rt, next, o0, out,
-                                              out_step);
-      if (ch == 3)
-        return BlockOf<T, VB, D, B, kWide, 3>(np, ins, ws, ntaps, b_size, d_rt, next, o0, out,
-                                              out_step);
-    }
-    BlockOf<T, VB, D, B, kWide, 1>(np, ins, ws, ntaps, b_size, d_rt, next, o0, out, out_step);
+    BlockOf<T, VB, D, B, kWide>(ch, np, ins, ws, ntaps, b_size, d_rt, next, o0,
+                                out_row + q0 * out_step, out_step);
   };
   // The row in blocks of at most Pixels() pixels, as even as can be (7 pixels: 4 and 3, not
   // 6 and 1, whose one accumulator would wait on each FMA).
-  const int most = ch == 2 ? Pixels<VB, 2>() : ch == 3 ? Pixels<VB, 3>() : Pixels<VB, 1>();
+  const int most = MostPixels<VB>(ch);
   const int64_t nblocks = (r.count + most - 1) / most;
   auto size_of = [&](int64_t k) { return int(r.count / nblocks + (k < r.count % nblocks)); };
   // Which loop is outer: the weights of the chunks (taps x b_size x channels) against a
@@ -693,8 +715,8 @@ void FlatTask(const Flat& f, const T* packed, int64_t b_size, int64_t d_rt, int6
   const T* base0 = slice.data() - first;  // + Gather's channel offsets, which count from 0
   int64_t offsets[kMaxTaps];
   for (int t = 0; t < f.ntaps; ++t) offsets[t] = (f.tap_r[t] * f.wp + f.tap_c[t]) * width;
-  const int ch = !kWide ? 1 : d % (2 * L) == 0 ? 2 : d % (3 * L) == 0 ? 3 : 1;
-  const int most = ch == 2 ? Pixels<VB, 2>() : ch == 3 ? Pixels<VB, 3>() : Pixels<VB, 1>();
+  const int ch = ChunksAGroup<T, VB, kWide>(d);
+  const int most = MostPixels<VB>(ch);
   const int64_t pixels = f.out_h * f.out_w;
   const int64_t nblocks = (pixels + most - 1) / most;
   auto size_of = [&](int64_t k) { return int(pixels / nblocks + (k < pixels % nblocks)); };
@@ -710,16 +732,8 @@ void FlatTask(const Flat& f, const T* packed, int64_t b_size, int64_t d_rt, int6
         const int64_t a = (q0 + p) / f.out_w, b = (q0 + p) % f.out_w;
         bases[p] = base0 + ((a * f.sh + f.rs) * f.wp + b * f.sw + f.cs) * width;
       }
-      T* o = out + q0 * f.out_c;
-      if (kWide && ch == 2)
-        BlockOf<T, VB, D, B, kWide, kWide ? 2 : 1>(np, bases, ws, f.ntaps, b_size, d_rt, next,
-                                                   o0, o, f.out_c, offsets);
-      else if (kWide && ch == 3)
-        BlockOf<T, VB, D, B, kWide, kWide ? 3 : 1>(np, bases, ws, f.ntaps, b_size, d_rt, next,
-                                                   o0, o, f.out_c, offsets);
-      else
-        BlockOf<T, VB, D, B, kWide, 1>(np, bases, ws, f.ntaps, b_size, d_rt, next, o0, o,
-                                       f.out_c, offsets);
+      BlockOf<T, VB, D, B, kWide>(ch, np, bases, ws, f.ntaps, b_size, d_rt, next, o0,
+                                  out + q0 * f.out_c, f.out_c, offsets);
     }
   }
 }
@@ -748,7 +762,7 @@ int64_t Slice(const T* image, int64_t pixels, int64_t c, int64_t begin, int64_t 
 }
 
 template <typename T, int VB, int D, int B, bool kWide>
-Units ChannelUnits(int64_t taps, int64_t b_size, int64_t d_rt, int64_t width, int64_t n) {
+Units ChannelUnits(int64_t taps, int64_t b_size, int64_t d_rt, int64_t width) {
   constexpr int L = Lanes<T, VB>::L;
   if (D == 1 && B == 1) return {1, width};  // depthwise: small weights
   // (Measured: 64 KB for whole groups a unit, 28x28x120 in 5 groups; 128 KB for several
@@ -756,8 +770,7 @@ Units ChannelUnits(int64_t taps, int64_t b_size, int64_t d_rt, int64_t width, in
   if (taps * b_size * width * int64_t(sizeof(T)) <= (kWide ? 64 << 10 : 128 << 10))
     return {1, width};
   const int64_t d = D > 0 ? D : d_rt;
-  const int64_t unit = (!kWide ? 1 : d % (2 * L) == 0 ? 2 : d % (3 * L) == 0 ? 3 : 1) * L;
-  (void)n;
+  const int64_t unit = ChunksAGroup<T, VB, kWide>(d) * L;
   return {width / unit, unit};
 }
 
@@ -772,7 +785,7 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* k, T
   const std::vector<T> zeros(kVector ? g.c : 0, T(0));  // what taps outside the input read
   const std::vector<T> packed = kVector ? Pack<T, VB>(k, g.kh * g.kw, g.cg, g.o) : std::vector<T>();
   if constexpr (kVector) {
-    const Units units = ChannelUnits<T, VB, D, B, kWide>(g.kh * g.kw, g.cg, g.og, g.o, g.n);
+    const Units units = ChannelUnits<T, VB, D, B, kWide>(g.kh * g.kw, g.cg, g.og, g.o);
     // Output row oh of image n, channels [begin, end), from the image's input `image`, `cs`
     // channels a pixel.
     auto row = [&](int64_t n, int64_t oh, int64_t begin, int64_t end, const T* image,
@@ -871,7 +884,7 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const T* dy, const T* k
   const std::vector<T> zeros(kVector ? g.o : 0, T(0));  // what taps outside dy read
   const std::vector<T>& packed = kt;
   if constexpr (kVector) {
-    const Units units = ChannelUnits<T, VB, D, B, kWide>(g.kh * g.kw, g.og, g.cg, g.c, g.n);
+    const Units units = ChannelUnits<T, VB, D, B, kWide>(g.kh * g.kw, g.og, g.cg, g.c);
     auto row = [&](int64_t n, int64_t ih, int64_t begin, int64_t end, const T* image,
                    int64_t cs) {
       int64_t rows[kMaxTaps];
@@ -1001,7 +1014,7 @@ bool KernelGradUnits(ffi::ThreadPool& pool, const Geometry& g, const T* x, const
   } else {
     constexpr int L = Lanes<T, VB>::L;
     const int64_t d = D > 0 ? D : g.og;
-    const int ch = d % (2 * L) == 0 ? 2 : d % (3 * L) == 0 ? 3 : 1;
+    const int ch = ChunksAGroup<T, VB, kWide>(d);
     const int64_t unit = ch * L, units = g.o / unit, taps = g.kh * g.kw;
     const int64_t hp = (g.ho - 1) * g.sh + (g.kh - 1) * g.dh + 1;
     const int64_t wp = (g.wo - 1) * g.sw + (g.kw - 1) * g.dw + 1;
