@@ -48,7 +48,15 @@ FULL = {
     "sweep_batches": [1, 4, 16, 64, 256],
     "sk_stages": RESNET18_STAGES,
     "sk_batch": 32,
-    "models": ["resnet50", "seresnet50", "resnet18", "skresnet18", "seresnext50_32x4d"],
+    "models": [
+        "resnet50",
+        "seresnet50",
+        "resnet18",
+        "skresnet18",
+        "seresnext50_32x4d",
+        "seresnext26d_32x4d",
+        "ecaresnet50d",
+    ],
     "model_batch": 8,
     "conv_shapes": list(CONV_SHAPES),
     "conv_batch": 8,
@@ -85,11 +93,13 @@ QUICK = {
 
 
 # The durations, as docs/benchmarks.md states them. The full run's is an estimate: 35 minutes
-# were measured before the convs workload and seresnext50_32x4d joined the defaults.
+# were measured before the convs workload, seresnext50_32x4d, seresnext26d_32x4d and
+# ecaresnet50d joined the defaults.
 DURATIONS = (
     "Durations on 2 CPU cores: the full run (the defaults) about an hour, estimated (35 min "
-    "measured, 32 and 35.5 min on a 2-core Xeon, before the convs workload, about 6 min, and "
-    "seresnext50_32x4d joined the defaults); --workloads convs alone about 6 minutes, most of "
+    "measured, 32 and 35.5 min on a 2-core Xeon, before the convs workload, about 6 min, "
+    "seresnext50_32x4d, seresnext26d_32x4d and ecaresnet50d joined the defaults); "
+    "--workloads convs alone about 6 minutes, most of "
     "it XLA's grouped backward (xla_jit); --quick about 1 minute when the cores are idle (63 s "
     "measured before convs, which add about 5 s), 2-3 minutes while other jobs share them."
 )

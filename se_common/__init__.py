@@ -5,14 +5,23 @@ the registries of block types and attention layers, and the one registry of arch
 Nothing here imports torch or jax, so each framework package depends only on its own framework.
 """
 
-from se_common._checks import check_feature_map, check_head_options, lookup, positive_int
+from se_common._checks import (
+    check_feature_map,
+    check_head_options,
+    drop_rate,
+    lookup,
+    positive_int,
+)
 from se_common._configs import (
+    AA_LAYERS,
     ATTENTION,
     BLOCK_TYPES,
     RESNET,
+    STEM_TYPES,
     Attention,
     BlockSpec,
     BlockType,
+    DropBlock,
     ResNetConfig,
     SelectiveKernelConfig,
     batchnorm_keys,
@@ -46,16 +55,19 @@ from se_common._registry import (
 from se_common._widths import classic_rd_channels, make_divisible, resolve_rd_channels
 
 __all__ = [
+    "AA_LAYERS",
     "ATTENTION",
     "BLOCK_TYPES",
     "FAMILIES",
     "FRONT_ENDS",
     "MODELS",
     "RESNET",
+    "STEM_TYPES",
     "Architecture",
     "Attention",
     "BlockSpec",
     "BlockType",
+    "DropBlock",
     "Family",
     "FeatureInfo",
     "ModelArg",
@@ -71,6 +83,7 @@ __all__ = [
     "classic_rd_channels",
     "conv_keys",
     "conv_padding",
+    "drop_rate",
     "eca_kernel_size",
     "get_model",
     "linear_keys",

@@ -6,7 +6,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
-__all__ = ["check_feature_map", "check_head_options", "lookup", "positive_int"]
+__all__ = ["check_feature_map", "check_head_options", "drop_rate", "lookup", "positive_int"]
 
 T = TypeVar("T")
 
@@ -17,6 +17,18 @@ def positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
+
+
+def drop_rate(name: str, value: object) -> float:
+    """``value`` as a ``float`` if it is a probability of dropping, ``0 <= value < 1`` (not a
+    bool), else a ``ValueError`` naming ``name`` and the value."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not 0 <= float(value) < 1  # NaN fails this too
+    ):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
 
 
 def lookup(registry: Mapping[str, T], name: str, what: str, where: str) -> T:

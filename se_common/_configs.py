@@ -18,21 +18,26 @@ without torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from se_common._checks import positive_int
-from se_common._layers import eca_kernel_size, selective_kernel_paths
+from se_common._checks import drop_rate, positive_int
+from se_common._layers import conv_padding, eca_kernel_size, odd_kernel_size, selective_kernel_paths
 from se_common._registry import FAMILIES, Family, FeatureInfo, TensorSpec, register_model
 from se_common._widths import resolve_rd_channels
 
 __all__ = [
+    "AA_LAYERS",
     "ATTENTION",
     "BLOCK_TYPES",
     "RESNET",
+    "STEM_TYPES",
     "Attention",
     "BlockSpec",
     "BlockType",
+    "DropBlock",
     "ResNetConfig",
     "SelectiveKernelConfig",
     "batchnorm_keys",
@@ -40,8 +45,23 @@ __all__ = [
     "linear_keys",
 ]
 
-STEM_CHANNELS = 64
+STEM_CHANNELS = 64  # of timm's 7x7 stem (a deep stem ends with stem_width * 2)
 Plan = dict[str, TensorSpec]
+
+# timm's ResNet stem_type values: one 7x7 conv; three 3x3 convs (stem_width, stem_width,
+# 2 * stem_width); the same, tiered (3 * (stem_width // 4), stem_width, 2 * stem_width).
+STEM_TYPES = ("", "deep", "deep_tiered")
+
+# Anti-aliasing layers (timm's create_aa names, after its normalisation: lower case, no "_" or
+# "-"), each -> its canonical name: a 2x2 average pool, or a 3x3 binomial blur (reflect or zero
+# padding, timm's BlurPool2d) before the stride.
+AA_LAYERS = {
+    "avg": "avg",
+    "avgpool": "avg",
+    "blur": "blur",
+    "blurpool": "blur",
+    "blurpc": "blurpc",
+}
 
 
 # ---------------------------------------------------------------- state_dict plans, by layer
@@ -75,25 +95,25 @@ def linear_keys(plan: Plan, key: str, out: int, inp: int) -> None:
     plan[f"{key}.bias"] = TensorSpec((out,))
 
 
-def _se_keys(plan: Plan, key: str, channels: int) -> None:
-    rd = resolve_rd_channels(channels)  # timm's SEModule: make_divisible(C / 16, 8, 0.)
+def _se_keys(plan: Plan, key: str, channels: int, **args: Any) -> None:
+    rd = resolve_rd_channels(channels, **args)  # timm's SEModule: make_divisible(C / 16, 8, 0.)
     conv_keys(plan, f"{key}.fc1", rd, channels, 1, bias=True)
     conv_keys(plan, f"{key}.fc2", channels, rd, 1, bias=True)
 
 
-def _eca_keys(plan: Plan, key: str, channels: int) -> None:
-    conv_keys(plan, f"{key}.conv", 1, 1, (eca_kernel_size(channels),))
+def _eca_keys(plan: Plan, key: str, channels: int, **args: Any) -> None:
+    conv_keys(plan, f"{key}.conv", 1, 1, (eca_kernel_size(channels, **args),))
 
 
-def _cbam_keys(plan: Plan, key: str, channels: int) -> None:
-    rd = resolve_rd_channels(channels, default_divisor=1)
+def _cbam_keys(plan: Plan, key: str, channels: int, **args: Any) -> None:
+    rd = resolve_rd_channels(channels, default_divisor=1, **args)
     conv_keys(plan, f"{key}.channel.fc1", rd, channels, 1)
     conv_keys(plan, f"{key}.channel.fc2", channels, rd, 1)
     conv_keys(plan, f"{key}.spatial.conv.conv", 1, 2, 7)
     batchnorm_keys(plan, f"{key}.spatial.conv.bn", 1)
 
 
-def _ese_keys(plan: Plan, key: str, channels: int) -> None:
+def _ese_keys(plan: Plan, key: str, channels: int, **args: Any) -> None:
     conv_keys(plan, f"{key}.fc", channels, channels, 1, bias=True)
 
 
@@ -103,21 +123,36 @@ class Attention:
 
     Attributes:
         description: what it is.
-        state_dict: ``f(plan, key, channels)`` adds its PyTorch tensors at ``key`` (with
-            timm's default widths) to a state_dict plan; ``None`` if it has no plan, so
-            saving a model with it in timm's layout is refused.
+        state_dict: ``f(plan, key, channels, **args)`` adds its PyTorch tensors at ``key`` (with
+            timm's default widths, or those ``args`` set) to a state_dict plan; ``None`` if it
+            has no plan, so saving a model with it in timm's layout is refused.
+        options: the keyword arguments a config's ``attn_args`` may give it (every front-end's
+            layer takes them under these names, as timm's): ``rd_ratio=0.25`` for ResNet-RS.
     """
 
     description: str
-    state_dict: Callable[[Plan, str, int], None] | None = None
+    state_dict: Callable[..., None] | None = None
+    options: tuple[str, ...] = ()
 
 
 # Each placed in every block after the last BatchNorm, before the residual sum, as timm's
 # attn_layer; each framework maps the name to its layer (se_torch.ATTN_LAYERS, ...).
 ATTENTION: dict[str, Attention] = {
-    "se": Attention("Squeeze-and-Excitation (Hu et al., CVPR 2018), timm's SEModule", _se_keys),
-    "eca": Attention("Efficient Channel Attention (Wang et al., CVPR 2020)", _eca_keys),
-    "cbam": Attention("CBAM: channel then spatial attention (Woo et al., ECCV 2018)", _cbam_keys),
+    "se": Attention(
+        "Squeeze-and-Excitation (Hu et al., CVPR 2018), timm's SEModule",
+        _se_keys,
+        ("rd_ratio", "rd_channels", "rd_divisor"),
+    ),
+    "eca": Attention(
+        "Efficient Channel Attention (Wang et al., CVPR 2020)",
+        _eca_keys,
+        ("kernel_size", "gamma", "beta"),
+    ),
+    "cbam": Attention(
+        "CBAM: channel then spatial attention (Woo et al., ECCV 2018)",
+        _cbam_keys,
+        ("rd_ratio", "rd_channels", "rd_divisor"),
+    ),
     "ese": Attention(
         "effective SE: one C -> C layer, hard-sigmoid gate (CenterMask, CVPR 2020)", _ese_keys
     ),
@@ -169,6 +204,22 @@ class SelectiveKernelConfig:
 
 
 @dataclass(frozen=True)
+class DropBlock:
+    """timm's ``DropBlock2d`` of a stage (Ghiasi et al., NeurIPS 2018): in training, square
+    blocks of ``block_size`` (clipped to the map) zeroed across channels, seeded at rate
+    ``gamma_scale * rate * H * W / block_size**2 / ((H - block_size + 1) * (W - block_size +
+    1))``, and the rest scaled by the map's size over the kept count."""
+
+    rate: float
+    block_size: int
+    gamma_scale: float
+
+
+# timm's drop_blocks(): DropBlock in stages 3 (5x5 blocks, gamma_scale 0.25) and 4 (3x3, 1.0).
+DROP_BLOCK_STAGES = {3: (5, 0.25), 4: (3, 1.0)}
+
+
+@dataclass(frozen=True)
 class BlockSpec:
     """One residual block, fully planned: PyTorch name ``layer{stage}.{index}``.
 
@@ -185,6 +236,27 @@ class BlockSpec:
     downsample: bool  # whether the shortcut needs a strided 1x1 conv + BatchNorm
     groups: int = 1  # of the 3x3 convolution (ResNeXt's cardinality for grouped types)
     sk: SelectiveKernelConfig | None = None  # the Selective Kernel unit's options, if any
+    reduce_first: int = 1  # the first conv outputs width // reduce_first (timm's senet154: 2)
+    aa: str | None = None  # anti-aliasing (an AA_LAYERS name) taking the stride, if any
+    avg_down: bool = False  # shortcut: 2x2 average pool (ceil mode) at the stride, then 1x1
+    down_kernel_size: int = 1  # of the shortcut conv (1 where the stride is 1)
+    drop_path: float = 0.0  # stochastic depth: the rate the branch is dropped at in training
+    drop_block: DropBlock | None = None  # DropBlock after the 3x3 conv's norm, in training
+
+    @property
+    def first_width(self) -> int:
+        """Channels out of the block's first convolution."""
+        return self.width // self.reduce_first
+
+    @property
+    def conv_stride(self) -> int:
+        """The stride of the strided conv: 1 where an anti-aliasing layer takes it."""
+        return 1 if self.aa is not None else self.stride
+
+    @property
+    def down_padding(self) -> int:
+        """Symmetric padding of the shortcut conv (timm's ``get_padding``)."""
+        return conv_padding(self.down_kernel_size, 1 if self.avg_down else self.stride)
 
 
 def _conv_norm_keys(plan: Plan, key: str, out: int, inp: int, k: int, groups: int = 1) -> None:
@@ -207,17 +279,18 @@ def _selective_kernel_keys(plan: Plan, key: str, spec: BlockSpec, in_channels: i
 
 
 def _basic_keys(plan: Plan, key: str, spec: BlockSpec) -> None:
-    conv_keys(plan, f"{key}.conv1", spec.width, spec.in_channels, 3)
-    batchnorm_keys(plan, f"{key}.bn1", spec.width)
-    conv_keys(plan, f"{key}.conv2", spec.out_channels, spec.width, 3)
+    first = spec.first_width
+    conv_keys(plan, f"{key}.conv1", first, spec.in_channels, 3)
+    batchnorm_keys(plan, f"{key}.bn1", first)
+    conv_keys(plan, f"{key}.conv2", spec.out_channels, first, 3)
     batchnorm_keys(plan, f"{key}.bn2", spec.out_channels)
 
 
 def _bottleneck_keys(plan: Plan, key: str, spec: BlockSpec) -> None:
-    w = spec.width
-    conv_keys(plan, f"{key}.conv1", w, spec.in_channels, 1)
-    batchnorm_keys(plan, f"{key}.bn1", w)
-    conv_keys(plan, f"{key}.conv2", w, w, 3, spec.groups)
+    w, first = spec.width, spec.first_width
+    conv_keys(plan, f"{key}.conv1", first, spec.in_channels, 1)
+    batchnorm_keys(plan, f"{key}.bn1", first)
+    conv_keys(plan, f"{key}.conv2", w, first, 3, spec.groups)
     batchnorm_keys(plan, f"{key}.bn2", w)
     conv_keys(plan, f"{key}.conv3", spec.out_channels, w, 1)
     batchnorm_keys(plan, f"{key}.bn3", spec.out_channels)
@@ -263,6 +336,26 @@ class ResNetConfig:
             then holds ``"sk_basic"`` or ``"sk_bottleneck"``.
         zero_init_last: the models' default for zeroing each block's last BatchNorm scale
             (timm: on for ResNets, off for SK-ResNets).
+        stem_type: timm's ``stem_type``, one of :data:`STEM_TYPES`: ``""`` (one 7x7 conv, 64
+            channels), ``"deep"`` (three 3x3 convs of ``stem_width``, ``stem_width`` and
+            ``2 * stem_width`` channels: the c, d, s and e models) or ``"deep_tiered"``
+            (``3 * (stem_width // 4)``, ``stem_width``, ``2 * stem_width``: the t models).
+        stem_width: channels of a deep stem (above); unused by the 7x7 stem.
+        replace_stem_pool: a 3x3 stride-2 conv, BatchNorm and activation in place of the stem's
+            max pool (ResNet-RS), under timm's name ``maxpool``.
+        avg_down: shortcuts downsample by a 2x2 average pool (ceil mode, padding not counted)
+            before their 1x1 conv (the d and t models), rather than by a strided 1x1 conv.
+        down_kernel_size: kernel of the strided shortcut conv (odd; timm's senet154: 3);
+            shortcuts at stride 1 keep a 1x1.
+        block_reduce_first: a block's first conv outputs ``width // block_reduce_first``
+            channels (timm's senet154: 2).
+        aa_layer: anti-aliasing before each stride (timm's ``aa_layer``): ``"avg"`` (a 2x2
+            average pool) or ``"blur"`` / ``"blurpc"`` (a 3x3 binomial filter, reflect or zero
+            padded; timm's ``BlurPool2d``); timm's other spellings (:data:`AA_LAYERS`) are taken
+            and stored by these names. The strided convs then run at stride 1.
+        attn_args: keyword arguments of the attention layer (timm's ``partial(SEModule,
+            rd_ratio=0.25)`` of ResNet-RS is ``attn_args={"rd_ratio": 0.25}``), each one its
+            :class:`Attention`'s ``options`` name; stored as sorted ``(name, value)`` pairs.
     """
 
     block: str
@@ -272,6 +365,14 @@ class ResNetConfig:
     attn: str | None = None
     sk: SelectiveKernelConfig | None = None
     zero_init_last: bool = True
+    stem_type: str = ""
+    stem_width: int = 64
+    replace_stem_pool: bool = False
+    avg_down: bool = False
+    down_kernel_size: int = 1
+    block_reduce_first: int = 1
+    aa_layer: str | None = None
+    attn_args: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         layers = self.layers
@@ -302,6 +403,93 @@ class ResNetConfig:
                 f"{self.block} blocks support only cardinality=1 and "
                 f"base_width=64, got cardinality={self.cardinality}, base_width={self.base_width}"
             )
+        self._check_stem_and_shortcuts()
+        self._check_attn_args()
+        for spec in self.blocks():
+            if spec.first_width < 1 or spec.first_width % spec.groups:
+                raise ValueError(
+                    f"block_reduce_first={self.block_reduce_first} leaves layer{spec.stage}'s "
+                    f"first conv {spec.first_width} channels (width {spec.width} // "
+                    f"{self.block_reduce_first}), which the cardinality {spec.groups} does not "
+                    f"divide into groups"
+                )
+
+    def _check_stem_and_shortcuts(self) -> None:
+        if self.stem_type not in STEM_TYPES:
+            raise ValueError(
+                f"unknown stem_type {self.stem_type!r}; timm's are "
+                f"{', '.join(map(repr, STEM_TYPES))}"
+            )
+        positive_int("stem_width", self.stem_width)
+        if self.stem_type == "deep_tiered" and self.stem_width < 4:
+            raise ValueError(
+                f"stem_width={self.stem_width} leaves a deep_tiered stem's first conv "
+                f"3 * ({self.stem_width} // 4) = 0 channels; give at least 4"
+            )
+        odd_kernel_size("down_kernel_size", self.down_kernel_size)
+        positive_int("block_reduce_first", self.block_reduce_first)
+        for name in ("replace_stem_pool", "avg_down"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.avg_down and self.down_kernel_size != 1:
+            raise ValueError(
+                f"avg_down shortcuts are a pool then a 1x1 conv: down_kernel_size must be 1 "
+                f"with avg_down, got {self.down_kernel_size}"
+            )
+        if self.aa_layer is not None:
+            key = self.aa_layer
+            if isinstance(key, str):
+                key = key.lower().replace("_", "").replace("-", "")
+            if key not in AA_LAYERS:
+                raise ValueError(
+                    f"unknown aa_layer {self.aa_layer!r}; timm's are "
+                    f"{', '.join(map(repr, AA_LAYERS))}"
+                )
+            object.__setattr__(self, "aa_layer", AA_LAYERS[key])  # frozen: once, constructing
+        kind = self.block_type
+        if kind.selective_kernel and (self.aa_layer or self.block_reduce_first != 1):
+            raise ValueError(
+                f"{self.block} blocks take no aa_layer or block_reduce_first (timm's "
+                f"sknet.py has neither), got aa_layer={self.aa_layer!r}, "
+                f"block_reduce_first={self.block_reduce_first}"
+            )
+
+    def _check_attn_args(self) -> None:
+        args = self.attn_args
+        pairs = args.items() if isinstance(args, Mapping) else args
+        try:
+            pairs = sorted((str(k), v) for k, v in pairs)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"attn_args must be a mapping of option names to values, got {args!r}"
+            ) from None
+        if pairs and self.attn is None:
+            raise ValueError(f"attn_args {dict(pairs)} given without an attn layer")
+        if pairs:
+            allowed = ATTENTION[self.attn].options
+            bad = [k for k, _ in pairs if k not in allowed]
+            if bad:
+                raise ValueError(
+                    f"attn {self.attn!r} takes no option {', '.join(map(repr, bad))} in "
+                    f"attn_args; it takes {', '.join(map(repr, allowed)) or 'none'}"
+                )
+        object.__setattr__(self, "attn_args", tuple(pairs))  # frozen: once, constructing
+        if pairs:  # the widths they give are checked now, by the plan of one block
+            plan: Plan = {}
+            ATTENTION[self.attn].state_dict(plan, "se", 64 * self.expansion, **dict(pairs))
+
+    @property
+    def deep_stem(self) -> bool:
+        return "deep" in self.stem_type
+
+    @property
+    def stem_channels(self) -> tuple[int, ...]:
+        """Output channels of the stem's convolutions, in order (timm's ``conv1``)."""
+        if not self.deep_stem:
+            return (STEM_CHANNELS,)
+        w = self.stem_width
+        first = 3 * (w // 4) if self.stem_type == "deep_tiered" else w
+        return (first, w, 2 * w)
 
     @property
     def block_type(self) -> BlockType:
@@ -314,7 +502,7 @@ class ResNetConfig:
     @property
     def feature_channels(self) -> tuple[int, ...]:
         """Channels of the features at strides 2 (stem), 4, 8, 16, 32."""
-        return (STEM_CHANNELS, *(64 * 2**s * self.expansion for s in range(4)))
+        return (self.stem_channels[-1], *(64 * 2**s * self.expansion for s in range(4)))
 
     @property
     def num_features(self) -> int:
@@ -344,8 +532,8 @@ class ResNetConfig:
                 f"are unknown to the framework-free spec"
             )
         plan: Plan = {}
-        conv_keys(plan, "conv1", STEM_CHANNELS, in_chans, 7)
-        batchnorm_keys(plan, "bn1", STEM_CHANNELS)
+        self._stem_keys(plan, in_chans)
+        args = dict(self.attn_args)
         for spec in self.blocks():
             block = self.block_type.state_dict
             if block is None:
@@ -354,20 +542,73 @@ class ResNetConfig:
                 )
             block(plan, f"layer{spec.stage}.{spec.index}", spec)
             if attention is not None:
-                attention.state_dict(plan, f"layer{spec.stage}.{spec.index}.se", spec.out_channels)
-            if spec.downsample:
+                key = f"layer{spec.stage}.{spec.index}.se"
+                attention.state_dict(plan, key, spec.out_channels, **args)
+            if spec.downsample:  # timm's downsample_conv, or downsample_avg (pool, conv, norm)
                 key = f"layer{spec.stage}.{spec.index}.downsample"
-                conv_keys(plan, f"{key}.0", spec.out_channels, spec.in_channels, 1)
-                batchnorm_keys(plan, f"{key}.1", spec.out_channels)
+                first = 1 if spec.avg_down else 0
+                k = spec.down_kernel_size
+                conv_keys(plan, f"{key}.{first}", spec.out_channels, spec.in_channels, k)
+                batchnorm_keys(plan, f"{key}.{first + 1}", spec.out_channels)
         if num_classes:
             linear_keys(plan, "fc", num_classes, self.num_features)
         return plan
 
-    def blocks(self) -> list[BlockSpec]:
-        """Every residual block in order, as timm's ResNet builds them."""
+    def _stem_keys(self, plan: Plan, in_chans: int) -> None:
+        """timm's stem: ``conv1`` (a conv, or a Sequential of conv, norm, act, conv, norm,
+        act, conv), ``bn1``, and with ``replace_stem_pool`` ``maxpool`` (conv, [aa], norm)."""
+        channels = self.stem_channels
+        if self.deep_stem:
+            inp = in_chans
+            for i, c in enumerate(channels):
+                conv_keys(plan, f"conv1.{3 * i}", c, inp, 3)
+                if i < 2:
+                    batchnorm_keys(plan, f"conv1.{3 * i + 1}", c)
+                inp = c
+        else:
+            conv_keys(plan, "conv1", channels[-1], in_chans, 7)
+        batchnorm_keys(plan, "bn1", channels[-1])
+        if self.replace_stem_pool:
+            conv_keys(plan, "maxpool.0", channels[-1], channels[-1], 3)
+            batchnorm_keys(plan, f"maxpool.{2 if self.aa_layer else 1}", channels[-1])
+
+    def blocks(self, drop_path_rate: float = 0.0, drop_block_rate: float = 0.0) -> list[BlockSpec]:
+        """Every residual block in order, as timm's ResNet builds them; with the training
+        options timm's ``drop_path_rate`` (block ``i`` of ``n`` drops its branch at
+        ``drop_path_rate * i / (n - 1)``) and ``drop_block_rate`` (stages 3 and 4,
+        :data:`DROP_BLOCK_STAGES`).
+
+        Raises:
+            ValueError: for a rate outside ``[0, 1)``, naming it.
+        """
+        drop_path_rate = drop_rate("drop_path_rate", drop_path_rate)
+        drop_block_rate = drop_rate("drop_block_rate", drop_block_rate)
+        if drop_block_rate and self.block_type.selective_kernel:
+            raise ValueError(
+                f"drop_block_rate={drop_block_rate} is not built for {self.block} blocks (timm "
+                f"drops blocks inside their Selective Kernel paths); use drop_path_rate"
+            )
+        specs = self._blocks()
+        last = max(len(specs) - 1, 1)
+        return [
+            dataclasses.replace(
+                spec,
+                drop_path=drop_path_rate * i / last,
+                drop_block=(
+                    DropBlock(drop_block_rate, *DROP_BLOCK_STAGES[spec.stage])
+                    if drop_block_rate and spec.stage in DROP_BLOCK_STAGES
+                    else None
+                ),
+            )
+            if drop_path_rate or drop_block_rate
+            else spec
+            for i, spec in enumerate(specs)
+        ]
+
+    def _blocks(self) -> list[BlockSpec]:
         kind = self.block_type
         groups = self.cardinality if kind.grouped else 1
-        specs, in_channels = [], STEM_CHANNELS
+        specs, in_channels = [], self.stem_channels[-1]
         for s, depth in enumerate(self.layers):
             planes = 64 * 2**s
             width = int(planes * self.base_width / 64) * groups if kind.grouped else planes
@@ -386,28 +627,127 @@ class ResNetConfig:
                         downsample,
                         groups,
                         self.sk,
+                        self.block_reduce_first,
+                        self.aa_layer if stride == 2 else None,
+                        self.avg_down and downsample,
+                        self.down_kernel_size if downsample and stride != 1 else 1,
                     )
                 )
                 in_channels = out_channels
         return specs
 
 
-def _family(prefix: str, attn: str | None) -> dict[str, ResNetConfig]:
-    return {
-        f"{prefix}18": ResNetConfig("basic", (2, 2, 2, 2), attn=attn),
-        f"{prefix}34": ResNetConfig("basic", (3, 4, 6, 3), attn=attn),
-        f"{prefix}50": ResNetConfig("bottleneck", (3, 4, 6, 3), attn=attn),
-        f"{prefix}101": ResNetConfig("bottleneck", (3, 4, 23, 3), attn=attn),
-        f"{prefix}152": ResNetConfig("bottleneck", (3, 8, 36, 3), attn=attn),
-    }
+# timm's stem and shortcut variants ("Bag of Tricks", timm's ResNet docstring): c, d, s, t.
+_C = {"stem_type": "deep", "stem_width": 32}
+_D = {"stem_type": "deep", "stem_width": 32, "avg_down": True}
+_S = {"stem_type": "deep", "stem_width": 64}
+_T = {"stem_type": "deep_tiered", "stem_width": 32, "avg_down": True}
+# ResNet-RS: the d variant with a strided conv for the stem pool and SE at ratio 1/4.
+_RS = {**_D, "replace_stem_pool": True, "attn": "se", "attn_args": {"rd_ratio": 0.25}}
 
-
+# Every architecture of timm's resnet.py but resnet50_gn (GroupNorm), the _pruned ones (their
+# widths are files inside timm) and test_resnet: timm 1.0.31's model_args, one row per name.
 _RESNETS: dict[str, ResNetConfig] = {
-    **_family("resnet", None),
-    **_family("seresnet", "se"),
+    "ecaresnet101d": ResNetConfig("bottleneck", (3, 4, 23, 3), 1, 64, "eca", **_D),
+    "ecaresnet200d": ResNetConfig("bottleneck", (3, 24, 36, 3), 1, 64, "eca", **_D),
+    "ecaresnet269d": ResNetConfig("bottleneck", (3, 30, 48, 8), 1, 64, "eca", **_D),
+    "ecaresnet26t": ResNetConfig("bottleneck", (2, 2, 2, 2), 1, 64, "eca", **_T),
+    "ecaresnet50d": ResNetConfig("bottleneck", (3, 4, 6, 3), 1, 64, "eca", **_D),
+    "ecaresnet50t": ResNetConfig("bottleneck", (3, 4, 6, 3), 1, 64, "eca", **_T),
+    "ecaresnetlight": ResNetConfig(
+        "bottleneck", (1, 1, 11, 3), 1, 64, "eca", stem_width=32, avg_down=True
+    ),
+    "ecaresnext26t_32x4d": ResNetConfig("bottleneck", (2, 2, 2, 2), 32, 4, "eca", **_T),
+    "ecaresnext50t_32x4d": ResNetConfig("bottleneck", (3, 4, 6, 3), 32, 4, "eca", **_T),
+    "resnet101": ResNetConfig("bottleneck", (3, 4, 23, 3)),
+    "resnet101c": ResNetConfig("bottleneck", (3, 4, 23, 3), **_C),
+    "resnet101d": ResNetConfig("bottleneck", (3, 4, 23, 3), **_D),
+    "resnet101s": ResNetConfig("bottleneck", (3, 4, 23, 3), **_S),
+    "resnet10t": ResNetConfig("basic", (1, 1, 1, 1), **_T),
+    "resnet14t": ResNetConfig("bottleneck", (1, 1, 1, 1), **_T),
+    "resnet152": ResNetConfig("bottleneck", (3, 8, 36, 3)),
+    "resnet152c": ResNetConfig("bottleneck", (3, 8, 36, 3), **_C),
+    "resnet152d": ResNetConfig("bottleneck", (3, 8, 36, 3), **_D),
+    "resnet152s": ResNetConfig("bottleneck", (3, 8, 36, 3), **_S),
+    "resnet18": ResNetConfig("basic", (2, 2, 2, 2)),
+    "resnet18d": ResNetConfig("basic", (2, 2, 2, 2), **_D),
+    "resnet200": ResNetConfig("bottleneck", (3, 24, 36, 3)),
+    "resnet200d": ResNetConfig("bottleneck", (3, 24, 36, 3), **_D),
+    "resnet26": ResNetConfig("bottleneck", (2, 2, 2, 2)),
+    "resnet26d": ResNetConfig("bottleneck", (2, 2, 2, 2), **_D),
+    "resnet26t": ResNetConfig("bottleneck", (2, 2, 2, 2), **_T),
+    "resnet34": ResNetConfig("basic", (3, 4, 6, 3)),
+    "resnet34d": ResNetConfig("basic", (3, 4, 6, 3), **_D),
+    "resnet50": ResNetConfig("bottleneck", (3, 4, 6, 3)),
+    "resnet50c": ResNetConfig("bottleneck", (3, 4, 6, 3), **_C),
+    "resnet50d": ResNetConfig("bottleneck", (3, 4, 6, 3), **_D),
+    "resnet50s": ResNetConfig("bottleneck", (3, 4, 6, 3), **_S),
+    "resnet50t": ResNetConfig("bottleneck", (3, 4, 6, 3), **_T),
+    "resnetaa101d": ResNetConfig("bottleneck", (3, 4, 23, 3), **_D, aa_layer="avg"),
+    "resnetaa34d": ResNetConfig("basic", (3, 4, 6, 3), **_D, aa_layer="avg"),
+    "resnetaa50": ResNetConfig("bottleneck", (3, 4, 6, 3), aa_layer="avg"),
+    "resnetaa50d": ResNetConfig("bottleneck", (3, 4, 6, 3), **_D, aa_layer="avg"),
+    "resnetblur101d": ResNetConfig("bottleneck", (3, 4, 23, 3), **_D, aa_layer="blur"),
+    "resnetblur18": ResNetConfig("basic", (2, 2, 2, 2), aa_layer="blur"),
+    "resnetblur50": ResNetConfig("bottleneck", (3, 4, 6, 3), aa_layer="blur"),
+    "resnetblur50d": ResNetConfig("bottleneck", (3, 4, 6, 3), **_D, aa_layer="blur"),
+    "resnetrs101": ResNetConfig("bottleneck", (3, 4, 23, 3), 1, 64, **_RS),
+    "resnetrs152": ResNetConfig("bottleneck", (3, 8, 36, 3), 1, 64, **_RS),
+    "resnetrs200": ResNetConfig("bottleneck", (3, 24, 36, 3), 1, 64, **_RS),
+    "resnetrs270": ResNetConfig("bottleneck", (4, 29, 53, 4), 1, 64, **_RS),
+    "resnetrs350": ResNetConfig("bottleneck", (4, 36, 72, 4), 1, 64, **_RS),
+    "resnetrs420": ResNetConfig("bottleneck", (4, 44, 87, 4), 1, 64, **_RS),
+    "resnetrs50": ResNetConfig("bottleneck", (3, 4, 6, 3), 1, 64, **_RS),
+    "resnext101_32x16d": ResNetConfig("bottleneck", (3, 4, 23, 3), 32, 16),
+    "resnext101_32x32d": ResNetConfig("bottleneck", (3, 4, 23, 3), 32, 32),
+    "resnext101_32x4d": ResNetConfig("bottleneck", (3, 4, 23, 3), 32, 4),
+    "resnext101_32x8d": ResNetConfig("bottleneck", (3, 4, 23, 3), 32, 8),
+    "resnext101_64x4d": ResNetConfig("bottleneck", (3, 4, 23, 3), 64, 4),
     "resnext50_32x4d": ResNetConfig("bottleneck", (3, 4, 6, 3), 32, 4),
-    "seresnext50_32x4d": ResNetConfig("bottleneck", (3, 4, 6, 3), 32, 4, "se"),
+    "resnext50d_32x4d": ResNetConfig("bottleneck", (3, 4, 6, 3), 32, 4, **_D),
+    "senet154": ResNetConfig(
+        "bottleneck",
+        (3, 8, 36, 3),
+        64,
+        4,
+        "se",
+        stem_type="deep",
+        down_kernel_size=3,
+        block_reduce_first=2,
+    ),
+    "seresnet101": ResNetConfig("bottleneck", (3, 4, 23, 3), 1, 64, "se"),
+    "seresnet152": ResNetConfig("bottleneck", (3, 8, 36, 3), 1, 64, "se"),
+    "seresnet152d": ResNetConfig("bottleneck", (3, 8, 36, 3), 1, 64, "se", **_D),
+    "seresnet18": ResNetConfig("basic", (2, 2, 2, 2), 1, 64, "se"),
+    "seresnet200d": ResNetConfig("bottleneck", (3, 24, 36, 3), 1, 64, "se", **_D),
+    "seresnet269d": ResNetConfig("bottleneck", (3, 30, 48, 8), 1, 64, "se", **_D),
+    "seresnet34": ResNetConfig("basic", (3, 4, 6, 3), 1, 64, "se"),
+    "seresnet50": ResNetConfig("bottleneck", (3, 4, 6, 3), 1, 64, "se"),
+    "seresnet50t": ResNetConfig("bottleneck", (3, 4, 6, 3), 1, 64, "se", **_T),
+    "seresnetaa50d": ResNetConfig("bottleneck", (3, 4, 6, 3), 1, 64, "se", **_D, aa_layer="avg"),
     "seresnext101_32x4d": ResNetConfig("bottleneck", (3, 4, 23, 3), 32, 4, "se"),
+    "seresnext101_32x8d": ResNetConfig("bottleneck", (3, 4, 23, 3), 32, 8, "se"),
+    "seresnext101_64x4d": ResNetConfig("bottleneck", (3, 4, 23, 3), 64, 4, "se"),
+    "seresnext101d_32x8d": ResNetConfig("bottleneck", (3, 4, 23, 3), 32, 8, "se", **_D),
+    "seresnext26d_32x4d": ResNetConfig("bottleneck", (2, 2, 2, 2), 32, 4, "se", **_D),
+    "seresnext26t_32x4d": ResNetConfig("bottleneck", (2, 2, 2, 2), 32, 4, "se", **_T),
+    "seresnext50_32x4d": ResNetConfig("bottleneck", (3, 4, 6, 3), 32, 4, "se"),
+    "seresnextaa101d_32x8d": ResNetConfig(
+        "bottleneck", (3, 4, 23, 3), 32, 8, "se", **_D, aa_layer="avg"
+    ),
+    "seresnextaa201d_32x8d": ResNetConfig(
+        "bottleneck",
+        (3, 24, 36, 4),
+        32,
+        8,
+        "se",
+        aa_layer="avg",
+        stem_width=64,
+        stem_type="deep",
+        avg_down=True,
+    ),
+    "wide_resnet101_2": ResNetConfig("bottleneck", (3, 4, 23, 3), 1, 128),
+    "wide_resnet50_2": ResNetConfig("bottleneck", (3, 4, 6, 3), 1, 128),
     # timm's sknet.py: SK units in place of the 3x3 convs, no zero-init of the last BatchNorm.
     "skresnet18": ResNetConfig(
         "sk_basic", (2, 2, 2, 2), sk=SelectiveKernelConfig(1 / 8, 16), zero_init_last=False
@@ -438,7 +778,22 @@ RESNET = Family(
         "nnx": "se_flax.nnx._resnet:ResNet",
     },
     classifier="fc",
-    config_options=("block", "layers", "cardinality", "base_width", "attn", "sk"),
+    config_options=(
+        "block",
+        "layers",
+        "cardinality",
+        "base_width",
+        "attn",
+        "sk",
+        "stem_type",
+        "stem_width",
+        "replace_stem_pool",
+        "avg_down",
+        "down_kernel_size",
+        "block_reduce_first",
+        "aa_layer",
+        "attn_args",
+    ),
 )
 FAMILIES[RESNET.name] = RESNET
 for _name, _config in _RESNETS.items():

@@ -15,7 +15,16 @@ from se_flax._attention import CbamModule, ChannelAttn, EcaModule, EffectiveSEMo
 from se_flax._batchnorm import BatchNorm
 from se_flax._factory import create_model
 from se_flax._grouped import kernels_built
-from se_flax._layers import Conv, ConvNormAct, PointwiseConv, conv_general_dilated
+from se_flax._layers import (
+    Conv,
+    ConvNormAct,
+    PointwiseConv,
+    avg_pool_2x2,
+    blur_pool,
+    conv_general_dilated,
+    drop_block,
+    drop_path,
+)
 from se_flax._pretrained import from_pretrained, save_pretrained
 from se_flax._resnet import (
     ATTN_LAYERS,
@@ -57,8 +66,12 @@ __all__ = [
     "SelectiveKernelBottleneck",
     "SpatialAttn",
     "SqueezeExcite",
+    "avg_pool_2x2",
+    "blur_pool",
     "conv_general_dilated",
     "create_model",
+    "drop_block",
+    "drop_path",
     "from_pretrained",
     "kernels_built",
     "list_models",

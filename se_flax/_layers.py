@@ -24,6 +24,9 @@ __all__ = [
     "ConvNormAct",
     "ModuleDef",
     "PointwiseConv",
+    "aa_pool",
+    "avg_pool_2x2",
+    "blur_pool",
     "check_input",
     "conv",
     "conv_general_dilated",
@@ -31,6 +34,8 @@ __all__ = [
     "default_bias_init",
     "default_kernel_init",
     "dense",
+    "drop_block",
+    "drop_path",
     "is_pointwise",
     "max_pool",
     "pad",
@@ -306,6 +311,103 @@ def _max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
 @_max_pool.defjvp
 def _max_pool_jvp(window, stride, primals, tangents):
     return jax.jvp(lambda x: _reduce_window_max(x, window, stride), primals, tangents)
+
+
+def _accumulated(x: jax.Array) -> jax.Array:
+    """``x`` in at least float32, so 16-bit pools accumulate as PyTorch's CPU kernels do."""
+    return x if jnp.finfo(x.dtype).bits >= 32 else x.astype(jnp.float32)
+
+
+def avg_pool_2x2(x: jax.Array, *, ceil_mode: bool = False) -> jax.Array:
+    """PyTorch's ``nn.AvgPool2d(2)`` over ``(N, H, W, C)``: the mean of each 2x2 window at
+    stride 2. ``ceil_mode=False`` drops an odd last row or column; ``ceil_mode=True`` (with
+    ``count_include_pad=False``, timm's ``avg_down`` shortcut) keeps it as a window of the
+    elements it has.
+
+    Shapes:
+        input ``(N, H, W, C)``; output ``(N, H // 2, W // 2, C)``, or with ``ceil_mode``
+        ``(N, ceil(H / 2), ceil(W / 2), C)``.
+    """
+    n, h, w, c = x.shape
+    if not ceil_mode:
+        x = x[:, : h - h % 2, : w - w % 2]
+        h, w = h - h % 2, w - w % 2
+    ph, pw = h % 2, w % 2
+    y = _accumulated(x)
+    if ph or pw:
+        y = jnp.pad(y, ((0, 0), (0, ph), (0, pw), (0, 0)))
+    y = y.reshape(n, (h + ph) // 2, 2, (w + pw) // 2, 2, c).sum((2, 4))
+    if ph or pw:  # the elements each window has: 2 per side, 1 at an odd end
+        rows = jnp.full(((h + ph) // 2,), 2.0, y.dtype).at[-1].set(2.0 - ph)
+        cols = jnp.full(((w + pw) // 2,), 2.0, y.dtype).at[-1].set(2.0 - pw)
+        return (y / (rows[:, None, None] * cols[None, :, None])).astype(x.dtype)
+    return (y / 4).astype(x.dtype)
+
+
+def blur_pool(x: jax.Array, stride: int = 2, pad_mode: str = "reflect") -> jax.Array:
+    """timm's ``BlurPool2d`` with its 3x3 filter over ``(N, H, W, C)``: padded by 1
+    (``"reflect"``, or ``"constant"`` zeros: timm's ``blurpc``), blurred by ``[1, 2, 1] / 4``
+    along each axis per channel, at ``stride``.
+
+    Shapes:
+        input ``(N, H, W, C)``; output ``(N, (H - 1) // stride + 1, (W - 1) // stride + 1, C)``.
+    """
+    if pad_mode not in ("reflect", "constant"):
+        raise ValueError(f"pad_mode must be 'reflect' or 'constant', got {pad_mode!r}")
+    p = (stride - 1 + 2) // 2  # timm's get_padding(3, stride)
+    y = jnp.pad(_accumulated(x), ((0, 0), (p, p), (p, p), (0, 0)), mode=pad_mode)
+    h = (y.shape[1] - 3) // stride + 1
+    w = (y.shape[2] - 3) // stride + 1
+    weights = (0.25, 0.5, 0.25)
+    y = sum(c * y[:, i : i + stride * (h - 1) + 1 : stride] for i, c in enumerate(weights))
+    y = sum(c * y[:, :, j : j + stride * (w - 1) + 1 : stride] for j, c in enumerate(weights))
+    return y.astype(x.dtype)
+
+
+def aa_pool(name: str, x: jax.Array, stride: int = 2) -> jax.Array:
+    """The anti-aliasing layer a config names (``se_common.AA_LAYERS``), as timm's
+    ``create_aa``: a 2x2 average pool (``"avg"``) or a blur pool (``"blur"``, ``"blurpc"``)."""
+    if name == "avg":
+        if stride != 2:
+            raise ValueError(f"the avg anti-aliasing layer pools 2x2 at stride 2, got {stride}")
+        return avg_pool_2x2(x)
+    if name in ("blur", "blurpc"):
+        return blur_pool(x, stride, "reflect" if name == "blur" else "constant")
+    raise ValueError(f"unknown aa_layer {name!r}; known: avg, blur, blurpc")
+
+
+def drop_path(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Stochastic depth (timm's ``DropPath``) in training: each sample of ``x`` zeroed with
+    probability ``rate``, else scaled by ``1 / (1 - rate)``."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return x * (mask.astype(x.dtype) / keep)
+
+
+def drop_block(x: jax.Array, drop: Any, key: jax.Array) -> jax.Array:
+    """DropBlock (timm's ``DropBlock2d``) in training over ``(N, H, W, C)``: blocks of
+    ``drop.block_size`` (a :class:`se_common.DropBlock`) zeroed across channels around seeds
+    drawn at timm's rate, the rest scaled by ``H * W`` over the kept count (per batch)."""
+    n, h, w, _ = x.shape
+    kh, kw = min(drop.block_size, h), min(drop.block_size, w)
+    gamma = (
+        float(drop.gamma_scale * drop.rate * h * w)
+        / float(kh * kw)
+        / float((h - kh + 1) * (w - kw + 1))
+    )
+    seeds = jax.random.bernoulli(key, gamma, (n, h, w, 1)).astype(jnp.float32)
+    blocks = jax.lax.reduce_window(  # the max over each block around a pixel; 0-padded
+        seeds,
+        jnp.zeros((), seeds.dtype),
+        jax.lax.max,
+        (1, kh, kw, 1),
+        (1, 1, 1, 1),
+        ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)),
+    )
+    blocks = blocks[:, (kh + 1) % 2 : (kh + 1) % 2 + h, (kw + 1) % 2 : (kw + 1) % 2 + w]
+    keep = 1.0 - blocks
+    scale = keep.size / (keep.sum() + 1e-7)
+    return x * jax.lax.stop_gradient(keep.astype(x.dtype) * scale.astype(x.dtype))
 
 
 def is_pointwise(kernel_size: tuple[int, int], feature_group_count: int, padding: Any) -> bool:

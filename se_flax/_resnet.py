@@ -29,15 +29,20 @@ from se_common import (
     lookup,
     model_feature_info,
 )
+from se_common import drop_rate as checked_rate
 from se_flax._attention import CbamModule, EcaModule, EffectiveSEModule
 from se_flax._batchnorm import BatchNorm
 from se_flax._dtypes import Dtype, compute_dtype, held_param_dtype, mean
 from se_flax._layers import (
     ConvNormAct,
     ModuleDef,
+    aa_pool,
+    avg_pool_2x2,
     check_input,
     conv,
     conv_kernel_init,
+    drop_block,
+    drop_path,
     max_pool,
     pad,
 )
@@ -207,14 +212,28 @@ class ResidualBlock(nn.Module):
     spec: BlockSpec
     layers: BlockLayers = BlockLayers()
 
+    def apply_drop_block(self, y: jax.Array, train: bool) -> jax.Array:
+        """The spec's DropBlock (stages 3 and 4 with ``drop_block_rate``) in training."""
+        if self.spec.drop_block is None or not train:
+            return y
+        return drop_block(y, self.spec.drop_block, self.make_rng("dropout"))
+
     def residual(self, y: jax.Array, x: jax.Array, train: bool) -> jax.Array:
         """Attention on the branch ``y``, plus the (downsampled) shortcut ``x``, activated."""
         s, layers = self.spec, self.layers
         attn = layers.attn(name="se")
         if attn is not None:
             y = attn(y, train=train)
-        if s.downsample:
-            x = layers.conv(s.out_channels, 1, s.stride, name="downsample_0")(x)
+        if s.drop_path and train:
+            y = drop_path(y, s.drop_path, self.make_rng("dropout"))
+        if s.downsample and s.avg_down:  # timm's downsample_avg: pool, 1x1 conv, norm
+            if s.stride != 1:
+                x = avg_pool_2x2(x, ceil_mode=True)
+            x = layers.conv(s.out_channels, 1, name="downsample_1")(x)
+            x = layers.norm(train, name="downsample_2")(x)
+        elif s.downsample:  # timm's downsample_conv: strided conv, norm
+            k = s.down_kernel_size
+            x = layers.conv(s.out_channels, k, s.stride, name="downsample_0")(x)
             x = layers.norm(train, name="downsample_1")(x)
         return layers.act_fn(y + x)
 
@@ -225,8 +244,10 @@ class BasicBlock(ResidualBlock):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         s, layers = self.spec, self.layers
-        y = layers.conv(s.width, 3, s.stride, name="conv1")(x)
-        y = layers.act_fn(layers.norm(train, name="bn1")(y))
+        y = layers.conv(s.first_width, 3, s.conv_stride, name="conv1")(x)
+        y = layers.act_fn(self.apply_drop_block(layers.norm(train, name="bn1")(y), train))
+        if s.aa:
+            y = aa_pool(s.aa, y, s.stride)
         y = layers.conv(s.out_channels, 3, name="conv2")(y)
         return self.residual(layers.norm(train, name="bn2", last=True)(y), x, train)
 
@@ -237,10 +258,12 @@ class Bottleneck(ResidualBlock):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         s, layers = self.spec, self.layers
-        y = layers.conv(s.width, 1, name="conv1")(x)
+        y = layers.conv(s.first_width, 1, name="conv1")(x)
         y = layers.act_fn(layers.norm(train, name="bn1")(y))
-        y = layers.conv(s.width, 3, s.stride, groups=s.groups, name="conv2")(y)
-        y = layers.act_fn(layers.norm(train, name="bn2")(y))
+        y = layers.conv(s.width, 3, s.conv_stride, groups=s.groups, name="conv2")(y)
+        y = layers.act_fn(self.apply_drop_block(layers.norm(train, name="bn2")(y), train))
+        if s.aa:
+            y = aa_pool(s.aa, y, s.stride)
         y = layers.conv(s.out_channels, 1, name="conv3")(y)
         return self.residual(layers.norm(train, name="bn3", last=True)(y), x, train)
 
@@ -303,6 +326,12 @@ class ResNet(nn.Module):
             It is called as ``flax.linen.BatchNorm`` is (see :class:`BlockLayers`).
         zero_init_last: initialise each block's last BatchNorm scale to zero; ``None`` takes the
             config's default (timm's: on for ResNets, off for SK-ResNets).
+        drop_rate: dropout before the classifier in training (timm's ``drop_rate``).
+        drop_path_rate: stochastic depth in training: block ``i`` of ``n`` drops its branch at
+            ``drop_path_rate * i / (n - 1)`` (timm's).
+        drop_block_rate: DropBlock in training in stages 3 and 4 (timm's). With any of the
+            three, training takes a ``"dropout"`` rng: ``apply(..., rngs={"dropout": key})``;
+            eval mode draws nothing.
         dtype: computation dtype (e.g. ``jnp.bfloat16``); ``param_dtype``: parameter dtype.
         precision: precision of the convolutions and the classifier.
         pretrained_cfg: the data config of pretrained weights (set by :func:`from_pretrained`:
@@ -331,6 +360,9 @@ class ResNet(nn.Module):
     act_fn: Activation = nn.relu
     norm_layer: ModuleDef = BatchNorm
     zero_init_last: bool | None = None
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    drop_block_rate: float = 0.0
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     precision: Any = None
@@ -338,6 +370,8 @@ class ResNet(nn.Module):
 
     def __post_init__(self) -> None:
         check_head_options(self.num_classes, self.in_chans, self.out_indices)
+        checked_rate("drop_rate", self.drop_rate)
+        self.config.blocks(self.drop_path_rate, self.drop_block_rate)  # checks the rates
         super().__post_init__()
 
     @property
@@ -345,6 +379,36 @@ class ResNet(nn.Module):
         """timm's ``feature_info``: ``num_chs``, ``reduction`` and ``module`` of every level
         (of ``out_indices`` with ``features_only``)."""
         return model_feature_info(self.config, self.features_only, self.out_indices)
+
+    def _stem(self, x: jax.Array, layers: BlockLayers, train: bool) -> jax.Array:
+        """timm's ``conv1`` (7x7, or three 3x3 convs ``conv1_0``, ``conv1_3``, ``conv1_6`` with
+        norms ``conv1_1``, ``conv1_4`` and activations between), ``bn1``, ``act1``."""
+        cfg = self.config
+        channels = cfg.stem_channels
+        if cfg.deep_stem:
+            for i, c in enumerate(channels):
+                x = layers.conv(c, 3, 2 if i == 0 else 1, name=f"conv1_{3 * i}")(x)
+                if i < 2:
+                    x = self.act_fn(layers.norm(train, name=f"conv1_{3 * i + 1}")(x))
+        else:
+            x = layers.conv(channels[-1], 7, 2, name="conv1")(x)
+        return self.act_fn(layers.norm(train, name="bn1")(x))
+
+    def _stem_pool(self, x: jax.Array, layers: BlockLayers, train: bool) -> jax.Array:
+        """timm's ``maxpool``: a 3x3 max pool at stride 2; with ``replace_stem_pool`` a conv
+        ``maxpool_0``, norm and activation; with anti-aliasing before its stride."""
+        cfg = self.config
+        aa = cfg.aa_layer
+        if cfg.replace_stem_pool:
+            x = layers.conv(x.shape[-1], 3, 1 if aa else 2, name="maxpool_0")(x)
+            if aa:
+                x = aa_pool(aa, x)
+            return self.act_fn(layers.norm(train, name=f"maxpool_{2 if aa else 1}")(x))
+        if aa == "avg":
+            return aa_pool(aa, x)
+        if aa:
+            return aa_pool(aa, max_pool(x, 3, 1))
+        return max_pool(x, 3, 2)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | list[jax.Array]:
@@ -354,6 +418,8 @@ class ResNet(nn.Module):
         attn = self.attn_layer
         if attn is None and cfg.attn is not None:
             attn = lookup(ATTN_LAYERS, cfg.attn, "attn", "se_flax.ATTN_LAYERS")
+            if cfg.attn_args:
+                attn = functools.partial(attn, **dict(cfg.attn_args))
         layers = BlockLayers(
             act_fn=self.act_fn,
             norm_layer=self.norm_layer,
@@ -366,11 +432,10 @@ class ResNet(nn.Module):
             precision=self.precision,
         )
 
-        x = layers.conv(cfg.feature_channels[0], 7, 2, name="conv1")(x)
-        x = self.act_fn(layers.norm(train, name="bn1")(x))
+        x = self._stem(x, layers, train)
         features = [x]
-        x = max_pool(x, 3, 2)
-        blocks = cfg.blocks()
+        x = self._stem_pool(x, layers, train)
+        blocks = cfg.blocks(self.drop_path_rate, self.drop_block_rate)
         for i, spec in enumerate(blocks):
             x = block(spec, layers, name=f"layer{spec.stage}_{spec.index}")(x, train)
             if i + 1 == len(blocks) or blocks[i + 1].stage != spec.stage:
@@ -379,6 +444,8 @@ class ResNet(nn.Module):
             return [features[i] for i in self.out_indices]
         dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
         x = mean(x, (1, 2), dtype)
+        if self.drop_rate:
+            x = nn.Dropout(self.drop_rate, deterministic=not train, name="head_drop")(x)
         if self.num_classes:
             x = nn.Dense(
                 self.num_classes,

@@ -3,12 +3,13 @@
 from se_common import PretrainedCfg, list_models, make_divisible, resolve_rd_channels
 from se_torch._attention import CbamModule, ChannelAttn, EcaModule, EffectiveSEModule, SpatialAttn
 from se_torch._factory import create_model
-from se_torch._layers import ConvNormAct
+from se_torch._layers import ConvNormAct, DropBlock2d, DropPath
 from se_torch._pretrained import from_pretrained, save_pretrained
 from se_torch._resnet import (
     ATTN_LAYERS,
     BLOCKS,
     BasicBlock,
+    BlurPool2d,
     Bottleneck,
     ResidualBlock,
     ResNet,
@@ -23,10 +24,13 @@ __all__ = [
     "ATTN_LAYERS",
     "BLOCKS",
     "BasicBlock",
+    "BlurPool2d",
     "Bottleneck",
     "CbamModule",
     "ChannelAttn",
     "ConvNormAct",
+    "DropBlock2d",
+    "DropPath",
     "EcaModule",
     "EffectiveSEModule",
     "PretrainedCfg",

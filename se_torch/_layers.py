@@ -1,4 +1,5 @@
-"""Building blocks shared by the PyTorch modules: the input check and ``ConvNormAct``."""
+"""Building blocks shared by the PyTorch modules: the input check, ``ConvNormAct``, and the
+training-only regularisers ``DropPath`` and ``DropBlock2d`` (timm's)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from se_common import check_feature_map, conv_padding
+from se_common import DropBlock, check_feature_map, conv_padding, drop_rate
 
-__all__ = ["ConvNormAct", "Factory", "check_input"]
+__all__ = ["ConvNormAct", "DropBlock2d", "DropPath", "Factory", "check_input"]
 
 Factory = Callable[..., nn.Module]  # a layer factory: a class or a functools.partial of one
 
@@ -89,3 +90,58 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al., ECCV 2016), timm's ``DropPath``: in training, each
+    sample's input is zeroed with probability ``drop_prob``, else scaled by
+    ``1 / (1 - drop_prob)``; the identity in eval mode. Masks come from PyTorch's generator
+    (``torch.manual_seed``)."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_rate("drop_prob", drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.drop_prob:
+            return x
+        keep = 1 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+class DropBlock2d(nn.Module):
+    """DropBlock (Ghiasi et al., NeurIPS 2018), timm's ``DropBlock2d`` (blocks shared by all
+    channels, kept values rescaled): see :class:`se_common.DropBlock`. The identity in eval
+    mode; masks come from PyTorch's generator."""
+
+    def __init__(self, drop: DropBlock) -> None:
+        super().__init__()
+        self.drop = drop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.drop.rate:
+            return x
+        n, _, h, w = x.shape
+        kh, kw = min(self.drop.block_size, h), min(self.drop.block_size, w)
+        gamma = (
+            float(self.drop.gamma_scale * self.drop.rate * h * w)
+            / float(kh * kw)
+            / float((h - kh + 1) * (w - kw + 1))
+        )
+        with torch.no_grad():
+            seeds = torch.empty((n, 1, h, w), dtype=x.dtype, device=x.device).bernoulli_(gamma)
+            blocks = nn.functional.max_pool2d(seeds, (kh, kw), 1, (kh // 2, kw // 2))
+            if kh % 2 == 0 or kw % 2 == 0:
+                blocks = blocks[..., (kh + 1) % 2 :, (kw + 1) % 2 :]
+            keep = 1.0 - blocks
+            scale = keep.numel() / keep.to(dtype=torch.float32).sum().add(1e-7)
+            keep.mul_(scale.to(x.dtype))
+        return x * keep
+
+    def extra_repr(self) -> str:
+        d = self.drop
+        return f"drop_prob={d.rate}, block_size={d.block_size}, gamma_scale={d.gamma_scale}"

@@ -150,11 +150,16 @@ class _NoRule:
 
 
 def _find_rule(
-    module_path: str, module_type: type | None, rules: Iterable[Rule] = RULES
+    module_path: str,
+    module_type: type | None,
+    rules: Iterable[Rule] = RULES,
+    fits: Callable[[Rule], bool] | None = None,
 ) -> tuple[Rule, str, str] | _NoRule:
     """(rule, prefix, local name) of the name table for a PyTorch module, or why there is none.
 
-    ``module_type`` is the module's class, or ``None`` when only a state_dict is at hand; see
+    ``module_type`` is the module's class, or ``None`` when only a state_dict is at hand (then
+    ``fits``, whether a rule takes the module's tensor names, settles a tie between rules of
+    one name: timm's ``downsample.1`` is a conv after an average pool, else a BatchNorm); see
     :mod:`se_weights._rules` for how a rule is chosen.
     """
     named = []
@@ -181,6 +186,8 @@ def _find_rule(
             )
     longest = max(local.count(".") for _, _, local in found)
     found = [f for f in found if f[2].count(".") == longest]
+    if len(found) > 1 and module_type is None and fits is not None:
+        found = [f for f in found if fits(f[0])] or found
     if len(found) == 1:
         return found[0]
     return _NoRule(
@@ -228,7 +235,9 @@ class _Planner:
         return plan
 
     def _by_name(self, module_path: str, tensors: list[str]) -> tuple[Rule, FlaxPath] | None:
-        found = _find_rule(module_path, None, [*self.rules, *RULES])
+        found = _find_rule(
+            module_path, None, [*self.rules, *RULES], lambda rule: self._fits(rule, tensors)
+        )
         if isinstance(found, _NoRule):
             prefix = f"{module_path}." if module_path else ""
             self.problems.unexpected.extend(
@@ -236,6 +245,16 @@ class _Planner:
             )
             return None
         return found[0], self._named_path(found)
+
+    def _fits(self, rule: Rule, tensors: list[str]) -> bool:
+        """Whether a module holding exactly ``tensors`` is of the rule's kind: each is one of
+        its tensors, and it has every one the rule requires (of the collections asked for)."""
+        held = set(tensors)
+        return held <= set(rule.tensors) and all(
+            name in held
+            for name, spec in rule.tensors.items()
+            if spec.required and self._wanted(spec.collection)
+        )
 
     def _named_path(self, found: tuple[Rule, str, str]) -> FlaxPath:
         """The Flax module path a name-table row gives: its ``flax_module`` (``fc.0`` ->

@@ -27,7 +27,11 @@ names choose (:data:`RULES`):
 1. the rules whose name pattern matches the end of the module path are the candidates;
 2. rules marked ``by_type_only`` drop out, since their name alone is shared with another kind;
 3. of those left, the rule naming more path segments wins (``se.conv`` over ``conv``);
-4. anything still tied is an error, never a guess; so is a name no row matches. Both errors
+4. still tied, the rules that the module's tensor names fit (each one of the rule's, every
+   required one of the collections asked for there) win: timm's ``downsample.1`` is a
+   bias-free conv (``weight`` only) after an average pool, else a BatchNorm (``weight``,
+   ``bias`` and its statistics);
+5. anything still tied is an error, never a guess; so is a name no row matches. Both errors
    say to pass the module instead, whose layer types decide.
 
 Wherever the names decide, the module and the state_dict give the same Flax tree, bit for bit;
@@ -274,8 +278,24 @@ RULES: tuple[Rule, ...] = (
     Rule("classic se fc.2 (Linear)", r"fc\.2", ("Linear",), _DENSE_FROM_LINEAR, "fc2"),
     # Backbones (timm / torchvision ResNet names): convolutions, BatchNorms, the classifier.
     # timm's ConvNormAct (SK paths, SK blocks' convs, CBAM's spatial conv) is `conv` + `bn` too.
-    Rule("conv", r"conv\d*|downsample\.0", ("Conv2d",), _CONV),
-    Rule("batchnorm", r"bn\d*|downsample\.1", ("BatchNorm2d",), _BATCHNORM),
+    # timm's deep stems are Sequentials `conv1.{0,3,6}` (convs) and `conv1.{1,4}` (norms),
+    # ResNet-RS's stem pool `maxpool.0` (conv) and `maxpool.{1,2}` (norm). A shortcut is
+    # `downsample.0` / `.1` (conv, norm), or after an average pool `.1` / `.2`: `downsample.1`
+    # is either, and its tensor names tell which: the bias-free conv holds a `weight` only, the
+    # norm a `bias` too (and its running statistics).
+    Rule("conv", r"conv\d*|conv1\.[036]|maxpool\.0|downsample\.0", ("Conv2d",), _CONV),
+    Rule(
+        "shortcut conv after a pool",
+        r"downsample\.1",
+        ("Conv2d",),
+        {"weight": Tensor("params", "kernel", CONV)},
+    ),
+    Rule(
+        "batchnorm",
+        r"bn\d*|conv1\.[14]|maxpool\.[12]|downsample\.[12]",
+        ("BatchNorm2d",),
+        _BATCHNORM,
+    ),
     Rule("classifier (Linear)", r"fc", ("Linear",), _DENSE_FROM_LINEAR),
     # Selective Kernel attention (timm's SelectiveKernelAttn): 1x1 convolutions without bias.
     Rule("sk attention fc (1x1 conv)", r"fc_reduce|fc_select", ("Conv2d",), _DENSE_FROM_CONV1X1),

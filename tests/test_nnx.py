@@ -29,6 +29,7 @@ from se_common import ResNetConfig, get_model, list_models
 from se_convert import update_nnx
 from se_flax import nnx as se_nnx
 from tests.helpers import flatten
+from tests.test_resnet_parity import TIMM_OPTIONS
 
 
 def random_variables(variables: dict, rng: np.random.Generator) -> dict:
@@ -211,6 +212,9 @@ BACKBONES = {
     **{f"resnet10+{a}": (RESNET10[a], {}) for a in RESNET10},
     "resnet10+se-features": (RESNET10["se"], {"features_only": True, "out_indices": (0, 2, 4)}),
     "resnet10+se-bfloat16": (RESNET10["se"], {"dtype": jnp.bfloat16}),
+    # timm's options: the stem pool as a conv, blur, avg_down (rs-blur); the 3x3 shortcut,
+    # halved first convs, the average-pool stem (senet-avg); a basic block's anti-aliasing
+    **{f"timm-{k}": (TIMM_OPTIONS[k], {}) for k in ("rs-blur", "senet-avg", "blurpc-basic")},
 }
 
 

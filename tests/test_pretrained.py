@@ -6,6 +6,7 @@ resolve from a Hugging Face cache the tests build (``HF_HUB_OFFLINE=1``, see con
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,11 +25,19 @@ import torch
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
+import se_common
 import se_flax
 import se_torch
 from se_common import PretrainedCfg
 from se_common._pretrained import IMAGENET_MEAN, IMAGENET_STD
-from se_convert import ConversionError, FileError, load, read_pretrained
+from se_convert import (
+    ConversionError,
+    FileError,
+    flax_to_state_dict,
+    load,
+    read_pretrained,
+    torch_to_flax,
+)
 from se_convert._cli import main as se_convert_main
 from tests.helpers import flatten, randomize_
 
@@ -667,6 +676,66 @@ def test_another_architecture_loads_too(tmp_path, rng):
     np.testing.assert_allclose(
         flax_model.apply(variables, x), torch_out(model, x), rtol=RTOL32, atol=ATOL32
     )
+
+
+# timm's ResNet options in published architectures (issue 29), the smallest name of each:
+# resnet10t (deep_tiered stem, avg_down shortcuts: `conv1.{0,1,3,4,6}`, `downsample.{1,2}`) and
+# resnetblur18 (blur anti-aliasing: no tensors of its own); ResNet-RS's stem pool (`maxpool.*`)
+# is the next test's, on a small config.
+@pytest.mark.parametrize("name", ["resnet10t", "resnetblur18"])
+def test_timm_s_stems_and_shortcuts_load_in_every_front_end_and_save_back(tmp_path, rng, name):
+    """Weights in timm's layout (by key names alone, as from the hub) load into linen and NNX
+    and PyTorch with the same outputs; each front-end's save_pretrained writes them back
+    bit for bit."""
+    model = randomize_(se_torch.create_model(name), rng, torch.float32).eval()
+    se_torch.save_pretrained(model, tmp_path / "published")
+    x = images(rng, n=1)
+    expected = torch_out(model, x)
+    scale = float(np.abs(expected).max())
+    linen, variables = se_flax.from_pretrained(tmp_path / "published", verbose=False)
+    np.testing.assert_allclose(
+        linen.apply(variables, x), expected, rtol=RTOL32, atol=ATOL32 * scale
+    )
+    nnx_model = se_flax.nnx.from_pretrained(tmp_path / "published", verbose=False)
+    np.testing.assert_allclose(nnx_model(x), expected, rtol=RTOL32, atol=ATOL32 * scale)
+    se_flax.save_pretrained(linen, tmp_path / "linen", variables)
+    se_flax.nnx.save_pretrained(nnx_model, tmp_path / "nnx")
+    if name == "resnet10t":  # with stochastic depth to fine-tune: its dropout streams are live
+        tuned = se_flax.nnx.from_pretrained(
+            tmp_path / "published", verbose=False, drop_path_rate=0.5
+        )
+        np.testing.assert_allclose(tuned(x), expected, rtol=RTOL32, atol=ATOL32 * scale)
+        tuned.train()
+        assert np.all(np.isfinite(tuned(x))) and not np.allclose(tuned(x), tuned(x))
+    se_torch.save_pretrained(
+        se_torch.from_pretrained(tmp_path / "published", verbose=False), tmp_path / "torch"
+    )
+    original = load_file(tmp_path / "published" / "model.safetensors")
+    for front_end in ("linen", "nnx", "torch"):
+        saved = load_file(tmp_path / front_end / "model.safetensors")
+        assert list(saved) == list(original), front_end
+        for k, v in original.items():
+            assert saved[k].tobytes() == v.tobytes(), (front_end, k)
+
+
+@pytest.mark.parametrize("aa_layer", [None, "avg"])
+def test_resnet_rs_stem_pool_keys_convert_by_name_alone(rng, aa_layer):
+    """ResNet-RS's stem pool (`maxpool.0` conv, then `maxpool.1` norm, or `maxpool.2` after
+    anti-aliasing) and avg_down shortcuts from a bare state_dict: the names alone give the
+    module's tree, strictly against the Flax model's shapes, and back."""
+    config = se_common.get_model("resnetrs50").config
+    config = dataclasses.replace(config, layers=(1, 1, 1, 1), stem_width=8, aa_layer=aa_layer)
+    model = randomize_(se_torch.ResNet(config, num_classes=3), rng, torch.float32)
+    state = model.state_dict()
+    assert f"maxpool.{2 if aa_layer else 1}.running_var" in state
+    flax_model = se_flax.ResNet(config, num_classes=3)
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    shapes = jax.eval_shape(flax_model.init, jax.random.key(0), x)
+    by_name = torch_to_flax(state, target=shapes)
+    by_type = torch_to_flax(model, target=shapes)
+    assert jax.tree.map(np.array_equal, by_name, by_type) == jax.tree.map(lambda _: True, by_type)
+    back = flax_to_state_dict(by_name, config.state_dict(3, 3))
+    assert all(np.array_equal(back[k], v.numpy()) for k, v in state.items())
 
 
 def test_a_typo_under_an_existing_folder_stays_local(tmp_path, monkeypatch):

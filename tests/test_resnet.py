@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 import se_flax
 import se_torch
@@ -18,25 +20,90 @@ from se_convert import torch_to_flax, update_nnx
 from se_flax import nnx as se_nnx
 from tests.helpers import assert_trees_close, assert_within_a_bfloat16_step, nchw_to_nhwc
 
-# Parameter counts of timm 1.0.31's models of the same names (timm.create_model(name)).
+# Parameter counts of timm 1.0.31's models of the same names (timm.create_model(name)): every
+# architecture of timm's resnet.py (but resnet50_gn, the _pruned ones, test_resnet) and sknet.py.
 TIMM_PARAMS = {
+    "ecaresnet26t": 16_011_916,
+    "ecaresnet50d": 25_576_350,
+    "ecaresnet50t": 25_573_814,
+    "ecaresnet101d": 44_568_563,
+    "ecaresnet200d": 64_693_400,
+    "ecaresnet269d": 102_093_077,
+    "ecaresnetlight": 30_162_046,
+    "ecaresnext26t_32x4d": 15_406_220,
+    "ecaresnext50t_32x4d": 25_045_686,
+    "resnet10t": 5_435_488,
+    "resnet14t": 10_081_632,
     "resnet18": 11_689_512,
+    "resnet18d": 11_708_744,
+    "resnet26": 15_995_176,
+    "resnet26d": 16_014_408,
+    "resnet26t": 16_011_872,
     "resnet34": 21_797_672,
+    "resnet34d": 21_816_904,
     "resnet50": 25_557_032,
+    "resnet50c": 25_576_264,
+    "resnet50d": 25_576_264,
+    "resnet50s": 25_680_808,
+    "resnet50t": 25_573_728,
     "resnet101": 44_549_160,
+    "resnet101c": 44_568_392,
+    "resnet101d": 44_568_392,
+    "resnet101s": 44_672_936,
     "resnet152": 60_192_808,
+    "resnet152c": 60_212_040,
+    "resnet152d": 60_212_040,
+    "resnet152s": 60_316_584,
+    "resnet200": 64_673_832,
+    "resnet200d": 64_693_064,
+    "resnetaa34d": 21_816_904,
+    "resnetaa50": 25_557_032,
+    "resnetaa50d": 25_576_264,
+    "resnetaa101d": 44_568_392,
+    "resnetblur18": 11_689_512,
+    "resnetblur50": 25_557_032,
+    "resnetblur50d": 25_576_264,
+    "resnetblur101d": 44_568_392,
+    "resnetrs50": 35_691_912,
+    "resnetrs101": 63_618_696,
+    "resnetrs152": 86_621_576,
+    "resnetrs200": 93_209_992,
+    "resnetrs270": 129_861_448,
+    "resnetrs350": 163_956_168,
+    "resnetrs420": 191_891_656,
+    "resnext50_32x4d": 25_028_904,
+    "resnext50d_32x4d": 25_048_136,
+    "resnext101_32x4d": 44_177_704,
+    "resnext101_32x8d": 88_791_336,
+    "resnext101_32x16d": 194_026_792,
+    "resnext101_32x32d": 468_530_472,
+    "resnext101_64x4d": 83_455_272,
+    "senet154": 115_088_984,
     "seresnet18": 11_779_624,
     "seresnet34": 21_960_416,
     "seresnet50": 28_088_024,
+    "seresnet50t": 28_104_720,
     "seresnet101": 49_326_872,
     "seresnet152": 66_821_848,
-    "resnext50_32x4d": 25_028_904,
+    "seresnet152d": 66_841_080,
+    "seresnet200d": 71_855_096,
+    "seresnet269d": 113_672_760,
+    "seresnetaa50d": 28_107_256,
+    "seresnext26d_32x4d": 16_809_512,
+    "seresnext26t_32x4d": 16_806_976,
     "seresnext50_32x4d": 27_559_896,
     "seresnext101_32x4d": 48_955_416,
+    "seresnext101_32x8d": 93_569_048,
+    "seresnext101_64x4d": 88_232_984,
+    "seresnext101d_32x8d": 93_588_280,
+    "seresnextaa101d_32x8d": 93_588_280,
+    "seresnextaa201d_32x8d": 149_394_904,
     "skresnet18": 11_958_056,
     "skresnet34": 22_282_376,
     "skresnet50": 25_803_160,
     "skresnext50_32x4d": 27_479_784,
+    "wide_resnet50_2": 68_883_240,
+    "wide_resnet101_2": 126_886_696,
 }
 # timm 1.0.31's ResNet(block, layers, block_args=dict(attn_layer=attn)): the attention variants
 # of the existing ResNets, built here by configuration (create_model(name, attn=attn)).
@@ -59,7 +126,8 @@ def test_every_model_is_listed():
 
 @pytest.mark.parametrize("name", TIMM_PARAMS)
 def test_torch_parameter_counts_match_timm(name):
-    model = se_torch.create_model(name)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = se_torch.create_model(name)
     assert sum(p.numel() for p in model.parameters()) == TIMM_PARAMS[name]
 
 
@@ -457,6 +525,16 @@ def _timm_model(timm, name: str):
         "resnet18+eca",
         "resnet50+cbam",
         "resnext50_32x4d+ese",
+        # timm's ResNet options (issue 29): tiered and deep stems with avg_down, ECA and a 7x7
+        # stem with avg_down, ResNet-RS, blur and average-pool anti-aliasing, senet154's
+        # shortcuts and halved first convs
+        "resnet10t",
+        "seresnext26d_32x4d",
+        "ecaresnetlight",
+        "resnetrs50",
+        "resnetblur18",
+        "resnetaa34d",
+        "senet154",
     ],
 )
 def test_real_timm_checkpoints_load_and_match(name, rng):
@@ -489,3 +567,75 @@ def test_real_timm_checkpoints_load_and_match(name, rng):
     update_nnx(nnx_model, variables).eval()
     nnx_logits = nnx_model(jnp.asarray(nchw_to_nhwc(x.numpy())))
     assert_trees_close(nnx_logits, expected, rtol=1e-10, atol=1e-12, what=f"NNX {name}")
+
+
+def test_every_name_has_timm_s_state_dict():
+    """Every registered name builds timm's module tree: the same state_dict keys in the same
+    order, with the same shapes (on PyTorch's meta device: no memory, no initialisation)."""
+    timm = pytest.importorskip("timm")
+    for name in list_models():
+        with torch.device("meta"):
+            ours = se_torch.create_model(name).state_dict()
+            theirs = timm.create_model(name).state_dict()
+        assert list(ours) == list(theirs), name
+        assert all(ours[k].shape == v.shape for k, v in theirs.items()), name
+
+
+@pytest.mark.parametrize(
+    "name,options,message",
+    [
+        ("resnet50", {"stem_type": "deeper"}, r"unknown stem_type 'deeper'; timm's are '', "),
+        ("resnet50", {"aa_layer": "gauss"}, r"unknown aa_layer 'gauss'; timm's are 'avg'"),
+        ("resnet50", {"down_kernel_size": 2}, r"down_kernel_size must be odd .*got 2"),
+        ("resnet50d", {"down_kernel_size": 3}, r"down_kernel_size must be 1 with avg_down, got 3"),
+        ("seresnet50", {"attn_args": {"ratio": 0.5}}, r"attn 'se' takes no option 'ratio'"),
+        ("resnet50", {"attn_args": {"rd_ratio": 0.5}}, r"attn_args \{'rd_ratio': 0.5\} given"),
+        ("seresnet50", {"attn_args": {"rd_ratio": -1}}, r"rd_ratio"),
+        ("resnet10t", {"stem_width": 3}, r"stem_width=3 leaves a deep_tiered stem's first conv"),
+        ("resnet50", {"stem_width": 0}, r"stem_width must be an integer >= 1, got 0"),
+        ("resnext50_32x4d", {"block_reduce_first": 3}, r"block_reduce_first=3 leaves layer1's"),
+        ("resnet50", {"avg_down": 1}, r"avg_down must be true or false, got 1"),
+        ("skresnet18", {"aa_layer": "avg"}, r"sk_basic blocks take no aa_layer"),
+        ("resnet50", {"stem_typ": "deep"}, r"stem_typ"),
+    ],
+)
+def test_bad_resnet_options_are_named_in_every_front_end(name, options, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        se_torch.create_model(name, **options)
+    with pytest.raises((ValueError, TypeError), match=message):
+        se_flax.create_model(name, **options)
+    with pytest.raises((ValueError, TypeError), match=message):
+        se_nnx.create_model(name, rngs=nnx.Rngs(0), **options)
+
+
+def test_timm_s_spellings_of_aa_layer_are_its_names():
+    for spelling, name in (("AvgPool", "avg"), ("blur_pool", "blur"), ("Blur-PC", "blurpc")):
+        assert ResNetConfig("basic", (1, 1, 1, 1), aa_layer=spelling).aa_layer == name
+    config = get_model("resnetrs50").config
+    assert config.attn_args == (("rd_ratio", 0.25),)
+    assert dataclasses.replace(config, attn_args={"rd_ratio": 0.25}) == config
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "resnetrs50", "resnetaa50d", "resnet50s"])
+def test_feature_info_of_the_new_stems_is_timms_and_the_maps_match(name):
+    """The stem feature (act1) has the deep stem's channels at stride 2; the maps returned
+    with features_only have the shapes feature_info describes, in every front-end."""
+    config = get_model(name).config
+    stem = 2 * config.stem_width if config.stem_type else 64  # timm's inplanes
+    expected = [{"num_chs": stem, "reduction": 2, "module": "act1"}]
+    expected += [
+        {"num_chs": 64 * 2**i * config.expansion, "reduction": 4 * 2**i, "module": f"layer{i + 1}"}
+        for i in range(4)
+    ]
+    options = {"features_only": True, "out_indices": (0, 1, 2, 3, 4)}
+    with torch.device("meta"):
+        assert se_torch.create_model(name, **options).feature_info == expected
+    model = se_flax.create_model(name, **options)
+    assert model.feature_info == expected
+    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    maps = jax.eval_shape(model.init_with_output, jax.random.key(0), x)[0]
+    assert [(m.shape[1], m.shape[3]) for m in maps] == [
+        (64 // f["reduction"], f["num_chs"]) for f in expected
+    ]
+    nnx_model = nnx.eval_shape(lambda: se_nnx.create_model(name, rngs=nnx.Rngs(0), **options))
+    assert nnx_model.feature_info == expected

@@ -104,7 +104,57 @@ SKRESNEXT = ResNetConfig(
     sk=SelectiveKernelConfig(1 / 16, 32, split_input=False),
     zero_init_last=False,
 )
+# timm's ResNet options (issue 29), one float64 case each, at one block per stage, one pass:
+# * tiered: the t models' deep_tiered stem (24-32-64) and avg_down shortcuts (an Identity pool
+#   at stage 1, ceil-mode pools over odd sizes after), SE-ResNeXt blocks;
+# * rs-blur: ResNet-RS's options (deep stem, the stem pool as a conv, SE at ratio 1/4, avg_down)
+#   with the blur anti-aliasing (reflect padding) in the stem pool and before each stride;
+# * senet-avg: senet154's 3x3 strided shortcut convs and halved first convs (block_reduce_first
+#   2), the 2x2 average-pool anti-aliasing (the stem's pool too), ECA, a basic-block stage-free
+#   bottleneck; and blurpc (zero padding) in a basic block.
+TIMM_OPTIONS = {
+    "tiered": ResNetConfig(
+        "bottleneck",
+        (1, 1, 1, 1),
+        32,
+        4,
+        "se",
+        stem_type="deep_tiered",
+        stem_width=32,
+        avg_down=True,
+    ),
+    "rs-blur": ResNetConfig(
+        "bottleneck",
+        (1, 1, 1, 1),
+        stem_type="deep",
+        stem_width=16,
+        replace_stem_pool=True,
+        avg_down=True,
+        attn="se",
+        attn_args={"rd_ratio": 0.25},
+        aa_layer="blur",
+    ),
+    "senet-avg": ResNetConfig(
+        "bottleneck",
+        (1, 1, 1, 1),
+        8,
+        4,
+        "eca",
+        stem_type="deep",
+        stem_width=16,
+        down_kernel_size=3,
+        block_reduce_first=2,
+        aa_layer="avg",
+    ),
+    "blurpc-basic": ResNetConfig("basic", (1, 1, 1, 1), aa_layer="blurpc", replace_stem_pool=True),
+}
 CASES = [
+    Case("tiered", "float64", **F64, shape=(2, 3, 63, 65), config=TIMM_OPTIONS["tiered"], passes=1),
+    Case(
+        "rs-blur", "float64", **F64, shape=(2, 3, 61, 64), config=TIMM_OPTIONS["rs-blur"], passes=1
+    ),
+    Case("senet-avg", "float64", **F64, config=TIMM_OPTIONS["senet-avg"], passes=1),
+    Case("blurpc-basic", "float64", **F64, config=TIMM_OPTIONS["blurpc-basic"], passes=1),
     Case("seresnet18", "float64", **F64, shape=(2, 3, 65, 63), **ODD_BN),
     Case("seresnext14", "float64", **F64, config=SERESNEXT14),
     Case("seresnext50_32x4d", "float32", **F32, train_grad_l2=5e-2, passes=1),

@@ -18,7 +18,14 @@ from se_flax.nnx._attention import (
     SpatialAttn,
 )
 from se_flax.nnx._factory import create_model
-from se_flax.nnx._layers import BatchNorm, Conv, ConvNormAct, PointwiseConv
+from se_flax.nnx._layers import (
+    BatchNorm,
+    Conv,
+    ConvNormAct,
+    DropBlock,
+    DropPath,
+    PointwiseConv,
+)
 from se_flax.nnx._pretrained import from_pretrained, save_pretrained
 from se_flax.nnx._resnet import (
     ATTN_LAYERS,
@@ -45,6 +52,8 @@ __all__ = [
     "ChannelAttn",
     "Conv",
     "ConvNormAct",
+    "DropBlock",
+    "DropPath",
     "EcaModule",
     "EffectiveSEModule",
     "PointwiseConv",

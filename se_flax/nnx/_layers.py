@@ -22,6 +22,8 @@ from se_flax._layers import (
     conv_kernel_init,
     default_bias_init,
     default_kernel_init,
+    drop_block,
+    drop_path,
     is_pointwise,
     pointwise_conv,
 )
@@ -30,6 +32,8 @@ __all__ = [
     "BatchNorm",
     "Conv",
     "ConvNormAct",
+    "DropBlock",
+    "DropPath",
     "ModuleDef",
     "PointwiseConv",
     "conv",
@@ -287,3 +291,36 @@ class ConvNormAct(nnx.Module):
     def __call__(self, x: Array) -> Array:
         y = self.bn(self.conv(x))
         return self.act_fn(y) if self.apply_act else y
+
+
+class _Stochastic(nnx.Module):
+    """A training-only layer drawing from the ``dropout`` stream of its ``rngs`` (as
+    ``nnx.Dropout``): ``model.train()`` / ``model.eval()`` switch ``deterministic``."""
+
+    def __init__(self, *, rngs: nnx.Rngs, deterministic: bool = False) -> None:
+        self.deterministic = deterministic
+        self.rngs = rngs["dropout"].fork()
+
+
+class DropPath(_Stochastic):
+    """Stochastic depth (timm's ``DropPath``): in training each sample zeroed with probability
+    ``rate``, else scaled by ``1 / (1 - rate)``; the identity in eval mode (NNX)."""
+
+    def __init__(self, rate: float, *, rngs: nnx.Rngs, deterministic: bool = False) -> None:
+        super().__init__(rngs=rngs, deterministic=deterministic)
+        self.rate = rate
+
+    def __call__(self, x: Array) -> Array:
+        return x if self.deterministic or not self.rate else drop_path(x, self.rate, self.rngs())
+
+
+class DropBlock(_Stochastic):
+    """DropBlock (timm's ``DropBlock2d``) with a :class:`se_common.DropBlock`'s rate, block
+    size and gamma scale; the identity in eval mode (NNX)."""
+
+    def __init__(self, drop: Any, *, rngs: nnx.Rngs, deterministic: bool = False) -> None:
+        super().__init__(rngs=rngs, deterministic=deterministic)
+        self.drop = drop
+
+    def __call__(self, x: Array) -> Array:
+        return x if self.deterministic else drop_block(x, self.drop, self.rngs())

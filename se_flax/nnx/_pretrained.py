@@ -87,7 +87,16 @@ def from_pretrained(
 
         put(variables["params"], path, nnx.jit(head)(rngs))  # compiled to the head's init only
     update_nnx(model, variables)
-    abstract = [p for p, v in _flat_flax(model).items() if not isinstance(v, jax.Array)]
+    # The dropout streams (drop_path_rate and the like), abstract so far: concrete, distinct
+    # keys from ``rngs`` (nnx.reseed draws one per stream, by the streams' own tags).
+    tags = {s.key.tag for _, s in nnx.iter_graph(model) if isinstance(s, nnx.RngStream)}
+    if tags:
+        nnx.reseed(model, **{tag: rngs["dropout"]() for tag in tags})
+    abstract = [
+        jax.tree_util.keystr(p)
+        for p, v in jax.tree_util.tree_leaves_with_path(nnx.state(model))
+        if isinstance(v, jax.ShapeDtypeStruct)
+    ]
     if abstract:  # every variable must have been filled (update_nnx is strict; this is cheap)
         raise RuntimeError(f"variables left uninitialised: {abstract[:5]}")
     model.pretrained_cfg = pretrained.cfg

@@ -10,6 +10,7 @@ converted variables fill both: ``update_nnx(model, torch_to_flax(state_dict))``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,13 +26,16 @@ from se_common import (
     lookup,
     model_feature_info,
 )
+from se_common import drop_rate as checked_rate
 from se_flax._dtypes import Dtype, compute_dtype, mean
-from se_flax._layers import check_input, max_pool
+from se_flax._layers import aa_pool, avg_pool_2x2, check_input, max_pool
 from se_flax._resnet import LayerOptions
 from se_flax.nnx._attention import CbamModule, EcaModule, EffectiveSEModule
 from se_flax.nnx._layers import (
     BatchNorm,
     ConvNormAct,
+    DropBlock,
+    DropPath,
     ModuleDef,
     conv,
     held_param_dtype,
@@ -131,19 +135,41 @@ class ResidualBlock(nnx.Module):
 
     def __init__(self, spec: BlockSpec, layers: BlockLayers, *, rngs: nnx.Rngs) -> None:
         self.se = layers.attn(spec.out_channels, rngs=rngs)
+        self.drop_path = DropPath(spec.drop_path, rngs=rngs) if spec.drop_path else None
+        self.drop_block = DropBlock(spec.drop_block, rngs=rngs) if spec.drop_block else None
         self.downsample = spec.downsample
-        if spec.downsample:
-            self.downsample_0 = layers.conv(
-                spec.in_channels, spec.out_channels, 1, spec.stride, rngs=rngs
-            )
-            self.downsample_1 = layers.norm(spec.out_channels, rngs=rngs)
+        self.avg_down = spec.downsample and spec.avg_down
+        self.pool_down = self.avg_down and spec.stride != 1
+        self.aa, self.stride = spec.aa, spec.stride
+        inp, out = spec.in_channels, spec.out_channels
+        if self.avg_down:  # timm's downsample_avg: pool, 1x1 conv, norm
+            self.downsample_1 = layers.conv(inp, out, 1, rngs=rngs)
+            self.downsample_2 = layers.norm(out, rngs=rngs)
+        elif spec.downsample:  # timm's downsample_conv: strided conv, norm
+            k = spec.down_kernel_size
+            self.downsample_0 = layers.conv(inp, out, k, spec.stride, rngs=rngs)
+            self.downsample_1 = layers.norm(out, rngs=rngs)
         self.act_fn = layers.act_fn
+
+    def apply_drop_block(self, y: Array) -> Array:
+        """The spec's DropBlock (stages 3 and 4 with ``drop_block_rate``), in training."""
+        return y if self.drop_block is None else self.drop_block(y)
+
+    def anti_alias(self, y: Array) -> Array:
+        """The block's anti-aliasing layer at its stride, if it has one."""
+        return y if self.aa is None else aa_pool(self.aa, y, self.stride)
 
     def residual(self, y: Array, x: Array) -> Array:
         """Attention on the branch ``y``, plus the (downsampled) shortcut ``x``, activated."""
         if self.se is not None:
             y = self.se(y)
-        if self.downsample:
+        if self.drop_path is not None:
+            y = self.drop_path(y)
+        if self.avg_down:
+            if self.pool_down:
+                x = avg_pool_2x2(x, ceil_mode=True)
+            x = self.downsample_2(self.downsample_1(x))
+        elif self.downsample:
             x = self.downsample_1(self.downsample_0(x))
         return self.act_fn(y + x)
 
@@ -153,14 +179,14 @@ class BasicBlock(ResidualBlock):
 
     def __init__(self, spec: BlockSpec, layers: BlockLayers, *, rngs: nnx.Rngs) -> None:
         s = spec
-        self.conv1 = layers.conv(s.in_channels, s.width, 3, s.stride, rngs=rngs)
-        self.bn1 = layers.norm(s.width, rngs=rngs)
-        self.conv2 = layers.conv(s.width, s.out_channels, 3, rngs=rngs)
+        self.conv1 = layers.conv(s.in_channels, s.first_width, 3, s.conv_stride, rngs=rngs)
+        self.bn1 = layers.norm(s.first_width, rngs=rngs)
+        self.conv2 = layers.conv(s.first_width, s.out_channels, 3, rngs=rngs)
         self.bn2 = layers.norm(s.out_channels, last=True, rngs=rngs)
         super().__init__(spec, layers, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
-        y = self.act_fn(self.bn1(self.conv1(x)))
+        y = self.anti_alias(self.act_fn(self.apply_drop_block(self.bn1(self.conv1(x)))))
         return self.residual(self.bn2(self.conv2(y)), x)
 
 
@@ -169,9 +195,11 @@ class Bottleneck(ResidualBlock):
 
     def __init__(self, spec: BlockSpec, layers: BlockLayers, *, rngs: nnx.Rngs) -> None:
         s = spec
-        self.conv1 = layers.conv(s.in_channels, s.width, 1, rngs=rngs)
-        self.bn1 = layers.norm(s.width, rngs=rngs)
-        self.conv2 = layers.conv(s.width, s.width, 3, s.stride, groups=s.groups, rngs=rngs)
+        self.conv1 = layers.conv(s.in_channels, s.first_width, 1, rngs=rngs)
+        self.bn1 = layers.norm(s.first_width, rngs=rngs)
+        self.conv2 = layers.conv(
+            s.first_width, s.width, 3, s.conv_stride, groups=s.groups, rngs=rngs
+        )
         self.bn2 = layers.norm(s.width, rngs=rngs)
         self.conv3 = layers.conv(s.width, s.out_channels, 1, rngs=rngs)
         self.bn3 = layers.norm(s.out_channels, last=True, rngs=rngs)
@@ -179,7 +207,7 @@ class Bottleneck(ResidualBlock):
 
     def __call__(self, x: Array) -> Array:
         y = self.act_fn(self.bn1(self.conv1(x)))
-        y = self.act_fn(self.bn2(self.conv2(y)))
+        y = self.anti_alias(self.act_fn(self.apply_drop_block(self.bn2(self.conv2(y)))))
         return self.residual(self.bn3(self.conv3(y)), x)
 
 
@@ -244,6 +272,9 @@ class ResNet(nnx.Module):
         norm_layer: factory of the norms (default :class:`BatchNorm`, PyTorch's statistics),
             e.g. ``partial(BatchNorm, momentum=0.7, epsilon=1e-3)`` (see :class:`BlockLayers`).
         zero_init_last: zero each block's last norm scale; ``None`` takes the config's default.
+        drop_rate, drop_path_rate, drop_block_rate: timm's training-only dropout before the
+            classifier, stochastic depth and DropBlock (stages 3 and 4); masks come from the
+            ``dropout`` stream of ``rngs``, and ``model.eval()`` turns them off.
         dtype: computation dtype (e.g. ``jnp.bfloat16``); ``param_dtype``: parameter dtype.
         precision: precision of the convolutions and the classifier.
         rngs: random streams for initialisation.
@@ -277,18 +308,25 @@ class ResNet(nnx.Module):
         act_fn: Activation = nnx.relu,
         norm_layer: ModuleDef = BatchNorm,
         zero_init_last: bool | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        drop_block_rate: float = 0.0,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         precision: Any = None,
         rngs: nnx.Rngs,
     ) -> None:
         check_head_options(num_classes, in_chans, out_indices)
+        checked_rate("drop_rate", drop_rate)
         if not isinstance(config, ResNetConfig):
             raise TypeError(f"config must be a se_common.ResNetConfig, got {config!r}")
         cfg = config
+        blocks = cfg.blocks(drop_path_rate, drop_block_rate)  # checks the rates first
         block = lookup(BLOCKS, cfg.block, "block", "se_flax.nnx.BLOCKS")
         if attn_layer is None and cfg.attn is not None:
             attn_layer = lookup(ATTN_LAYERS, cfg.attn, "attn", "se_flax.nnx.ATTN_LAYERS")
+            if cfg.attn_args:
+                attn_layer = functools.partial(attn_layer, **dict(cfg.attn_args))
         layers = BlockLayers(
             act_fn=act_fn,
             norm_layer=norm_layer,
@@ -305,10 +343,8 @@ class ResNet(nnx.Module):
         self.out_indices = tuple(out_indices)
         self.act_fn = act_fn
         self.dtype = dtype
-        self.conv1 = layers.conv(in_chans, cfg.feature_channels[0], 7, 2, rngs=rngs)
-        self.bn1 = layers.norm(cfg.feature_channels[0], rngs=rngs)
+        self._build_stem(cfg, layers, in_chans, rngs)
         names, stage_ends = [], []
-        blocks = cfg.blocks()
         for i, spec in enumerate(blocks):
             name = f"layer{spec.stage}_{spec.index}"
             setattr(self, name, block(spec, layers, rngs=rngs))
@@ -317,6 +353,7 @@ class ResNet(nnx.Module):
                 stage_ends.append(i)
         self.block_names = tuple(names)
         self.stage_ends = tuple(stage_ends)
+        self.head_drop = nnx.Dropout(drop_rate, rngs=rngs) if drop_rate else None
         self.fc = (
             nnx.Linear(
                 cfg.num_features,
@@ -330,6 +367,55 @@ class ResNet(nnx.Module):
             else None
         )
 
+    def _build_stem(
+        self, cfg: ResNetConfig, layers: BlockLayers, in_chans: int, rngs: nnx.Rngs
+    ) -> None:
+        """timm's stem: ``conv1`` (7x7, or ``conv1_0``, ``conv1_3``, ``conv1_6`` with norms
+        ``conv1_1``, ``conv1_4``), ``bn1``, and with ``replace_stem_pool`` the conv
+        ``maxpool_0`` and its norm (``maxpool_1``, or ``maxpool_2`` after anti-aliasing)."""
+        channels = cfg.stem_channels
+        c = channels[-1]
+        if cfg.deep_stem:
+            inp = in_chans
+            for i, out in enumerate(channels):
+                conv = layers.conv(inp, out, 3, 2 if i == 0 else 1, rngs=rngs)
+                setattr(self, f"conv1_{3 * i}", conv)
+                if i < 2:
+                    setattr(self, f"conv1_{3 * i + 1}", layers.norm(out, rngs=rngs))
+                inp = out
+        else:
+            self.conv1 = layers.conv(in_chans, c, 7, 2, rngs=rngs)
+        self.bn1 = layers.norm(c, rngs=rngs)
+        self.stem_norm = None
+        if cfg.replace_stem_pool:
+            aa = cfg.aa_layer
+            self.maxpool_0 = layers.conv(c, c, 3, 1 if aa else 2, rngs=rngs)
+            self.stem_norm = f"maxpool_{2 if aa else 1}"
+            setattr(self, self.stem_norm, layers.norm(c, rngs=rngs))
+
+    def _stem(self, x: Array) -> Array:
+        cfg = self.config
+        if cfg.deep_stem:
+            x = self.act_fn(self.conv1_1(self.conv1_0(x)))
+            x = self.act_fn(self.conv1_4(self.conv1_3(x)))
+            x = self.conv1_6(x)
+        else:
+            x = self.conv1(x)
+        return self.act_fn(self.bn1(x))
+
+    def _stem_pool(self, x: Array) -> Array:
+        aa = self.config.aa_layer
+        if self.stem_norm is not None:
+            x = self.maxpool_0(x)
+            if aa:
+                x = aa_pool(aa, x)
+            return self.act_fn(getattr(self, self.stem_norm)(x))
+        if aa == "avg":
+            return aa_pool(aa, x)
+        if aa:
+            return aa_pool(aa, max_pool(x, 3, 1))
+        return max_pool(x, 3, 2)
+
     @property
     def feature_info(self) -> list[dict[str, Any]]:
         """timm's ``feature_info``: ``num_chs``, ``reduction`` and ``module`` of every level
@@ -338,9 +424,9 @@ class ResNet(nnx.Module):
 
     def __call__(self, x: Array) -> Array | list[Array]:
         check_input(x, channels=self.in_chans)
-        x = self.act_fn(self.bn1(self.conv1(x)))
+        x = self._stem(x)
         features = [x]
-        x = max_pool(x, 3, 2)
+        x = self._stem_pool(x)
         for i, name in enumerate(self.block_names):
             x = getattr(self, name)(x)
             if i in self.stage_ends:
@@ -349,4 +435,6 @@ class ResNet(nnx.Module):
             return [features[i] for i in self.out_indices]
         dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
         x = mean(x, (1, 2), dtype)
+        if self.head_drop is not None:
+            x = self.head_drop(x)
         return x if self.fc is None else self.fc(x)
