@@ -214,6 +214,17 @@ class DropBlock:
     block_size: int
     gamma_scale: float
 
+    def block_and_seed_rate(self, h: int, w: int) -> tuple[int, int, float]:
+        """The block ``(kh, kw)`` on an ``h x w`` map (clipped to it) and the rate its seeds
+        are drawn at, as timm's ``drop_block_2d`` computes it."""
+        kh, kw = min(self.block_size, h), min(self.block_size, w)
+        gamma = (
+            float(self.gamma_scale * self.rate * h * w)
+            / float(kh * kw)
+            / float((h - kh + 1) * (w - kw + 1))
+        )
+        return kh, kw, gamma
+
 
 # timm's drop_blocks(): DropBlock in stages 3 (5x5 blocks, gamma_scale 0.25) and 4 (3x3, 1.0).
 DROP_BLOCK_STAGES = {3: (5, 0.25), 4: (3, 1.0)}

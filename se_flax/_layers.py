@@ -354,7 +354,7 @@ def blur_pool(x: jax.Array, stride: int = 2, pad_mode: str = "reflect") -> jax.A
     """
     if pad_mode not in ("reflect", "constant"):
         raise ValueError(f"pad_mode must be 'reflect' or 'constant', got {pad_mode!r}")
-    p = (stride - 1 + 2) // 2  # timm's get_padding(3, stride)
+    p = conv_padding(3, stride)  # timm's get_padding
     y = jnp.pad(_accumulated(x), ((0, 0), (p, p), (p, p), (0, 0)), mode=pad_mode)
     h = (y.shape[1] - 3) // stride + 1
     w = (y.shape[2] - 3) // stride + 1
@@ -389,12 +389,7 @@ def drop_block(x: jax.Array, drop: Any, key: jax.Array) -> jax.Array:
     ``drop.block_size`` (a :class:`se_common.DropBlock`) zeroed across channels around seeds
     drawn at timm's rate, the rest scaled by ``H * W`` over the kept count (per batch)."""
     n, h, w, _ = x.shape
-    kh, kw = min(drop.block_size, h), min(drop.block_size, w)
-    gamma = (
-        float(drop.gamma_scale * drop.rate * h * w)
-        / float(kh * kw)
-        / float((h - kh + 1) * (w - kw + 1))
-    )
+    kh, kw, gamma = drop.block_and_seed_rate(h, w)
     seeds = jax.random.bernoulli(key, gamma, (n, h, w, 1)).astype(jnp.float32)
     blocks = jax.lax.reduce_window(  # the max over each block around a pixel; 0-padded
         seeds,

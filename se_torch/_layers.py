@@ -126,12 +126,7 @@ class DropBlock2d(nn.Module):
         if not self.training or not self.drop.rate:
             return x
         n, _, h, w = x.shape
-        kh, kw = min(self.drop.block_size, h), min(self.drop.block_size, w)
-        gamma = (
-            float(self.drop.gamma_scale * self.drop.rate * h * w)
-            / float(kh * kw)
-            / float((h - kh + 1) * (w - kw + 1))
-        )
+        kh, kw, gamma = self.drop.block_and_seed_rate(h, w)
         with torch.no_grad():
             seeds = torch.empty((n, 1, h, w), dtype=x.dtype, device=x.device).bernoulli_(gamma)
             blocks = nn.functional.max_pool2d(seeds, (kh, kw), 1, (kh // 2, kw // 2))

@@ -21,6 +21,7 @@ from se_common import (
     PretrainedCfg,
     ResNetConfig,
     check_head_options,
+    conv_padding,
     lookup,
     model_feature_info,
 )
@@ -83,7 +84,7 @@ class BlurPool2d(nn.Module):
         if pad_mode not in ("reflect", "constant"):
             raise ValueError(f"pad_mode must be 'reflect' or 'constant', got {pad_mode!r}")
         self.channels, self.stride, self.pad_mode = channels, stride, pad_mode
-        self.padding = [(stride - 1 + 2) // 2] * 4  # timm's get_padding(3, stride)
+        self.padding = [conv_padding(3, stride)] * 4  # timm's get_padding
         coeffs = torch.tensor([math.comb(2, k) for k in range(3)], dtype=torch.float32) / 4
         filt = (coeffs[:, None] * coeffs[None, :])[None, None].repeat(channels, 1, 1, 1)
         self.register_buffer("filt", filt, persistent=False)
