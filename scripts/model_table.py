@@ -66,8 +66,11 @@ SELECTIVE_KERNEL = (
 
 
 def attention_of(config: Any) -> list[tuple[str, str]]:
-    """(short name, what it is in this config) of each attention a config places: its
+    """(short name, what it is in this config) of each attention a config places: what its
+    ``attention()`` says where it has one (the EfficientNet family's block SE), else its
     ``attn`` (:data:`se_common.ATTENTION`) and its Selective Kernel unit (``sk``), if any."""
+    if hasattr(config, "attention"):
+        return list(config.attention())
     found = []
     attn = getattr(config, "attn", None)
     if attn is not None:
@@ -127,7 +130,8 @@ def built_table() -> str:
         "",
     ]
     lines += [f"- `{short}`: {_cell(a.description)}" for short, a in se_common.ATTENTION.items()]
-    lines += [f"- `sk`: {SELECTIVE_KERNEL}", "- none: a plain backbone, no attention layer"]
+    lines += [f"- `sk`: {SELECTIVE_KERNEL}", f"- `mb_se`: {_cell(se_common.MB_SE)}"]
+    lines += ["- none: a plain backbone, no attention layer"]
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,16 @@ from typing import TYPE_CHECKING, Any
 from se_common import PretrainedCfg, list_models, make_divisible, resolve_rd_channels
 from se_flax._attention import CbamModule, ChannelAttn, EcaModule, EffectiveSEModule, SpatialAttn
 from se_flax._batchnorm import BatchNorm
+from se_flax._efficientnet import (
+    MB_BLOCKS,
+    ConvBnAct,
+    DepthwiseSeparableConv,
+    EdgeResidual,
+    EfficientNet,
+    InvertedResidual,
+    MBLayers,
+    MBSqueezeExcite,
+)
 from se_flax._factory import create_model
 from se_flax._grouped import kernels_built
 from se_flax._layers import (
@@ -44,6 +54,7 @@ from se_flax._squeeze_excite import SELayer, SqueezeExcite
 __all__ = [
     "ATTN_LAYERS",
     "BLOCKS",
+    "MB_BLOCKS",
     "BasicBlock",
     "BatchNorm",
     "BlockLayers",
@@ -51,10 +62,17 @@ __all__ = [
     "CbamModule",
     "ChannelAttn",
     "Conv",
+    "ConvBnAct",
     "ConvNormAct",
+    "DepthwiseSeparableConv",
     "EcaModule",
+    "EdgeResidual",
     "EffectiveSEModule",
+    "EfficientNet",
+    "InvertedResidual",
     "LayerOptions",
+    "MBLayers",
+    "MBSqueezeExcite",
     "PointwiseConv",
     "PretrainedCfg",
     "ResNet",

@@ -2,6 +2,18 @@
 
 from se_common import PretrainedCfg, list_models, make_divisible, resolve_rd_channels
 from se_torch._attention import CbamModule, ChannelAttn, EcaModule, EffectiveSEModule, SpatialAttn
+from se_torch._efficientnet import (
+    MB_BLOCKS,
+    BatchNormAct2d,
+    Conv2dSame,
+    ConvBnAct,
+    DepthwiseSeparableConv,
+    EdgeResidual,
+    EfficientNet,
+    InvertedResidual,
+    MBSqueezeExcite,
+    MixedConv2d,
+)
 from se_torch._factory import create_model
 from se_torch._layers import ConvNormAct, DropBlock2d, DropPath
 from se_torch._pretrained import from_pretrained, save_pretrained
@@ -23,16 +35,26 @@ from se_torch._squeeze_excite import SELayer, SElayer, SqueezeExcite
 __all__ = [
     "ATTN_LAYERS",
     "BLOCKS",
+    "MB_BLOCKS",
     "BasicBlock",
+    "BatchNormAct2d",
     "BlurPool2d",
     "Bottleneck",
     "CbamModule",
     "ChannelAttn",
+    "Conv2dSame",
+    "ConvBnAct",
     "ConvNormAct",
+    "DepthwiseSeparableConv",
     "DropBlock2d",
     "DropPath",
     "EcaModule",
+    "EdgeResidual",
     "EffectiveSEModule",
+    "EfficientNet",
+    "InvertedResidual",
+    "MBSqueezeExcite",
+    "MixedConv2d",
     "PretrainedCfg",
     "ResNet",
     "ResidualBlock",

@@ -296,7 +296,22 @@ RULES: tuple[Rule, ...] = (
         ("BatchNorm2d",),
         _BATCHNORM,
     ),
-    Rule("classifier (Linear)", r"fc", ("Linear",), _DENSE_FROM_LINEAR),
+    # timm's EfficientNet family: the stem, head and block convs (a mixed conv's parts are
+    # `conv_dw.0`, `conv_dw.1`, ...; depthwise kernels (C, 1, k, k) move as any conv's, to
+    # (k, k, 1, C)), the SE's 1x1 convs with bias (Dense), the classifier.
+    Rule(
+        "efficientnet conv",
+        r"conv_(?:stem|head|pw|dw|pwl|exp)(?:\.\d+)?",
+        ("Conv2d",),
+        _CONV,
+    ),
+    Rule(
+        "efficientnet se conv (1x1 conv)",
+        r"se\.conv_(?:reduce|expand)",
+        ("Conv2d",),
+        _DENSE_FROM_CONV1X1,
+    ),
+    Rule("classifier (Linear)", r"fc|classifier", ("Linear",), _DENSE_FROM_LINEAR),
     # Selective Kernel attention (timm's SelectiveKernelAttn): 1x1 convolutions without bias.
     Rule("sk attention fc (1x1 conv)", r"fc_reduce|fc_select", ("Conv2d",), _DENSE_FROM_CONV1X1),
     # ECA (timm's EcaModule): a Conv1d named conv. In blocks it sits at `se.conv`, which outranks
@@ -349,6 +364,10 @@ LAYER_RULES: tuple[Rule, ...] = (
 )
 
 _SE_FC = {"fc1": Child(rule=DENSE_FROM_CONV1X1), "fc2": Child(rule=DENSE_FROM_CONV1X1)}
+_MB_SE = {
+    "conv_reduce": Child(rule=DENSE_FROM_CONV1X1),
+    "conv_expand": Child(rule=DENSE_FROM_CONV1X1),
+}
 # The SE family's layers, as this library, timm and torchvision name them: their 1x1 convs are
 # fully connected layers (Flax Dense), and the classic recipe's Sequential is fc1/fc2.
 CONTEXTS: tuple[Context, ...] = (
@@ -356,6 +375,12 @@ CONTEXTS: tuple[Context, ...] = (
         "SE (se_torch.SqueezeExcite, timm SEModule, torchvision SqueezeExcitation)",
         ("SqueezeExcite", "SEModule", "SqueezeExcitation"),
         _SE_FC,
+    ),
+    # timm's EfficientNet SE is a class named SqueezeExcite too, with conv_reduce/conv_expand.
+    Context(
+        "EfficientNet SE (se_torch.MBSqueezeExcite, timm _efficientnet_blocks.SqueezeExcite)",
+        ("MBSqueezeExcite", "SqueezeExcite"),
+        _MB_SE,
     ),
     # "SElayer": the seed article's own spelling of the class (any other name of one's own is
     # named by the name table's classic rows, the same fc1/fc2).

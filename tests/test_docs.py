@@ -3,6 +3,7 @@ table of docs/models.md is generated from the registry with the right numbers.""
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import os
 import re
@@ -108,13 +109,17 @@ def test_table_lists_every_registered_name_with_its_parameters_and_tags():
         assert fronts == ", ".join(f"`{f}`" for f in arch.family.builders)
         expected = [f"[`{t}`](https://huggingface.co/timm/{name}.{t})" for t in arch.tags]
         assert tags == (", ".join(expected) or "none"), name
-        if arch.config.attn:
-            assert f"`{arch.config.attn}`" in attn
+        placed = table.attention_of(arch.config)
+        for short, description in placed:
+            assert f"`{short}`" in attn and html.escape(description) in attn, name
+        if getattr(arch.config, "attn", None):
             assert se_common.ATTENTION[arch.config.attn].description.split(" (")[0] in attn
-        if arch.config.sk is not None:
+        if getattr(arch.config, "sk", None) is not None:
             assert "`sk`" in attn and "Selective Kernel" in attn
-        if not arch.config.attn and arch.config.sk is None:
-            assert attn == "none"
+        if not placed:
+            assert attn == "none", name
+    # the EfficientNet family's SE is in the table as its blocks have it
+    assert "`mb_se`" in rows["efficientnet_b0"][2] and rows["efficientnet_lite0"][2] == "none"
 
 
 def test_unbuilt_list_excludes_every_registered_name():

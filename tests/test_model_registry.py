@@ -538,7 +538,17 @@ def test_the_committed_pretrained_table_is_timms():
 
 @pytest.mark.parametrize(
     "name",
-    ["seresnet18", "skresnet18", "seresnext50_32x4d", "resnet10t", "resnetrs50", "resnetaa34d"],
+    [
+        "seresnet18",
+        "skresnet18",
+        "seresnext50_32x4d",
+        "resnet10t",
+        "resnetrs50",
+        "resnetaa34d",
+        "test_efficientnet",
+        "tf_mixnet_s",
+        "mobilenetv1_100",
+    ],
 )
 def test_timm_loads_what_flax_saves_bit_for_bit(name, tmp_path, rng):
     timm = pytest.importorskip("timm")

@@ -681,8 +681,10 @@ def test_another_architecture_loads_too(tmp_path, rng):
 # timm's ResNet options in published architectures (issue 29), the smallest name of each:
 # resnet10t (deep_tiered stem, avg_down shortcuts: `conv1.{0,1,3,4,6}`, `downsample.{1,2}`) and
 # resnetblur18 (blur anti-aliasing: no tensors of its own); ResNet-RS's stem pool (`maxpool.*`)
-# is the next test's, on a small config.
-@pytest.mark.parametrize("name", ["resnet10t", "resnetblur18"])
+# is the next test's, on a small config. And the EfficientNet family's smallest published name,
+# test_efficientnet (`conv_stem`, `blocks.{i}.{j}` of cn, er and ir blocks with SE's
+# `se.conv_reduce` / `se.conv_expand`, `conv_head`, `classifier`).
+@pytest.mark.parametrize("name", ["resnet10t", "resnetblur18", "test_efficientnet"])
 def test_timm_s_stems_and_shortcuts_load_in_every_front_end_and_save_back(tmp_path, rng, name):
     """Weights in timm's layout (by key names alone, as from the hub) load into linen and NNX
     and PyTorch with the same outputs; each front-end's save_pretrained writes them back

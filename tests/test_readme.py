@@ -53,6 +53,7 @@ MIN_BLOCKS = {
     "docs/nnx.md": 1,
     "docs/se-family.md": 2,
     "docs/resnet.md": 5,
+    "docs/efficientnet.md": 5,
     "docs/converting.md": 1,
     "docs/training.md": 4,
     "docs/registry.md": 1,

@@ -29,8 +29,14 @@ def test_every_framework_maps_every_name():
         assert set(blocks) == set(se_common.BLOCK_TYPES)
     for layers in (se_torch.ATTN_LAYERS, se_flax.ATTN_LAYERS, se_nnx.ATTN_LAYERS):
         assert set(layers) == set(se_common.ATTENTION)
+    for blocks in (se_torch.MB_BLOCKS, se_flax.MB_BLOCKS, se_nnx.MB_BLOCKS):
+        assert set(blocks) == set(se_common.BLOCK_KINDS)
     for name, row in se_common.MODELS.items():
         config = row.config
+        if row.family is se_common.EFFICIENTNET:
+            assert {b.block_type for b in config.blocks()} <= set(se_common.BLOCK_KINDS), name
+            continue
+        assert row.family is se_common.RESNET, name
         assert config.block in se_common.BLOCK_TYPES, name
         assert config.attn is None or config.attn in se_common.ATTENTION, name
 

@@ -93,8 +93,9 @@ RESNET10 = {a: ResNetConfig("basic", (1, 1, 1, 1), attn=a) for a in ("eca", "cba
 # float64 references make it the suite's costliest case) shows how float32 gradients behave
 # with depth; float64, which checks the arithmetic, runs each code path once at
 # one block per stage (the SE bottleneck, grouped: seresnext50_32x4d's blocks, 14 layers).
-# seresnet18 runs in float64 only (with the odd BatchNorm options); its float32 case (measured
-# 2.5e-6 / 3.6e-6 above) was dropped to keep the suite within its time budget.
+# seresnet18 and skresnet18 run in float64 only (seresnet18 with the odd BatchNorm options);
+# their float32 cases (measured above; skresnet18's at batch 3, 41x39, train bound 1e-3) were
+# dropped to keep the suite within its time budget: skresnext-1111 runs SK blocks in float32.
 SERESNEXT14 = ResNetConfig("bottleneck", (1, 1, 1, 1), 32, 4, attn="se")
 SKRESNEXT = ResNetConfig(
     "bottleneck",
@@ -149,17 +150,30 @@ TIMM_OPTIONS = {
     "blurpc-basic": ResNetConfig("basic", (1, 1, 1, 1), aa_layer="blurpc", replace_stem_pool=True),
 }
 CASES = [
-    Case("tiered", "float64", **F64, shape=(2, 3, 63, 65), config=TIMM_OPTIONS["tiered"], passes=1),
+    Case("tiered", "float64", **F64, shape=(2, 3, 35, 33), config=TIMM_OPTIONS["tiered"], passes=1),
     Case(
-        "rs-blur", "float64", **F64, shape=(2, 3, 61, 64), config=TIMM_OPTIONS["rs-blur"], passes=1
+        "rs-blur", "float64", **F64, shape=(2, 3, 33, 32), config=TIMM_OPTIONS["rs-blur"], passes=1
     ),
-    Case("senet-avg", "float64", **F64, config=TIMM_OPTIONS["senet-avg"], passes=1),
-    Case("blurpc-basic", "float64", **F64, config=TIMM_OPTIONS["blurpc-basic"], passes=1),
+    Case(
+        "senet-avg",
+        "float64",
+        **F64,
+        shape=(2, 3, 32, 32),
+        config=TIMM_OPTIONS["senet-avg"],
+        passes=1,
+    ),
+    Case(
+        "blurpc-basic",
+        "float64",
+        **F64,
+        shape=(2, 3, 32, 32),
+        config=TIMM_OPTIONS["blurpc-basic"],
+        passes=1,
+    ),
     Case("seresnet18", "float64", **F64, shape=(2, 3, 65, 63), **ODD_BN),
     Case("seresnext14", "float64", **F64, config=SERESNEXT14),
     Case("seresnext50_32x4d", "float32", **F32, train_grad_l2=5e-2, passes=1),
     Case("skresnet18", "float64", **F64, shape=(3, 3, 41, 39), **ODD_BN),
-    Case("skresnet18", "float32", **F32, train_grad_l2=1e-3, shape=(3, 3, 41, 39)),
     Case("skresnext-1111", "float64", **F64, shape=(3, 3, 64, 64), config=SKRESNEXT),
     Case(
         "skresnext-1111",

@@ -17,6 +17,16 @@ from se_flax.nnx._attention import (
     EffectiveSEModule,
     SpatialAttn,
 )
+from se_flax.nnx._efficientnet import (
+    MB_BLOCKS,
+    ConvBnAct,
+    DepthwiseSeparableConv,
+    EdgeResidual,
+    EfficientNet,
+    InvertedResidual,
+    MBLayers,
+    MBSqueezeExcite,
+)
 from se_flax.nnx._factory import create_model
 from se_flax.nnx._layers import (
     BatchNorm,
@@ -44,6 +54,7 @@ from se_flax.nnx._squeeze_excite import SELayer, SqueezeExcite
 __all__ = [
     "ATTN_LAYERS",
     "BLOCKS",
+    "MB_BLOCKS",
     "BasicBlock",
     "BatchNorm",
     "BlockLayers",
@@ -51,11 +62,18 @@ __all__ = [
     "CbamModule",
     "ChannelAttn",
     "Conv",
+    "ConvBnAct",
     "ConvNormAct",
+    "DepthwiseSeparableConv",
     "DropBlock",
     "DropPath",
     "EcaModule",
+    "EdgeResidual",
     "EffectiveSEModule",
+    "EfficientNet",
+    "InvertedResidual",
+    "MBLayers",
+    "MBSqueezeExcite",
     "PointwiseConv",
     "ResNet",
     "ResidualBlock",
