@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 from se_common._checks import drop_rate, positive_int
@@ -81,8 +81,9 @@ _NOT_BUILT = {
 # The SE of the family's blocks (timm's _efficientnet_blocks.SqueezeExcite), for tables.
 MB_SE = (
     "Squeeze-and-Excitation inside the blocks (timm's EfficientNet SqueezeExcite: "
-    "se.conv_reduce / se.conv_expand with biases, width se_ratio x the block input, the "
-    "block's activation, sigmoid gate), where a block string has `se`"
+    "se.conv_reduce / se.conv_expand with biases, width se_ratio x the block input (x the "
+    "expanded width with se_from_exp), the block's activation, sigmoid gate), where a block "
+    "string has `se`"
 )
 # Padding: PyTorch's symmetric ``((s - 1) + d * (k - 1)) // 2``, or TensorFlow's "SAME"
 # (computed from the input size: asymmetric for even sizes at stride 2; timm's tf_ ports).
@@ -194,6 +195,8 @@ def decode_block_str(block_str: str) -> tuple[BlockArgs, int]:
             if match is None:
                 raise _bad(block_str, token, "is not an option (a name, then its value)")
             key, value = match.groups()
+            if key == "n":
+                raise _bad(block_str, token, f"is no activation; codes: {', '.join(_ACT_CODES)}")
         if key in ("d", "cc"):
             what = "space-to-depth" if key == "d" else "CondConv experts"
             raise _bad(block_str, token, f"({what}) is not built in se-flax")
@@ -222,7 +225,7 @@ def decode_block_str(block_str: str) -> tuple[BlockArgs, int]:
 
     exp_ratio = float(values.get("e", 1))
     if kind in ("ds", "dsa", "cn") and exp_ratio != 1:
-        raise _bad(block_str, "e" + values["e"], f"expands, but {kind} blocks have no expansion")
+        raise _bad(block_str, "e" + values["e"], f"is not e1: {kind} blocks have no expansion")
     if kind == "cn" and len(kernels("k")) > 1:
         raise _bad(block_str, "k" + values["k"], "mixes kernels, which cn blocks cannot")
     stride = int(values["s"])
@@ -244,6 +247,8 @@ def decode_block_str(block_str: str) -> tuple[BlockArgs, int]:
         force_in_chs=int(values.get("fc", 0)),
         group_size=int(values["gs"]) if "gs" in values else None,
     )
+    if "fc" in values and args.force_in_chs < 1:
+        raise _bad(block_str, "fc" + values["fc"], "must name at least 1 input channel")
     if args.exp_ratio <= 0:
         raise _bad(block_str, "e" + values["e"], "is not a positive expansion")
     return args, positive_int(f"{block_str!r} r", int(values["r"]))
@@ -315,7 +320,9 @@ def decode_arch_def(
     stages = []
     for i, (strings, multiplier) in enumerate(zip(arch_def, multipliers, strict=True)):
         if isinstance(strings, str) or not strings:
-            raise ValueError(f"stage {i} of arch_def must be a non-empty list of strings")
+            raise ValueError(
+                f"stage {i} of arch_def must be a non-empty list of block strings, got {strings!r}"
+            )
         decoded = [decode_block_str(s) for s in strings]
         args = [
             a if group_size is None or a.group_size is not None else _with_groups(a, group_size)
@@ -330,8 +337,6 @@ def decode_arch_def(
 
 
 def _with_groups(args: BlockArgs, group_size: int) -> BlockArgs:
-    from dataclasses import replace
-
     return replace(args, group_size=group_size)
 
 
@@ -486,9 +491,13 @@ def block_state_dict(plan: Plan, spec: MBBlockSpec) -> None:
 
 
 def _arch(stages: Sequence[Sequence[str]]) -> tuple[tuple[str, ...], ...]:
-    if isinstance(stages, str):
-        raise ValueError(f"arch_def must be a list of stages of block strings, got {stages!r}")
-    return tuple(tuple(stage) if not isinstance(stage, str) else (stage,) for stage in stages)
+    """``arch_def`` as a tuple of stages; a flat list of strings (or one string) is refused,
+    as its stages would be guessed."""
+    if isinstance(stages, str) or any(isinstance(stage, str) for stage in stages):
+        raise ValueError(
+            f"arch_def must be a list of stages, each a list of block strings, got {stages!r}"
+        )
+    return tuple(tuple(stage) for stage in stages)
 
 
 @dataclass(frozen=True)
@@ -531,12 +540,23 @@ class EfficientNetConfig:
     pad_type: str = ""
     bn_eps: float = 1e-5
     output_stride: int = 32
-    _stages: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arch_def", _arch(self.arch_def))
-        if not isinstance(self.depth_multiplier, (int, float)):
-            object.__setattr__(self, "depth_multiplier", tuple(self.depth_multiplier))
+        dm = self.depth_multiplier
+        if isinstance(dm, (list, tuple)):
+            object.__setattr__(self, "depth_multiplier", tuple(dm))
+        elif isinstance(dm, bool) or not isinstance(dm, (int, float)):
+            raise ValueError(f"depth_multiplier must be a number or one per stage, got {dm!r}")
+        for name in ("fix_first_last", "fix_stem", "se_from_exp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        gs = self.group_size
+        if gs is not None and (isinstance(gs, bool) or not isinstance(gs, int) or gs < 0):
+            raise ValueError(f"group_size must be None or an integer >= 0, got {gs!r}")
+        limit = self.round_limit
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 <= limit <= 1:
+            raise ValueError(f"round_limit must be a number in [0, 1], got {limit!r}")
         object.__setattr__(self, "act_layer", canonical_act(self.act_layer))
         if self.pad_type not in PAD_TYPES:
             raise ValueError(f"pad_type {self.pad_type!r} is not '' or 'same'")
@@ -638,9 +658,20 @@ class EfficientNetConfig:
         else:
             mid = out
             groups = _groups(a.group_size, in_chs, 0, where)
-        if len(a.kernel_size) > 1 and groups not in (1, mid):
+        # the grouped conv's channels in and out: the depthwise conv's (mid to mid), er's
+        # expansion (in to mid), cn's conv (in to out)
+        conv_in = in_chs if kind in ("er", "cn") else mid
+        conv_out = out if kind == "cn" else mid
+        for side, channels in (("in", conv_in), ("out", conv_out)):
+            if channels % groups:
+                raise ValueError(
+                    f"{where}: {groups} groups (group_size {a.group_size}) do not divide the "
+                    f"conv's {channels} {side}put channels"
+                )
+        if len(a.kernel_size) > 1 and groups not in (1, conv_in):
             raise ValueError(
-                f"{where}: a mixed conv is depthwise or ungrouped, not {groups} groups"
+                f"{where}: a mixed conv is depthwise or ungrouped, not {groups} groups of "
+                f"{conv_in} input channels"
             )
         se = 0
         if a.se_ratio and kind != "cn":
@@ -692,11 +723,15 @@ class EfficientNetConfig:
         self, num_classes: Any, in_chans: Any, out_indices: Sequence[int] | None
     ) -> tuple[int, ...]:
         """Clear errors for the three front-ends' model options; the feature levels of
-        ``out_indices`` (default: every level of :meth:`feature_info`, timm's)."""
+        ``out_indices`` (default: every level of :meth:`feature_info`)."""
         for name, value, low in (("num_classes", num_classes, 0), ("in_chans", in_chans, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         levels = len(self.feature_info())
+        if out_indices is not None and not isinstance(out_indices, (list, tuple)):
+            raise ValueError(
+                f"out_indices must be a sequence of feature levels, got {out_indices!r}"
+            )
         indices = tuple(range(levels)) if out_indices is None else tuple(out_indices)
         if (
             not indices

@@ -343,7 +343,8 @@ class EfficientNet(nn.Module):
 
     Example:
         >>> model = create_model("efficientnet_b0")
-        >>> variables = model.init(jax.random.key(0), jnp.ones((1, 224, 224, 3)))
+        >>> x = jnp.ones((1, 224, 224, 3))
+        >>> variables = model.init(jax.random.key(0), x)
         >>> model.apply(variables, x).shape
         (1, 1000)
     """

@@ -340,6 +340,8 @@ class EfficientNet(nn.Module):
             stages[spec.stage].append(block(spec, pad, eps))
         self.blocks = nn.Sequential(*(nn.Sequential(*s) for s in stages))
         self.num_features = config.num_features
+        # feature level of each module whose output is one (timm's feature_info)
+        self._levels = {f.module: i for i, f in enumerate(config.feature_info())}
         if not features_only:
             if config.head_features:
                 self.conv_head = create_conv2d(
@@ -375,7 +377,7 @@ class EfficientNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         check_input(x, channels=self.in_chans)
         x = self.bn1(self.conv_stem(x))
-        levels = {f.module: i for i, f in enumerate(self.config.feature_info())}
+        levels = self._levels
         features = {}
         if "bn1" in levels:
             features[levels["bn1"]] = x

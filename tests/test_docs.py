@@ -99,12 +99,18 @@ def test_table_lists_every_registered_name_with_its_parameters_and_tags():
 
     rows = _built_rows()
     assert list(rows) == se_common.list_models()
+    # the table counts from the plans (tests/test_model_registry.py: each plan is se_torch's
+    # state_dict); the first name of each family is counted from its PyTorch model too
+    firsts = {}
+    for name in rows:
+        firsts.setdefault(se_common.get_model(name).family.name, name)
     for name, (family, params, attn, fronts, tags) in rows.items():
         arch = se_common.get_model(name)
-        with torch.device("meta"):  # shapes only: no memory, no initialisation
-            model = se_torch.create_model(name)
-        count = sum(p.numel() for p in model.parameters())
-        assert params == f"{count:,}" == f"{table.parameter_count(name):,}", name
+        assert params == f"{table.parameter_count(name):,}", name
+        if name in firsts.values():
+            with torch.device("meta"):  # shapes only: no memory, no initialisation
+                model = se_torch.create_model(name)
+            assert params == f"{sum(p.numel() for p in model.parameters()):,}", name
         assert family == f"`{arch.family.name}`"
         assert fronts == ", ".join(f"`{f}`" for f in arch.family.builders)
         expected = [f"[`{t}`](https://huggingface.co/timm/{name}.{t})" for t in arch.tags]

@@ -157,7 +157,7 @@ MALFORMED = [
     ("uir_r1_k3_s1_e6_c16", "universal inverted residual) is not built"),
     ("ir_r1_k3_s1_e6_c16_d1", "'d1' (space-to-depth) is not built"),
     ("ir_r1_k3_s1_e6_c16_cc4", "'cc4' (CondConv experts) is not built"),
-    ("ds_r1_k3_s1_e6_c16", "'e6' expands, but ds blocks have no expansion"),
+    ("ds_r1_k3_s1_e6_c16", "'e6' is not e1: ds blocks have no expansion"),
     ("cn_r1_k3.5_s1_c16", "'k3.5' mixes kernels"),
     ("cn_r1_k3_s1_c16_se0.25", "'se0.25' is not an option of cn blocks"),
     ("ir_r1_k3_s1_e6_c16_skip", "'skip' has no effect on ir blocks"),
@@ -170,6 +170,9 @@ MALFORMED = [
     ("ir_r0_k3_s1_e6_c16", "r must be an integer >= 1, got 0"),
     ("ir_r1_k3_s1_e0_c16", "'e0' is not a positive expansion"),
     ("ir_r1_k0_s1_e6_c16", "'k0' has a kernel size below 1"),
+    ("ir_r1_k3_s1_e6_c16_n1", "'n1' is no activation"),
+    ("er_r1_k3_s1_e4_c24_fc0", "'fc0' must name at least 1 input channel"),
+    ("ds_r1_k3_s1_e0_c8", "'e0' is not e1: ds blocks have no expansion"),
 ]
 
 
@@ -256,10 +259,21 @@ def test_planning_follows_timms_builder():
             "stage 0 block 0 (ir): group_size 3 does not divide 128 channels",
         ),
         ("arch_def", "ir_r1_k3_s1_e4_c8", "arch_def must be a list of stages"),
+        ("arch_def", ["ds_r1_k3_s1_c8", "ir_r1_k3_s2_e6_c8"], "each a list of block strings"),
+        ("arch_def", (("er_r1_k3_s1_e3_c32_gs32",),), "3 groups (group_size 32) do not divide"),
+        ("arch_def", (("cn_r1_k3_s1_c40_gs2",),), "do not divide the conv's 40 output"),
+        ("arch_def", (("er_r1_k3.5_s1_e4_c32",),), None),  # ungrouped mixed: fine
+        ("group_size", 8.0, "group_size must be None or an integer >= 0, got 8.0"),
+        ("fix_stem", "no", "fix_stem must be True or False, got 'no'"),
+        ("depth_multiplier", True, "depth_multiplier must be a number or one per stage"),
+        ("round_limit", 1.5, "round_limit must be a number in [0, 1], got 1.5"),
     ],
 )
 def test_bad_config_values_are_named(field, value, message):
     base = EfficientNetConfig((("ds_r1_k3_s1_c8",),))
+    if message is None:
+        dataclasses.replace(base, **{field: value})
+        return
     with pytest.raises(ValueError) as e:
         dataclasses.replace(base, **{field: value})
     assert message in str(e.value), str(e.value)
@@ -281,24 +295,34 @@ def test_bad_model_options_are_named():
             with pytest.raises(ValueError, match=message):
                 build(**options)
         with pytest.raises(TypeError, match="EfficientNetConfig"):
-            (se_torch.EfficientNet if front_end == "torch" else se_flax.EfficientNet)(
-                se_common.get_model("resnet18").config
-            )
+            resnet = se_common.get_model("resnet18").config
+            if front_end == "nnx":
+                se_flax.nnx.EfficientNet(resnet, rngs=nnx.Rngs(0))
+            else:
+                (se_torch.EfficientNet if front_end == "torch" else se_flax.EfficientNet)(resnet)
+        with pytest.raises(ValueError, match="out_indices must be a sequence"):
+            build(out_indices=3)
 
 
 def test_parameter_counts_are_timms():
+    """Every name's plan (which tests/test_model_registry.py proves is se_torch's state_dict,
+    key for key) holds timm's parameter count; one model per kind of block, built for real."""
     names = [
         n for n in se_common.list_models() if se_common.get_model(n).family.name == "efficientnet"
     ]
     assert set(names) == set(TIMM_PARAMS)
     for name in names:
+        plan = se_common.get_model(name).config.state_dict(1000, 3)
+        count = sum(
+            int(np.prod(spec.shape))
+            for key, spec in plan.items()
+            if spec.dtype == "float" and not key.endswith((".running_mean", ".running_var"))
+        )
+        assert count == TIMM_PARAMS[name], name
+    for name in ("mixnet_s", "tf_efficientnetv2_b0", "mobilenetv1_100", "mobilenet_edgetpu_v2_m"):
         with torch.device("meta"):
             model = se_torch.create_model(name)
         assert sum(p.numel() for p in model.parameters()) == TIMM_PARAMS[name], name
-        plan = se_common.get_model(name).config.state_dict(1000, 3)
-        assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
-            k: v.shape for k, v in plan.items()
-        }, name
 
 
 def test_pretrained_cfgs_follow_the_tags():
@@ -451,7 +475,12 @@ def test_feature_maps_agree_and_match_feature_info(rng):
     nnx_model.eval()
     info = tmodel.feature_info
     assert info == fmodel.feature_info == nnx_model.feature_info
-    assert [f["module"] for f in info] == ["blocks.0", "blocks.1", "blocks.3"]
+    # the strings' stride-2 stages start levels; the last stride (past output_stride 8) does not
+    assert info == [
+        {"num_chs": 8, "reduction": 2, "module": "blocks.0"},
+        {"num_chs": 16, "reduction": 4, "module": "blocks.1"},
+        {"num_chs": 16, "reduction": 8, "module": "blocks.3"},
+    ]
     for i, (e, g, n) in enumerate(zip(expected, got, nnx_model(nchw_to_nhwc(x)), strict=True)):
         assert e.shape[-1] == info[i]["num_chs"]
         assert e.shape[1] == -(-shape[2] // info[i]["reduction"])  # "SAME": ceil(H / stride)
@@ -532,18 +561,39 @@ def test_every_string_decodes_as_timms():
                 assert ours.se_ratio == theirs.get("se_ratio", 0.0), block_str
                 assert ours.noskip == theirs.get("noskip", False), block_str
                 assert ours.group_size == theirs.get("group_size"), block_str
+                for field in ("exp_kernel_size", "pw_kernel_size"):
+                    if field in theirs and not (ours.block_type == "er" and field[0] == "e"):
+                        value = theirs[field]
+                        value = tuple(value) if isinstance(value, list) else (value,)
+                        assert getattr(ours, field) == value, (block_str, field)
+                act = theirs["act_layer"]
+                assert (ours.act is None) == (act is None), block_str
+                if ours.block_type == "er":
+                    assert ours.force_in_chs == theirs["force_in_chs"], block_str
+                if ours.block_type == "cn":
+                    assert ours.skip == theirs["skip"], block_str
+                if ours.block_type in ("ds", "dsa"):
+                    assert ours.pw_act == theirs["pw_act"], block_str
 
 
 @pytest.mark.parametrize(
-    "name",
-    ["test_efficientnet", "tf_mixnet_s", "efficientnetv2_rw_t", "mobilenetv1_100", "mnasnet_small"],
+    "name,options",
+    [
+        ("test_efficientnet", {}),
+        ("tf_mixnet_s", {}),
+        ("efficientnetv2_rw_t", {}),
+        ("mobilenetv1_100", {}),
+        ("mnasnet_small", {}),
+        ("efficientnet_b0", {"output_stride": 8, "group_size": 8}),  # dilations, grouped convs
+        ("tf_efficientnet_lite0", {"output_stride": 16}),
+    ],
 )
-def test_bit_identical_to_timm(name, rng):
+def test_bit_identical_to_timm(name, options, rng):
     """timm's model and ours on the same weights: eval and train outputs, gradients and
     statistics equal bit for bit in float64 (the note lists every name, measured so)."""
     timm = pytest.importorskip("timm")
-    theirs = randomize_(timm.create_model(name), rng, torch.float64)
-    ours = se_torch.create_model(name).double()
+    theirs = randomize_(timm.create_model(name, **options), rng, torch.float64)
+    ours = se_torch.create_model(name, **options).double()
     ours.load_state_dict(theirs.state_dict())
     assert ours.feature_info == [
         {k: f[k] for k in ("num_chs", "reduction", "module")} for f in theirs.feature_info
