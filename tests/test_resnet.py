@@ -125,11 +125,21 @@ def test_every_model_is_listed():
     assert resnets == set(TIMM_PARAMS)
 
 
-@pytest.mark.parametrize("name", TIMM_PARAMS)
-def test_torch_parameter_counts_match_timm(name):
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        model = se_torch.create_model(name)
-    assert sum(p.numel() for p in model.parameters()) == TIMM_PARAMS[name]
+def test_parameter_counts_match_timm():
+    """Every name's plan (tests/test_model_registry.py: se_torch's state_dict, key for key)
+    holds timm's parameter count; one PyTorch model per block type is counted too."""
+    for name, count in TIMM_PARAMS.items():
+        plan = get_model(name).config.state_dict(1000, 3)
+        planned = sum(
+            int(np.prod(spec.shape))
+            for key, spec in plan.items()
+            if spec.dtype == "float" and not key.endswith((".running_mean", ".running_var"))
+        )
+        assert planned == count, name
+    for name in ("resnet18", "seresnext26t_32x4d", "skresnet18", "skresnext50_32x4d", "senet154"):
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = se_torch.create_model(name)
+        assert sum(p.numel() for p in model.parameters()) == TIMM_PARAMS[name], name
 
 
 @pytest.mark.parametrize("name,attn", TIMM_ATTN_PARAMS)

@@ -120,9 +120,12 @@ CASES = [
         lrs=flax_optim.multistep_lr(0.02, [2, 4], 0.5),
     ),
 ]
-# float32 where the optimizer's arithmetic differs (schedules are checked exactly in float64)
+# float32 where the optimizer's arithmetic differs (schedules are checked exactly in float64):
+# Nesterov momentum (whose update holds plain momentum's) and AdamW. Plain momentum's float32
+# case (tol32 above, measured <= 3.3e-7) was dropped to keep the suite within its time budget.
+FLOAT32 = ("sgd-nesterov", "adamw")
 PARAMS = [pytest.param(c, "float64", id=f"{c.name}-float64") for c in CASES] + [
-    pytest.param(c, "float32", id=f"{c.name}-float32") for c in CASES if c.tol32 and not c.lrs
+    pytest.param(c, "float32", id=f"{c.name}-float32") for c in CASES if c.name in FLOAT32
 ]
 
 
