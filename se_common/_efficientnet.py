@@ -744,6 +744,17 @@ class EfficientNetConfig:
             )
         return indices
 
+    def feature_taps(self) -> tuple[int | None, dict[int, int]]:
+        """Where the front-ends take each :meth:`feature_info` level: the stem's level (its
+        ``bn1``) or ``None``, and the index in :meth:`blocks` of each stage's last block that
+        is a level -> its level."""
+        levels = {f.module: i for i, f in enumerate(self.feature_info())}
+        last = {b.stage: i for i, b in enumerate(self.blocks())}  # stage -> its last block
+        taps = {
+            i: levels[f"blocks.{stage}"] for stage, i in last.items() if f"blocks.{stage}" in levels
+        }
+        return levels.get("bn1"), taps
+
     def feature_info(self) -> tuple[FeatureInfo, ...]:
         """timm's ``feature_info``: the stem's ``bn1`` where the first block strides, then the
         last block of each stage before a stride (``blocks.{i}``)."""

@@ -32,8 +32,8 @@ from se_common import (
 )
 from se_common import drop_rate as checked_rate
 from se_flax._batchnorm import BatchNorm
-from se_flax._dtypes import Dtype, compute_dtype, held_param_dtype, mean
-from se_flax._layers import check_input, conv, drop_path
+from se_flax._dtypes import Dtype, compute_dtype, held_param_dtype
+from se_flax._layers import check_input, conv, drop_path, pooled_head
 from se_flax._squeeze_excite import squeeze_excite
 
 __all__ = [
@@ -392,31 +392,16 @@ class EfficientNet(nn.Module):
         act = ACTIVATIONS[cfg.act_layer]
         x = layers.conv(x, cfg.stem_channels, (cfg.stem_kernel_size,), 2, name="conv_stem")
         x = layers.norm(x, train, act, name="bn1")
-        levels = {f.module: i for i, f in enumerate(cfg.feature_info())}
-        features = {levels["bn1"]: x} if "bn1" in levels else {}
-        specs = cfg.blocks(self.drop_path_rate)
-        for i, spec in enumerate(specs):
+        stem_level, taps = cfg.feature_taps()
+        features = {} if stem_level is None else {stem_level: x}
+        for i, spec in enumerate(cfg.blocks(self.drop_path_rate)):
             block = lookup(MB_BLOCKS, spec.block_type, "block", "se_flax.MB_BLOCKS")
             x = block(spec, layers, name=f"blocks_{spec.stage}_{spec.index}")(x, train)
-            end = i + 1 == len(specs) or specs[i + 1].stage != spec.stage
-            if end and f"blocks.{spec.stage}" in levels:
-                features[levels[f"blocks.{spec.stage}"]] = x
+            if i in taps:
+                features[taps[i]] = x
         if self.features_only:
             return [features[i] for i in self.levels]
         if cfg.head_features:
             x = layers.conv(x, cfg.head_features, (1,), name="conv_head")
             x = layers.norm(x, train, act, name="bn2")
-        dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
-        x = mean(x, (1, 2), dtype)
-        if self.drop_rate:
-            x = nn.Dropout(self.drop_rate, deterministic=not train, name="head_drop")(x)
-        if self.num_classes:
-            x = nn.Dense(
-                self.num_classes,
-                precision=self.precision,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                kernel_init=classifier_init,
-                name="classifier",
-            )(x)
-        return x
+        return pooled_head(self, x, train, name="classifier", kernel_init=classifier_init)

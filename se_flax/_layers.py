@@ -15,7 +15,7 @@ from jax import lax
 
 from se_common import check_feature_map, conv_padding
 from se_flax._batchnorm import BatchNorm
-from se_flax._dtypes import Dtype, accumulation_dtype
+from se_flax._dtypes import Dtype, accumulation_dtype, compute_dtype, held_param_dtype, mean
 from se_flax._grouped import grouped_conv, kernels_built
 from se_flax._rounded import NHWC, rounded_matmul, shifted_conv, windows
 
@@ -83,6 +83,32 @@ def dense(owner: nn.Module, features: int, *, name: str, use_bias: bool = True) 
         bias_init=getattr(owner, "bias_init", default_bias_init),
         name=name,
     )
+
+
+def pooled_head(
+    owner: nn.Module,
+    x: jax.Array,
+    train: bool,
+    *,
+    name: str,
+    kernel_init: nn.initializers.Initializer = default_kernel_init,
+) -> jax.Array:
+    """A backbone's head, inside ``owner``'s compact call: the global average pool, the
+    dropout ``head_drop`` at ``owner.drop_rate`` in training, and the classifier ``name`` with
+    ``owner.num_classes`` outputs (none for 0: the pooled features), in ``owner``'s dtypes."""
+    x = mean(x, (1, 2), compute_dtype(x, owner.dtype, held_param_dtype(owner)))
+    if owner.drop_rate:
+        x = nn.Dropout(owner.drop_rate, deterministic=not train, name="head_drop")(x)
+    if owner.num_classes:
+        x = nn.Dense(
+            owner.num_classes,
+            precision=owner.precision,
+            dtype=owner.dtype,
+            param_dtype=owner.param_dtype,
+            kernel_init=kernel_init,
+            name=name,
+        )(x)
+    return x
 
 
 def pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -32,7 +32,7 @@ from se_common import (
 from se_common import drop_rate as checked_rate
 from se_flax._attention import CbamModule, EcaModule, EffectiveSEModule
 from se_flax._batchnorm import BatchNorm
-from se_flax._dtypes import Dtype, compute_dtype, held_param_dtype, mean
+from se_flax._dtypes import Dtype
 from se_flax._layers import (
     ConvNormAct,
     ModuleDef,
@@ -45,6 +45,7 @@ from se_flax._layers import (
     drop_path,
     max_pool,
     pad,
+    pooled_head,
 )
 from se_flax._selective_kernel import SelectiveKernel
 from se_flax._squeeze_excite import SqueezeExcite
@@ -442,16 +443,4 @@ class ResNet(nn.Module):
                 features.append(x)
         if self.features_only:
             return [features[i] for i in self.out_indices]
-        dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
-        x = mean(x, (1, 2), dtype)
-        if self.drop_rate:
-            x = nn.Dropout(self.drop_rate, deterministic=not train, name="head_drop")(x)
-        if self.num_classes:
-            x = nn.Dense(
-                self.num_classes,
-                precision=self.precision,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="fc",
-            )(x)
-        return x
+        return pooled_head(self, x, train, name="fc")

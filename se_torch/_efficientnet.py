@@ -340,8 +340,7 @@ class EfficientNet(nn.Module):
             stages[spec.stage].append(block(spec, pad, eps))
         self.blocks = nn.Sequential(*(nn.Sequential(*s) for s in stages))
         self.num_features = config.num_features
-        # feature level of each module whose output is one (timm's feature_info)
-        self._levels = {f.module: i for i, f in enumerate(config.feature_info())}
+        self._stem_level, self._taps = config.feature_taps()
         if not features_only:
             if config.head_features:
                 self.conv_head = create_conv2d(
@@ -377,14 +376,11 @@ class EfficientNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         check_input(x, channels=self.in_chans)
         x = self.bn1(self.conv_stem(x))
-        levels = self._levels
-        features = {}
-        if "bn1" in levels:
-            features[levels["bn1"]] = x
-        for i, stage in enumerate(self.blocks):
-            x = stage(x)
-            if f"blocks.{i}" in levels:
-                features[levels[f"blocks.{i}"]] = x
+        features = {} if self._stem_level is None else {self._stem_level: x}
+        for i, block in enumerate(b for stage in self.blocks for b in stage):
+            x = block(x)
+            if i in self._taps:
+                features[self._taps[i]] = x
         if self.features_only:
             return [features[i] for i in self.out_indices]
         if self.config.head_features:

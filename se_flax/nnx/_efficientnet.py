@@ -335,14 +335,9 @@ class EfficientNet(nnx.Module):
             setattr(self, name, block(spec, layers, rngs=rngs))
             names.append(name)
         self.block_names = tuple(names)
-        levels = {f.module: i for i, f in enumerate(cfg.feature_info())}
-        ends = {}
-        for i, spec in enumerate(specs):
-            end = i + 1 == len(specs) or specs[i + 1].stage != spec.stage
-            if end and f"blocks.{spec.stage}" in levels:
-                ends[i] = levels[f"blocks.{spec.stage}"]
-        self.stage_ends = tuple(ends.items())  # (block index, feature level)
-        self.stem_level = levels.get("bn1")
+        stem_level, taps = cfg.feature_taps()
+        self.stem_level = stem_level
+        self.stage_ends = tuple(taps.items())  # (block index, feature level)
         self.head = None
         if cfg.head_features and not features_only:
             inp = specs[-1].out_channels
