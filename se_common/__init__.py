@@ -34,6 +34,8 @@ from se_common._efficientnet import (
     EFFICIENTNET,
     MB_SE,
     PAD_TYPES,
+    SE_GATES,
+    SE_ROUNDINGS,
     BlockArgs,
     EfficientNetConfig,
     MBBlockSpec,
@@ -50,6 +52,7 @@ from se_common._layers import (
     out_channels_or,
     selective_kernel_paths,
 )
+from se_common._mobilenetv3 import MOBILENETV3, MobileNetV3Config
 from se_common._pretrained import PretrainedCfg
 from se_common._registry import (
     FAMILIES,
@@ -79,9 +82,12 @@ __all__ = [
     "FAMILIES",
     "FRONT_ENDS",
     "MB_SE",
+    "MOBILENETV3",
     "MODELS",
     "PAD_TYPES",
     "RESNET",
+    "SE_GATES",
+    "SE_ROUNDINGS",
     "STEM_TYPES",
     "Architecture",
     "Attention",
@@ -93,6 +99,7 @@ __all__ = [
     "Family",
     "FeatureInfo",
     "MBBlockSpec",
+    "MobileNetV3Config",
     "ModelArg",
     "PretrainedCfg",
     "ResNetConfig",

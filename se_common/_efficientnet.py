@@ -53,6 +53,8 @@ __all__ = [
     "EFFICIENTNET",
     "MB_SE",
     "PAD_TYPES",
+    "SE_GATES",
+    "SE_ROUNDINGS",
     "BlockArgs",
     "EfficientNetConfig",
     "MBBlockSpec",
@@ -82,9 +84,15 @@ _NOT_BUILT = {
 MB_SE = (
     "Squeeze-and-Excitation inside the blocks (timm's EfficientNet SqueezeExcite: "
     "se.conv_reduce / se.conv_expand with biases, width se_ratio x the block input (x the "
-    "expanded width with se_from_exp), the block's activation, sigmoid gate), where a block "
-    "string has `se`"
+    "expanded width with se_from_exp), the block's activation or ReLU, a sigmoid or "
+    "MobileNetV3's hard-sigmoid gate), where a block string has `se`"
 )
+# SE's gate: timm's sigmoid, or MobileNetV3's hard sigmoid (PyTorch's relu6(x + 3) / 6).
+SE_GATES = ("sigmoid", "hard_sigmoid")
+# How SE's reduced width is rounded from se_ratio x its input: Python's round (timm's default),
+# timm's round_channels (to a multiple of 8, MobileNetV3), or the model's own width rounding
+# (channel_multiplier, channel_divisor, round_limit: FBNetV3).
+SE_ROUNDINGS = ("round", "divisible", "model")
 # Padding: PyTorch's symmetric ``((s - 1) + d * (k - 1)) // 2``, or TensorFlow's "SAME"
 # (computed from the input size: asymmetric for even sizes at stride 2; timm's tf_ ports).
 PAD_TYPES = ("", "same")
@@ -341,7 +349,7 @@ def _with_groups(args: BlockArgs, group_size: int) -> BlockArgs:
 
 
 def round_channels(
-    channels: int, multiplier: float = 1.0, divisor: int = 8, round_limit: float = 0.9
+    channels: float, multiplier: float = 1.0, divisor: int = 8, round_limit: float = 0.9
 ) -> int:
     """timm's ``round_channels``: ``channels * multiplier`` to a multiple of ``divisor``
     (``make_divisible``); a zero multiplier leaves ``channels``."""
@@ -382,7 +390,9 @@ class MBBlockSpec:
         groups: of the spatial conv (``mid_channels``: depthwise); a mixed conv is depthwise
             or ungrouped.
         se_channels: SE's reduced width (``se.conv_reduce``), 0 for no SE.
-        act: the block's activation (an :data:`ACTIVATIONS` name); SE's too.
+        act: the block's activation (an :data:`ACTIVATIONS` name).
+        se_act: SE's activation (the block's unless the model forces one).
+        se_gate: SE's gate (:data:`SE_GATES`).
         has_skip: a residual sum.
         pw_act: an activation after the pointwise conv (``dsa``).
         drop_path: stochastic depth rate in training.
@@ -405,6 +415,8 @@ class MBBlockSpec:
     has_skip: bool
     pw_act: bool = False
     drop_path: float = 0.0
+    se_act: str = "relu"
+    se_gate: str = "sigmoid"
 
     @property
     def key(self) -> str:
@@ -517,6 +529,14 @@ class EfficientNetConfig:
         act_layer: the model's activation (:data:`ACTIVATIONS`, or timm's ``"swish"``).
         se_from_exp: SE's width from the expanded channels (MobileNetV3) rather than from the
             block input (EfficientNet).
+        se_gate: SE's gate (:data:`SE_GATES`): ``"sigmoid"``, or ``"hard_sigmoid"``.
+        se_act: an activation SE uses in every block (MobileNetV3's ``"relu"``; timm's
+            ``force_act_layer``), or ``None``: each block's own.
+        se_rounding: how SE's reduced width is rounded (:data:`SE_ROUNDINGS`).
+        efficient_head: MobileNetV3's head: the global pool first, then ``conv_head`` (1x1,
+            bias if ``head_bias``, no BatchNorm) and the activation; else EfficientNet's
+            ``conv_head`` and ``bn2`` before the pool.
+        head_bias: ``conv_head``'s bias (the efficient head only).
         pad_type: ``""`` (PyTorch's symmetric padding) or ``"same"`` (TensorFlow's, the tf_
             ports); :data:`PAD_TYPES`.
         bn_eps: the BatchNorms' epsilon (1e-3 for TensorFlow's weights).
@@ -537,6 +557,11 @@ class EfficientNetConfig:
     head_features: int = 1280
     act_layer: str = "relu"
     se_from_exp: bool = False
+    se_gate: str = "sigmoid"
+    se_act: str | None = None
+    se_rounding: str = "round"
+    efficient_head: bool = False
+    head_bias: bool = False
     pad_type: str = ""
     bn_eps: float = 1e-5
     output_stride: int = 32
@@ -548,7 +573,7 @@ class EfficientNetConfig:
             object.__setattr__(self, "depth_multiplier", tuple(dm))
         elif isinstance(dm, bool) or not isinstance(dm, (int, float)):
             raise ValueError(f"depth_multiplier must be a number or one per stage, got {dm!r}")
-        for name in ("fix_first_last", "fix_stem", "se_from_exp"):
+        for name in ("fix_first_last", "fix_stem", "se_from_exp", "efficient_head", "head_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         gs = self.group_size
@@ -558,6 +583,19 @@ class EfficientNetConfig:
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 <= limit <= 1:
             raise ValueError(f"round_limit must be a number in [0, 1], got {limit!r}")
         object.__setattr__(self, "act_layer", canonical_act(self.act_layer))
+        if self.se_act is not None:
+            object.__setattr__(self, "se_act", canonical_act(self.se_act, "se_act"))
+        if self.se_gate not in SE_GATES:
+            raise ValueError(f"se_gate {self.se_gate!r} is not one of {', '.join(SE_GATES)}")
+        if self.se_rounding not in SE_ROUNDINGS:
+            raise ValueError(
+                f"se_rounding {self.se_rounding!r} is not one of {', '.join(SE_ROUNDINGS)}"
+            )
+        if self.head_bias and not self.efficient_head:
+            raise ValueError(
+                "head_bias=True needs efficient_head=True (EfficientNet's head "
+                "conv is followed by a BatchNorm and has no bias)"
+            )
         if self.pad_type not in PAD_TYPES:
             raise ValueError(f"pad_type {self.pad_type!r} is not '' or 'same'")
         if self.output_stride not in (8, 16, 32):
@@ -573,6 +611,8 @@ class EfficientNetConfig:
         head = self.head_features
         if isinstance(head, bool) or not isinstance(head, int) or head < 0:
             raise ValueError(f"head_features must be an integer >= 0, got {head!r}")
+        if self.efficient_head and not head:
+            raise ValueError("the efficient head (efficient_head=True) needs head_features > 0")
         stages = decode_arch_def(
             self.arch_def,
             self.depth_multiplier,
@@ -583,7 +623,7 @@ class EfficientNetConfig:
         object.__setattr__(self, "_stages", stages)
         self.blocks()  # plans every width and group, so a bad one fails here
 
-    def round_chs(self, channels: int) -> int:
+    def round_chs(self, channels: float) -> int:
         return round_channels(
             channels, self.channel_multiplier, self.channel_divisor, self.round_limit
         )
@@ -678,7 +718,7 @@ class EfficientNetConfig:
             ratio = a.se_ratio
             if not self.se_from_exp:
                 ratio /= a.exp_ratio if kind in ("ir", "er") else 1.0
-            se = round(mid * ratio)  # timm's SqueezeExcite: round(in_chs * rd_ratio)
+            se = self._se_width(mid * ratio)
             if se < 1:
                 raise ValueError(f"{where}: SE ratio {a.se_ratio} leaves no channels of {mid}")
         if kind == "cn":
@@ -703,7 +743,17 @@ class EfficientNetConfig:
             has_skip=has_skip,
             pw_act=a.pw_act,
             drop_path=dp if has_skip else 0.0,
+            se_act=self.se_act or act,
+            se_gate=self.se_gate,
         )
+
+    def _se_width(self, width: float) -> int:
+        """SE's reduced width from ``se_ratio x`` its input (timm's ``rd_round_fn``)."""
+        if self.se_rounding == "divisible":
+            return round_channels(width)
+        if self.se_rounding == "model":
+            return self.round_chs(width)
+        return round(width)
 
     @property
     def head_in_channels(self) -> int:
@@ -711,8 +761,16 @@ class EfficientNetConfig:
 
     @property
     def num_features(self) -> int:
-        """Channels of the pooled features the classifier takes (timm's ``num_features``)."""
+        """timm's ``num_features``: the head's channels (EfficientNet), or with the efficient
+        head the last block's (the input of the pool)."""
+        if self.efficient_head:
+            return self.head_in_channels
         return self.head_features or self.head_in_channels
+
+    @property
+    def head_hidden_size(self) -> int:
+        """timm's ``head_hidden_size``: the channels the classifier takes (the pre-logits)."""
+        return self.head_features if self.efficient_head else self.num_features
 
     def attention(self) -> list[tuple[str, str]]:
         """(short name, description) of the attention the network places: ``mb_se`` where
@@ -768,11 +826,15 @@ class EfficientNetConfig:
         _bn_keys(plan, "bn1", stem)
         for spec in self.blocks():
             block_state_dict(plan, spec)
-        if self.head_features:
+        if self.efficient_head:
+            _conv_parts_keys(plan, "conv_head", self.head_features, self.head_in_channels, (1,))
+            if self.head_bias:
+                plan["conv_head.bias"] = TensorSpec((self.head_features,))
+        elif self.head_features:
             _conv_parts_keys(plan, "conv_head", self.head_features, self.head_in_channels, (1,))
             _bn_keys(plan, "bn2", self.head_features)
         if num_classes:
-            plan["classifier.weight"] = TensorSpec((num_classes, self.num_features))
+            plan["classifier.weight"] = TensorSpec((num_classes, self.head_hidden_size))
             plan["classifier.bias"] = TensorSpec((num_classes,))
         return plan
 

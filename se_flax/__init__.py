@@ -22,6 +22,7 @@ from se_flax._efficientnet import (
     InvertedResidual,
     MBLayers,
     MBSqueezeExcite,
+    MobileNetV3,
 )
 from se_flax._factory import create_model
 from se_flax._grouped import kernels_built
@@ -73,6 +74,7 @@ __all__ = [
     "LayerOptions",
     "MBLayers",
     "MBSqueezeExcite",
+    "MobileNetV3",
     "PointwiseConv",
     "PretrainedCfg",
     "ResNet",

@@ -32,12 +32,13 @@ from se_common import (
 )
 from se_common import drop_rate as checked_rate
 from se_flax._batchnorm import BatchNorm
-from se_flax._dtypes import Dtype, compute_dtype, held_param_dtype
+from se_flax._dtypes import Dtype, compute_dtype, held_param_dtype, mean
 from se_flax._layers import check_input, conv, drop_path, pooled_head
 from se_flax._squeeze_excite import squeeze_excite
 
 __all__ = [
     "ACTIVATIONS",
+    "GATES",
     "MB_BLOCKS",
     "ConvBnAct",
     "DepthwiseSeparableConv",
@@ -46,11 +47,13 @@ __all__ = [
     "InvertedResidual",
     "MBLayers",
     "MBSqueezeExcite",
+    "MobileNetV3",
     "conv_pads",
 ]
 
 Array = jax.Array
 Activation = Callable[[Array], Array]
+
 
 # Activations by their se_common.ACTIVATIONS names.
 ACTIVATIONS: dict[str, Activation] = {
@@ -60,6 +63,9 @@ ACTIVATIONS: dict[str, Activation] = {
     "silu": nn.silu,
     "mish": jax.nn.mish,
 }
+# SE gates by their se_common.SE_GATES names (jax's hard_sigmoid: relu6(x + 3) / 6, PyTorch's;
+# XLA divides by the constant 6 as a product with 1 / 6, one rounding from PyTorch's quotient).
+GATES: dict[str, Activation] = {"sigmoid": nn.sigmoid, "hard_sigmoid": nn.hard_sigmoid}
 
 
 def conv_pads(kernel_size: int, stride: int, dilation: int, pad_type: str) -> Any:
@@ -106,14 +112,16 @@ class MBOptions:
     def _dtypes(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "param_dtype": self.param_dtype}
 
-    def _conv_options(self, k: int, stride: int, dilation: int, groups: int) -> dict[str, Any]:
+    def _conv_options(
+        self, k: int, stride: int, dilation: int, groups: int, bias: bool = False
+    ) -> dict[str, Any]:
         return {
             "kernel_size": (k, k),
             "strides": (stride, stride),
             "padding": conv_pads(k, stride, dilation, self.pad_type),
             "kernel_dilation": (dilation, dilation),
             "feature_group_count": groups,
-            "use_bias": False,
+            "use_bias": bias,
             "kernel_init": fan_out_init(groups),
             "precision": self.precision,
             **self._dtypes,
@@ -144,6 +152,7 @@ class MBLayers(MBOptions):
         dilation: int = 1,
         groups: int = 1,
         *,
+        bias: bool = False,
         name: str,
     ) -> Array:
         """A conv (``name``), or a mixed conv (``name_0``, ``name_1``, ...), applied to ``x``."""
@@ -153,7 +162,7 @@ class MBLayers(MBOptions):
             conv(
                 co,
                 name=f"{name}_{i}" if several else name,
-                **self._conv_options(k, stride, dilation, g),
+                **self._conv_options(k, stride, dilation, g, bias),
             )
             for i, (_, co, k, g) in enumerate(parts)
         ]
@@ -170,12 +179,13 @@ class MBLayers(MBOptions):
 
 class MBSqueezeExcite(nn.Module):
     """The SE of EfficientNet's blocks (linen), the twin of ``se_torch.MBSqueezeExcite``:
-    ``Dense`` layers ``conv_reduce`` (C, rd) and ``conv_expand`` (rd, C) with biases, the
-    block's activation between, a sigmoid gate.
+    ``Dense`` layers ``conv_reduce`` (C, rd) and ``conv_expand`` (rd, C) with biases, an
+    activation between (the block's, or MobileNetV3's ReLU), a gate.
 
     Attributes:
         rd_channels: the reduced width.
-        act_fn: the block's activation.
+        act_fn: the activation.
+        gate_fn: the gate (sigmoid, or MobileNetV3's ``nn.hard_sigmoid``).
         dtype, param_dtype, precision: as in :class:`se_flax.SqueezeExcite`.
 
     Example:
@@ -187,6 +197,7 @@ class MBSqueezeExcite(nn.Module):
 
     rd_channels: int
     act_fn: Activation = nn.relu
+    gate_fn: Activation = nn.sigmoid
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     precision: Any = None
@@ -212,7 +223,7 @@ class MBSqueezeExcite(nn.Module):
             dense(self.rd_channels, "conv_reduce"),
             dense(x.shape[-1], "conv_expand"),
             self.act_fn,
-            nn.sigmoid,
+            self.gate_fn,
             dtype,
         )
 
@@ -233,7 +244,12 @@ class _Block(nn.Module):
         if not s.se_channels:
             return y
         se = MBSqueezeExcite(
-            s.se_channels, self.act, precision=layers.precision, name="se", **layers._dtypes
+            s.se_channels,
+            ACTIVATIONS[s.se_act],
+            GATES[s.se_gate],
+            precision=layers.precision,
+            name="se",
+            **layers._dtypes,
         )
         return se(y, train=train)
 
@@ -377,6 +393,16 @@ class EfficientNet(nn.Module):
         """timm's ``feature_info`` of every level (of ``out_indices`` with ``features_only``)."""
         return model_feature_info(self.config, self.features_only, self.levels)
 
+    @property
+    def num_features(self) -> int:
+        """timm's ``num_features`` (``config.num_features``)."""
+        return self.config.num_features
+
+    @property
+    def head_hidden_size(self) -> int:
+        """timm's ``head_hidden_size``: the width the classifier takes."""
+        return self.config.head_hidden_size
+
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array | list[Array]:
         cfg = self.config
@@ -401,7 +427,33 @@ class EfficientNet(nn.Module):
                 features[taps[i]] = x
         if self.features_only:
             return [features[i] for i in self.levels]
-        if cfg.head_features:
+        if cfg.efficient_head:  # MobileNetV3's: pool, conv_head (bias), activation
+            x = mean(x, (1, 2), compute_dtype(x, self.dtype, held_param_dtype(self)), True)
+            x = act(layers.conv(x, cfg.head_features, (1,), bias=cfg.head_bias, name="conv_head"))
+            x = x.reshape(x.shape[0], -1)
+        elif cfg.head_features:
             x = layers.conv(x, cfg.head_features, (1,), name="conv_head")
             x = layers.norm(x, train, act, name="bn2")
-        return pooled_head(self, x, train, name="classifier", kernel_init=classifier_init)
+        return pooled_head(
+            self,
+            x,
+            train,
+            name="classifier",
+            kernel_init=classifier_init,
+            pool=not cfg.efficient_head,
+        )
+
+
+class MobileNetV3(EfficientNet):
+    """A MobileNetV3-family network (timm's ``mobilenetv3.py``: MobileNetV3, LCNet, FBNetV3,
+    HardCoReNAS) described by a :class:`se_common.MobileNetV3Config` (linen, NHWC), the twin
+    of ``se_torch.MobileNetV3``: an :class:`EfficientNet` with the efficient head (global
+    pool, 1x1 ``conv_head`` with bias, activation, classifier).
+
+    Example:
+        >>> model = create_model("mobilenetv3_large_100")
+        >>> x = jnp.ones((1, 224, 224, 3))
+        >>> variables = model.init(jax.random.key(0), x)
+        >>> model.apply(variables, x).shape
+        (1, 1000)
+    """

@@ -92,11 +92,14 @@ def pooled_head(
     *,
     name: str,
     kernel_init: nn.initializers.Initializer = default_kernel_init,
+    pool: bool = True,
 ) -> jax.Array:
-    """A backbone's head, inside ``owner``'s compact call: the global average pool, the
-    dropout ``head_drop`` at ``owner.drop_rate`` in training, and the classifier ``name`` with
-    ``owner.num_classes`` outputs (none for 0: the pooled features), in ``owner``'s dtypes."""
-    x = mean(x, (1, 2), compute_dtype(x, owner.dtype, held_param_dtype(owner)))
+    """A backbone's head, inside ``owner``'s compact call: the global average pool (unless
+    ``x`` is pooled already: ``pool=False``), the dropout ``head_drop`` at ``owner.drop_rate``
+    in training, and the classifier ``name`` with ``owner.num_classes`` outputs (none for 0:
+    the pooled features), in ``owner``'s dtypes."""
+    if pool:
+        x = mean(x, (1, 2), compute_dtype(x, owner.dtype, held_param_dtype(owner)))
     if owner.drop_rate:
         x = nn.Dropout(owner.drop_rate, deterministic=not train, name="head_drop")(x)
     if owner.num_classes:

@@ -13,6 +13,7 @@ from se_torch._efficientnet import (
     InvertedResidual,
     MBSqueezeExcite,
     MixedConv2d,
+    MobileNetV3,
 )
 from se_torch._factory import create_model
 from se_torch._layers import ConvNormAct, DropBlock2d, DropPath
@@ -55,6 +56,7 @@ __all__ = [
     "InvertedResidual",
     "MBSqueezeExcite",
     "MixedConv2d",
+    "MobileNetV3",
     "PretrainedCfg",
     "ResNet",
     "ResidualBlock",

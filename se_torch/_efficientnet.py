@@ -33,6 +33,7 @@ from se_torch._layers import DropPath, check_input
 
 __all__ = [
     "ACT_LAYERS",
+    "GATE_LAYERS",
     "MB_BLOCKS",
     "BatchNormAct2d",
     "Conv2dSame",
@@ -43,6 +44,7 @@ __all__ = [
     "InvertedResidual",
     "MBSqueezeExcite",
     "MixedConv2d",
+    "MobileNetV3",
     "create_conv2d",
 ]
 
@@ -54,6 +56,8 @@ ACT_LAYERS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
     "mish": nn.Mish,
 }
+# SE gates by their se_common.SE_GATES names (nn.Hardsigmoid: relu6(x + 3) / 6).
+GATE_LAYERS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "hard_sigmoid": nn.Hardsigmoid}
 
 
 def _same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
@@ -154,8 +158,9 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
 class MBSqueezeExcite(nn.Module):
     """The SE of EfficientNet's blocks, timm's ``_efficientnet_blocks.SqueezeExcite``: mean
-    pool, 1x1 conv ``conv_reduce`` (with bias), the block's activation, 1x1 conv
-    ``conv_expand``, sigmoid gate. Its width comes from the block (:class:`MBBlockSpec`).
+    pool, 1x1 conv ``conv_reduce`` (with bias), an activation (the block's, or MobileNetV3's
+    ReLU), 1x1 conv ``conv_expand``, a gate (sigmoid, or MobileNetV3's hard sigmoid). Its width
+    comes from the block (:class:`MBBlockSpec`).
 
     Example:
         >>> se = MBSqueezeExcite(96, 4, "silu")
@@ -163,12 +168,14 @@ class MBSqueezeExcite(nn.Module):
         torch.Size([2, 96, 7, 7])
     """
 
-    def __init__(self, channels: int, rd_channels: int, act: str = "relu") -> None:
+    def __init__(
+        self, channels: int, rd_channels: int, act: str = "relu", gate: str = "sigmoid"
+    ) -> None:
         super().__init__()
         self.conv_reduce = nn.Conv2d(channels, rd_channels, 1, bias=True)
         self.act1 = ACT_LAYERS[act]()
         self.conv_expand = nn.Conv2d(rd_channels, channels, 1, bias=True)
-        self.gate = nn.Sigmoid()
+        self.gate = GATE_LAYERS[gate]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True))))
@@ -190,7 +197,7 @@ class _Block(nn.Module):
     def se_layer(self) -> nn.Module:
         s = self.spec
         return (
-            MBSqueezeExcite(s.mid_channels, s.se_channels, s.act)
+            MBSqueezeExcite(s.mid_channels, s.se_channels, s.se_act, s.se_gate)
             if s.se_channels
             else nn.Identity()
         )
@@ -340,15 +347,23 @@ class EfficientNet(nn.Module):
             stages[spec.stage].append(block(spec, pad, eps))
         self.blocks = nn.Sequential(*(nn.Sequential(*s) for s in stages))
         self.num_features = config.num_features
+        self.head_hidden_size = config.head_hidden_size
         self._stem_level, self._taps = config.feature_taps()
         if not features_only:
             if config.head_features:
                 self.conv_head = create_conv2d(
-                    specs[-1].out_channels, config.head_features, 1, pad_type=pad
+                    specs[-1].out_channels,
+                    config.head_features,
+                    1,
+                    pad_type=pad,
+                    bias=config.head_bias,
                 )
+            if config.efficient_head:
+                self.act2 = ACT_LAYERS[act]()
+            elif config.head_features:
                 self.bn2 = BatchNormAct2d(config.head_features, act, eps=eps)
             self.classifier = (
-                nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+                nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
             )
         self._init_weights()
 
@@ -383,9 +398,25 @@ class EfficientNet(nn.Module):
                 features[self._taps[i]] = x
         if self.features_only:
             return [features[i] for i in self.out_indices]
-        if self.config.head_features:
-            x = self.bn2(self.conv_head(x))
-        x = x.mean(dim=(2, 3))
+        if self.config.efficient_head:
+            x = self.act2(self.conv_head(x.mean(dim=(2, 3), keepdim=True))).flatten(1)
+        else:
+            if self.config.head_features:
+                x = self.bn2(self.conv_head(x))
+            x = x.mean(dim=(2, 3))
         if self.drop_rate:
             x = F.dropout(x, self.drop_rate, self.training)
         return self.classifier(x)
+
+
+class MobileNetV3(EfficientNet):
+    """A MobileNetV3-family network (timm's ``mobilenetv3.py``: MobileNetV3, LCNet, FBNetV3,
+    HardCoReNAS) described by a :class:`se_common.MobileNetV3Config`: an :class:`EfficientNet`
+    with the efficient head (global pool, ``conv_head`` with bias, activation, classifier).
+    ``num_features`` is the last block's width, ``head_hidden_size`` the head's, as timm's.
+
+    Example:
+        >>> model = create_model("mobilenetv3_large_100").eval()
+        >>> model(torch.randn(1, 3, 224, 224)).shape
+        torch.Size([1, 1000])
+    """

@@ -385,8 +385,20 @@ def test_the_cases_are_no_registered_architecture():
 @pytest.mark.parametrize("case", CASES)
 def test_three_front_ends_agree_in_float64(case, rng):
     config, shape = CASES[case]
-    tmodel = randomize_(se_torch.EfficientNet(config, num_classes=5), rng, torch.float64)
-    fmodel = se_flax.EfficientNet(config, num_classes=5, param_dtype=jnp.float64)
+    check_three_front_ends(case, config, shape, rng)
+
+
+EFFICIENTNETS = (se_torch.EfficientNet, se_flax.EfficientNet, se_flax.nnx.EfficientNet)
+
+
+def check_three_front_ends(case, config, shape, rng, classes=EFFICIENTNETS, grad=GRAD) -> None:
+    """The PyTorch, linen and NNX ``classes`` of ``config`` on the same random weights and
+    input of ``shape``: eval and train outputs, BatchNorm statistics and gradients (each
+    within ``grad`` of its largest) agree in float64; trained statistics convert back bit for
+    bit."""
+    torch_class, linen_class, nnx_class = classes
+    tmodel = randomize_(torch_class(config, num_classes=5), rng, torch.float64)
+    fmodel = linen_class(config, num_classes=5, param_dtype=jnp.float64)
     variables = torch_to_flax(tmodel)
     by_name = torch_to_flax(tmodel.state_dict())  # a bare state_dict: the names decide alike
     assert jax.tree.map(np.array_equal, by_name, variables) == jax.tree.map(lambda _: True, by_name)
@@ -409,9 +421,7 @@ def test_three_front_ends_agree_in_float64(case, rng):
     f_eval, f_train, f_stats, f_grads = flax_pass(variables["params"], variables["batch_stats"])
     # NNX, on the same weights: eval, then one train pass updating its statistics in place
     abstract = nnx.eval_shape(
-        lambda: se_flax.nnx.EfficientNet(
-            config, num_classes=5, param_dtype=jnp.float64, rngs=nnx.Rngs(0)
-        )
+        lambda: nnx_class(config, num_classes=5, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
     )
     nnx_model = update_nnx(abstract, variables)
     nnx_model.eval()
@@ -441,7 +451,7 @@ def test_three_front_ends_agree_in_float64(case, rng):
         want = np.asarray(want)
         largest = max(float(np.abs(want).max()), GRAD_FLOOR * scale)
         error = np.abs(np.asarray(grads[key]) - want).max() / largest
-        assert error <= GRAD, f"{case} gradient {key}: {error:.3g} of its largest"
+        assert error <= grad, f"{case} gradient {key}: {error:.3g} of its largest"
     # trained statistics convert back into the PyTorch model bit for bit
     back = flax_to_torch({"params": variables["params"], "batch_stats": f_stats}, tmodel)
     for key, value in torch_to_flax(back)["batch_stats"].items():
@@ -591,10 +601,21 @@ def test_every_string_decodes_as_timms():
 def test_bit_identical_to_timm(name, options, rng):
     """timm's model and ours on the same weights: eval and train outputs, gradients and
     statistics equal bit for bit in float64 (the note lists every name, measured so)."""
+    check_bit_identical_to_timm(name, options, rng)
+
+
+def check_bit_identical_to_timm(name, options, rng) -> None:
+    """timm's ``name`` and se_torch's on the same random float64 weights: state_dict loads
+    strictly; num_features, head_hidden_size and feature_info are timm's; eval and train
+    outputs, gradients and BatchNorm statistics are equal bit for bit."""
     timm = pytest.importorskip("timm")
     theirs = randomize_(timm.create_model(name, **options), rng, torch.float64)
     ours = se_torch.create_model(name, **options).double()
     ours.load_state_dict(theirs.state_dict())
+    assert (ours.num_features, ours.head_hidden_size) == (
+        theirs.num_features,
+        theirs.head_hidden_size,
+    )
     assert ours.feature_info == [
         {k: f[k] for k in ("num_chs", "reduction", "module")} for f in theirs.feature_info
     ]

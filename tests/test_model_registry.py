@@ -548,6 +548,8 @@ def test_the_committed_pretrained_table_is_timms():
         "test_efficientnet",
         "tf_mixnet_s",
         "mobilenetv1_100",
+        "tf_mobilenetv3_small_minimal_100",
+        "lcnet_050",
     ],
 )
 def test_timm_loads_what_flax_saves_bit_for_bit(name, tmp_path, rng):

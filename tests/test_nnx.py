@@ -326,9 +326,10 @@ def test_every_model_name_builds_its_config(monkeypatch):
     same config (``attn=`` applied); the structures are compared below, per block family."""
     built = {}
     monkeypatch.setattr(se_nnx._resnet, "ResNet", lambda config, **kw: built.setdefault(0, config))
-    monkeypatch.setattr(
-        se_nnx._efficientnet, "EfficientNet", lambda config, **kw: built.setdefault(0, config)
-    )
+    for family_class in ("EfficientNet", "MobileNetV3"):
+        monkeypatch.setattr(
+            se_nnx._efficientnet, family_class, lambda config, **kw: built.setdefault(0, config)
+        )
     for name in list_models():
         config = get_model(name).config
         built.clear()

@@ -683,8 +683,11 @@ def test_another_architecture_loads_too(tmp_path, rng):
 # resnetblur18 (blur anti-aliasing: no tensors of its own); ResNet-RS's stem pool (`maxpool.*`)
 # is the next test's, on a small config. And the EfficientNet family's smallest published name,
 # test_efficientnet (`conv_stem`, `blocks.{i}.{j}` of cn, er and ir blocks with SE's
-# `se.conv_reduce` / `se.conv_expand`, `conv_head`, `classifier`).
-@pytest.mark.parametrize("name", ["resnet10t", "resnetblur18", "test_efficientnet"])
+# `se.conv_reduce` / `se.conv_expand`, `conv_head`, `classifier`), and the MobileNetV3 family's
+# smallest, mobilenetv3_small_050 (its head's `conv_head` with a bias, after the pool).
+@pytest.mark.parametrize(
+    "name", ["resnet10t", "resnetblur18", "test_efficientnet", "mobilenetv3_small_050"]
+)
 def test_timm_s_stems_and_shortcuts_load_in_every_front_end_and_save_back(tmp_path, rng, name):
     """Weights in timm's layout (by key names alone, as from the hub) load into linen and NNX
     and PyTorch with the same outputs; each front-end's save_pretrained writes them back

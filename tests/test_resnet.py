@@ -217,10 +217,12 @@ def test_zero_init_last_follows_the_config_unless_given():
         "skresnet18": lambda m: m.layer1[0].conv2.bn.weight,
         "skresnet50": lambda m: m.layer1[0].conv3.bn.weight,
     }
+    # each name's config and blocks, at one block per stage (the rule is per block)
     for name, zeroed in (("resnet18", True), ("skresnet18", False), ("skresnet50", False)):
         assert get_model(name).config.zero_init_last == zeroed
         for override in (None, not zeroed):
-            weight = torch_last[name](se_torch.create_model(name, zero_init_last=override))
+            model = se_torch.create_model(name, layers=(1, 1, 1, 1), zero_init_last=override)
+            weight = torch_last[name](model)
             assert bool(torch.all(weight == 0)) == (zeroed if override is None else override)
     # Flax: the same rule on one-block-per-stage twins (SK basic and bottleneck), to stay quick:
     # the config's default, and an override against it, giving ones and zeros.

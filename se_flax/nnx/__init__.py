@@ -26,6 +26,7 @@ from se_flax.nnx._efficientnet import (
     InvertedResidual,
     MBLayers,
     MBSqueezeExcite,
+    MobileNetV3,
 )
 from se_flax.nnx._factory import create_model
 from se_flax.nnx._layers import (
@@ -74,6 +75,7 @@ __all__ = [
     "InvertedResidual",
     "MBLayers",
     "MBSqueezeExcite",
+    "MobileNetV3",
     "PointwiseConv",
     "ResNet",
     "ResidualBlock",

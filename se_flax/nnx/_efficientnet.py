@@ -26,6 +26,7 @@ from se_common import drop_rate as checked_rate
 from se_flax._dtypes import Dtype, compute_dtype, mean
 from se_flax._efficientnet import (
     ACTIVATIONS,
+    GATES,
     MBOptions,
     apply_parts,
     check_options,
@@ -45,6 +46,7 @@ __all__ = [
     "InvertedResidual",
     "MBLayers",
     "MBSqueezeExcite",
+    "MobileNetV3",
 ]
 
 Array = jax.Array
@@ -69,6 +71,7 @@ class MBLayers(MBOptions):
         dilation: int = 1,
         groups: int = 1,
         *,
+        bias: bool = False,
         rngs: nnx.Rngs,
     ) -> tuple[tuple[str, ...], tuple[int, ...]]:
         """Builds a conv (``owner.name``) or a mixed conv's parts (``owner.name_i``); returns
@@ -76,7 +79,8 @@ class MBLayers(MBOptions):
         parts = conv_parts(inp, out, kernels, groups)
         names = tuple(name if len(parts) == 1 else f"{name}_{i}" for i in range(len(parts)))
         for n, (ci, co, k, g) in zip(names, parts, strict=True):
-            setattr(owner, n, conv(ci, co, rngs=rngs, **self._conv_options(k, stride, dilation, g)))
+            options = self._conv_options(k, stride, dilation, g, bias)
+            setattr(owner, n, conv(ci, co, rngs=rngs, **options))
         return names, tuple(p[0] for p in parts)
 
     def norm(self, channels: int, *, rngs: nnx.Rngs) -> nnx.Module:
@@ -90,8 +94,8 @@ def _apply(owner: nnx.Module, conv: tuple[tuple[str, ...], tuple[int, ...]], x: 
 
 class MBSqueezeExcite(nnx.Module):
     """The SE of EfficientNet's blocks (NNX), the twin of ``se_torch.MBSqueezeExcite``:
-    ``nnx.Linear`` layers ``conv_reduce`` and ``conv_expand`` with biases, the block's
-    activation between, a sigmoid gate.
+    ``nnx.Linear`` layers ``conv_reduce`` and ``conv_expand`` with biases, an activation
+    between (the block's, or MobileNetV3's ReLU), a gate (sigmoid, or the hard sigmoid).
 
     Example:
         >>> se = MBSqueezeExcite(96, 4, nnx.silu, rngs=nnx.Rngs(0))
@@ -104,6 +108,7 @@ class MBSqueezeExcite(nnx.Module):
         channels: int,
         rd_channels: int,
         act_fn: Activation = nnx.relu,
+        gate_fn: Activation = nnx.sigmoid,
         *,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
@@ -119,14 +124,14 @@ class MBSqueezeExcite(nnx.Module):
         }
         self.conv_reduce = nnx.Linear(channels, rd_channels, **dense)
         self.conv_expand = nnx.Linear(rd_channels, channels, **dense)
-        self.act_fn = act_fn
+        self.act_fn, self.gate_fn = act_fn, gate_fn
         self.dtype = dtype
 
     def __call__(self, x: Array) -> Array:
         check_input(x, channels=self.conv_reduce.in_features, spatial_dims=None)
         dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
         return squeeze_excite(
-            x, self.conv_reduce, self.conv_expand, self.act_fn, nnx.sigmoid, dtype
+            x, self.conv_reduce, self.conv_expand, self.act_fn, self.gate_fn, dtype
         )
 
 
@@ -141,7 +146,8 @@ class _Block(nnx.Module):
             MBSqueezeExcite(
                 spec.mid_channels,
                 spec.se_channels,
-                self.act_fn,
+                ACTIVATIONS[spec.se_act],
+                GATES[spec.se_gate],
                 precision=layers.precision,
                 rngs=rngs,
                 **layers._dtypes,
@@ -338,15 +344,17 @@ class EfficientNet(nnx.Module):
         stem_level, taps = cfg.feature_taps()
         self.stem_level = stem_level
         self.stage_ends = tuple(taps.items())  # (block index, feature level)
+        self.num_features, self.head_hidden_size = cfg.num_features, cfg.head_hidden_size
         self.head = None
         if cfg.head_features and not features_only:
-            inp = specs[-1].out_channels
-            self.head = layers.convs(self, "conv_head", inp, cfg.head_features, (1,), rngs=rngs)
-            self.bn2 = layers.norm(cfg.head_features, rngs=rngs)
+            inp, out, bias = specs[-1].out_channels, cfg.head_features, cfg.head_bias
+            self.head = layers.convs(self, "conv_head", inp, out, (1,), bias=bias, rngs=rngs)
+            if not cfg.efficient_head:
+                self.bn2 = layers.norm(cfg.head_features, rngs=rngs)
         self.head_drop = nnx.Dropout(drop_rate, rngs=rngs) if drop_rate else None
         self.classifier = (
             nnx.Linear(
-                cfg.num_features,
+                cfg.head_hidden_size,
                 num_classes,
                 precision=precision,
                 dtype=dtype,
@@ -374,10 +382,28 @@ class EfficientNet(nnx.Module):
                 features[ends[i]] = x
         if self.features_only:
             return [features[i] for i in self.out_indices]
-        if self.head is not None:
-            x = self.act_fn(self.bn2(_apply(self, self.head, x)))
         dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
-        x = mean(x, (1, 2), dtype)
+        if self.config.efficient_head:  # MobileNetV3's: pool, conv_head (bias), activation
+            x = mean(x, (1, 2), dtype, True)
+            x = self.act_fn(_apply(self, self.head, x)).reshape(x.shape[0], -1)
+        else:
+            if self.head is not None:
+                x = self.act_fn(self.bn2(_apply(self, self.head, x)))
+            x = mean(x, (1, 2), dtype)
         if self.head_drop is not None:
             x = self.head_drop(x)
         return x if self.classifier is None else self.classifier(x)
+
+
+class MobileNetV3(EfficientNet):
+    """A MobileNetV3-family network (timm's ``mobilenetv3.py``: MobileNetV3, LCNet, FBNetV3,
+    HardCoReNAS) described by a :class:`se_common.MobileNetV3Config` (NNX, NHWC), the twin of
+    ``se_torch.MobileNetV3``: an :class:`EfficientNet` with the efficient head (global pool,
+    1x1 ``conv_head`` with bias, activation, classifier).
+
+    Example:
+        >>> model = create_model("mobilenetv3_large_100", rngs=nnx.Rngs(0))
+        >>> model.eval()
+        >>> model(jnp.ones((1, 224, 224, 3))).shape
+        (1, 1000)
+    """
