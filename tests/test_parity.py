@@ -199,7 +199,7 @@ def test_bfloat16(gate, rng):
     assert err_flax <= BF16_ERROR_RATIO * err_torch, (err_flax, err_torch)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     batch=st.integers(1, 3),
     spatial=st.lists(st.integers(1, 6), min_size=1, max_size=3),

@@ -90,10 +90,12 @@ ODD_BN = {
 #   test's data sits 1.6e-7 from zero and flips in Flax's float32 (measured 4.0e-4; PyTorch 2.8e-7,
 #   whose rounding happens not to flip it): the data-dependent case the note above describes.
 RESNET10 = {a: ResNetConfig("basic", (1, 1, 1, 1), attn=a) for a in ("eca", "cbam", "ese")}
-# One deep model (seresnext50_32x4d: about 50 batch-statistics BatchNorms, one pass: its
-# float64 references make it the suite's costliest case) shows how float32 gradients behave
-# with depth; float64, which checks the arithmetic, runs each code path once at
-# one block per stage (the SE bottleneck, grouped: seresnext50_32x4d's blocks, 14 layers).
+# float64, which checks the arithmetic, runs each code path once at one block per stage (the SE
+# bottleneck, grouped: seresnext50_32x4d's blocks, 14 layers). The deep model's float32 case
+# (seresnext50_32x4d, about 50 batch-statistics BatchNorms, one pass, train bound 5e-2 for the
+# ~2% measured above) was the suite's costliest and was dropped to keep it within its budget;
+# so was NNX's float32 case (resnet10+cbam, bound 1e-3): NNX lowers to the linen program
+# (tests/test_nnx.py), whose float32 cases run here.
 # seresnet18 and skresnet18 run in float64 only (seresnet18 with the odd BatchNorm options);
 # their float32 cases (measured above; skresnet18's at batch 3, 41x39, train bound 1e-3) were
 # dropped to keep the suite within its time budget: skresnext-1111 runs SK blocks in float32.
@@ -187,7 +189,6 @@ CASES = [
         **ODD_BN,
     ),
     Case("seresnext14", "float64", **F64, config=SERESNEXT14),
-    Case("seresnext50_32x4d", "float32", **F32, train_grad_l2=5e-2, passes=1),
     Case(
         "skresnet18-1111",
         "float64",
@@ -361,23 +362,15 @@ def test_eval_train_statistics_and_gradients(case, rng):
 
 
 # The NNX front-end through its own API (model.eval() / model.train(), nnx.jit, nnx.grad,
-# statistics updated in place), against PyTorch: the float64 SE bottleneck (grouped) and a
-# float32 ResNet-10 with CBAM. The NNX models lower to the linen programs (tests/test_nnx.py,
-# every backbone), which the cases above check against PyTorch: these two check the NNX API
-# around them, with the bounds of the linen cases. (skresnet18 in float64, run here while this
-# was built: gradients within 2.5e-11 of the largest, in the SK attention's fc_reduce before its
-# BatchNorm over 3 values per channel; see the SK note above.)
-# float32 gradients: relative L2 distance to PyTorch's float32 ones, at most the sum of both
-# frameworks' distances to float64 (the case's train bound, 1e-3 for resnet10+cbam).
-NNX_CASES = [
-    c
-    for c in CASES
-    if (c.model, c.dtype)
-    in {
-        ("seresnext14", "float64"),
-        ("resnet10+cbam", "float32"),
-    }
-]
+# statistics updated in place), against PyTorch: the float64 SE bottleneck (grouped). The NNX
+# models lower to the linen programs (tests/test_nnx.py, every backbone), which the cases above
+# check against PyTorch: this checks the NNX API around them, with the bounds of the linen case
+# (a float32 ResNet-10 with CBAM ran here too, within its bound; dropped for the suite's time).
+# (skresnet18 in float64, run here while this was built: gradients within 2.5e-11 of the
+# largest, in the SK attention's fc_reduce before its BatchNorm over 3 values per channel; see
+# the SK note above.) float32 gradients, for a float32 case: relative L2 distance to PyTorch's
+# float32 ones, at most the sum of both frameworks' distances to float64.
+NNX_CASES = [c for c in CASES if (c.model, c.dtype) == ("seresnext14", "float64")]
 
 
 def nnx_model(case: Case, **kwargs) -> nnx.Module:
