@@ -153,6 +153,22 @@ def torch_pass(
     return y.detach(), xt.grad, flatten(params[context] if context else params)
 
 
+def family_names(family: str) -> list[str]:
+    """The registered names of ``family`` (``"resnet"``, ``"efficientnet"``, ...)."""
+    return [n for n in se_common.list_models() if se_common.get_model(n).family.name == family]
+
+
+def planned_parameters(name: str, num_classes: int = 1000, in_chans: int = 3) -> int:
+    """The parameter count of ``name``'s framework-free plan (its state_dict's float tensors
+    without the running statistics), as timm counts ``model.parameters()``."""
+    plan = se_common.get_model(name).config.state_dict(num_classes, in_chans)
+    return sum(
+        int(np.prod(spec.shape))
+        for key, spec in plan.items()
+        if spec.dtype == "float" and not key.endswith((".running_mean", ".running_var"))
+    )
+
+
 def register(monkeypatch: Any, name: str, config: Any, family: Any = None) -> Any:
     """Registers ``name`` (a ResNet-family config by default) for one test; the registry is
     restored afterwards."""

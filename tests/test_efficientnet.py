@@ -19,7 +19,15 @@ import se_flax
 import se_torch
 from se_common import EfficientNetConfig, decode_arch_def, decode_block_str
 from se_convert import flax_to_torch, torch_to_flax, update_nnx
-from tests.helpers import assert_trees_close, flatten, nchw_to_nhwc, randomize_, torch_pass
+from tests.helpers import (
+    assert_trees_close,
+    family_names,
+    flatten,
+    nchw_to_nhwc,
+    planned_parameters,
+    randomize_,
+    torch_pass,
+)
 
 # timm 1.0.31's parameter counts (1000 classes), every registered EfficientNet-family name.
 TIMM_PARAMS = {
@@ -307,18 +315,10 @@ def test_bad_model_options_are_named():
 def test_parameter_counts_are_timms():
     """Every name's plan (which tests/test_model_registry.py proves is se_torch's state_dict,
     key for key) holds timm's parameter count; one model per kind of block, built for real."""
-    names = [
-        n for n in se_common.list_models() if se_common.get_model(n).family.name == "efficientnet"
-    ]
+    names = family_names("efficientnet")
     assert set(names) == set(TIMM_PARAMS)
     for name in names:
-        plan = se_common.get_model(name).config.state_dict(1000, 3)
-        count = sum(
-            int(np.prod(spec.shape))
-            for key, spec in plan.items()
-            if spec.dtype == "float" and not key.endswith((".running_mean", ".running_var"))
-        )
-        assert count == TIMM_PARAMS[name], name
+        assert planned_parameters(name) == TIMM_PARAMS[name], name
     for name in ("mixnet_s", "tf_efficientnetv2_b0", "mobilenetv1_100", "mobilenet_edgetpu_v2_m"):
         with torch.device("meta"):
             model = se_torch.create_model(name)
@@ -549,15 +549,9 @@ def test_stochastic_depth_and_dropout_train_only(rng):
 # ---------------------------------------------------------------- the real timm (skipped in CI)
 
 
-def _family_names() -> list[str]:
-    return [
-        n for n in se_common.list_models() if se_common.get_model(n).family.name == "efficientnet"
-    ]
-
-
 def test_every_string_decodes_as_timms():
     timm_builder = pytest.importorskip("timm.models._efficientnet_builder")
-    for name in _family_names():
+    for name in family_names("efficientnet"):
         config = se_common.get_model(name).config
         for stage in config.arch_def:
             for block_str in stage:

@@ -20,7 +20,7 @@ import se_torch
 from se_common import MobileNetV3Config
 from se_convert import torch_to_flax, update_nnx
 from se_flax._efficientnet import ACTIVATIONS, GATES
-from tests.helpers import nchw_to_nhwc, randomize_
+from tests.helpers import family_names, nchw_to_nhwc, planned_parameters, randomize_
 from tests.test_efficientnet import F64, check_bit_identical_to_timm, check_three_front_ends
 
 # timm 1.0.31's parameter counts (1000 classes), every registered MobileNetV3-family name.
@@ -55,25 +55,13 @@ TIMM_PARAMS = {
 }
 
 
-def _family_names() -> list[str]:
-    return [
-        n for n in se_common.list_models() if se_common.get_model(n).family.name == "mobilenetv3"
-    ]
-
-
 def test_parameter_counts_are_timms():
     """Every name's plan (tests/test_model_registry.py proves it is se_torch's state_dict) holds
     timm's parameter count: the widths of every block, SE and head as timm rounds them."""
-    names = _family_names()
+    names = family_names("mobilenetv3")
     assert set(names) == set(TIMM_PARAMS)
     for name in names:
-        plan = se_common.get_model(name).config.state_dict(1000, 3)
-        count = sum(
-            int(np.prod(spec.shape))
-            for key, spec in plan.items()
-            if spec.dtype == "float" and not key.endswith((".running_mean", ".running_var"))
-        )
-        assert count == TIMM_PARAMS[name], name
+        assert planned_parameters(name) == TIMM_PARAMS[name], name
 
 
 def test_se_widths_and_heads_follow_timms_rules():

@@ -18,7 +18,13 @@ import se_torch
 from se_common import ResNetConfig, SelectiveKernelConfig, get_model, list_models
 from se_convert import torch_to_flax, update_nnx
 from se_flax import nnx as se_nnx
-from tests.helpers import assert_trees_close, assert_within_a_bfloat16_step, nchw_to_nhwc
+from tests.helpers import (
+    assert_trees_close,
+    assert_within_a_bfloat16_step,
+    family_names,
+    nchw_to_nhwc,
+    planned_parameters,
+)
 
 # Parameter counts of timm 1.0.31's models of the same names (timm.create_model(name)): every
 # architecture of timm's resnet.py (but resnet50_gn, the _pruned ones, test_resnet) and sknet.py.
@@ -121,21 +127,14 @@ TIMM_ATTN_PARAMS = {
 
 
 def test_every_model_is_listed():
-    resnets = {n for n in list_models() if get_model(n).family.name == "resnet"}
-    assert resnets == set(TIMM_PARAMS)
+    assert set(family_names("resnet")) == set(TIMM_PARAMS)
 
 
 def test_parameter_counts_match_timm():
     """Every name's plan (tests/test_model_registry.py: se_torch's state_dict, key for key)
     holds timm's parameter count; one PyTorch model per block type is counted too."""
     for name, count in TIMM_PARAMS.items():
-        plan = get_model(name).config.state_dict(1000, 3)
-        planned = sum(
-            int(np.prod(spec.shape))
-            for key, spec in plan.items()
-            if spec.dtype == "float" and not key.endswith((".running_mean", ".running_var"))
-        )
-        assert planned == count, name
+        assert planned_parameters(name) == count, name
     for name in ("resnet18", "seresnext26t_32x4d", "skresnet18", "skresnext50_32x4d", "senet154"):
         with torch.device("meta"):  # shapes only: no memory, no initialisation
             model = se_torch.create_model(name)
