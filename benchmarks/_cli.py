@@ -59,6 +59,8 @@ FULL = {
         "efficientnet_b0",
         "efficientnetv2_rw_t",
         "mobilenetv3_large_100",
+        "regnety_016",
+        "regnety_040",
     ],
     "model_batch": 8,
     "conv_shapes": list(CONV_SHAPES),
@@ -97,15 +99,18 @@ QUICK = {
 
 # The durations, as docs/benchmarks.md states them. The full run's is an estimate: 35 minutes
 # were measured before the convs workload, seresnext50_32x4d, seresnext26d_32x4d,
-# ecaresnet50d, efficientnet_b0, efficientnetv2_rw_t and mobilenetv3_large_100 joined the
-# defaults (efficientnet_b0 and efficientnetv2_rw_t: 16 minutes measured, every mode and
-# dtype; mobilenetv3_large_100: 4 minutes at batch 8).
+# ecaresnet50d, efficientnet_b0, efficientnetv2_rw_t, mobilenetv3_large_100, regnety_016 and
+# regnety_040 joined the defaults (efficientnet_b0 and efficientnetv2_rw_t: 16 minutes measured,
+# every mode and dtype; mobilenetv3_large_100: 4 minutes at batch 8; the two RegNets: 5 minutes
+# in float32, every mode, so about 10 with bfloat16).
 DURATIONS = (
-    "Durations on 2 CPU cores: the full run (the defaults) about 80 minutes, "
+    "Durations on 2 CPU cores: the full run (the defaults) about 90 minutes, "
     "estimated (35 min measured, 32 and 35.5 min on a 2-core Xeon, before the convs workload, "
     "about 6 min, seresnext50_32x4d, seresnext26d_32x4d, ecaresnet50d, efficientnet_b0, "
-    "efficientnetv2_rw_t and mobilenetv3_large_100, 16 min for efficientnet_b0 and "
-    "efficientnetv2_rw_t and 4 for mobilenetv3_large_100, joined the defaults); "
+    "efficientnetv2_rw_t, mobilenetv3_large_100, regnety_016 and regnety_040, 16 min for "
+    "efficientnet_b0 and "
+    "efficientnetv2_rw_t, 4 for mobilenetv3_large_100 and about 10 for regnety_016 and "
+    "regnety_040, joined the defaults); "
     "--workloads convs alone about 6 minutes, most of "
     "it XLA's grouped backward (xla_jit); --quick about 1 minute when the cores are idle (63 s "
     "measured before convs, which add about 5 s), 2-3 minutes while other jobs share them."

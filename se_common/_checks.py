@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["check_feature_map", "check_head_options", "drop_rate", "lookup", "positive_int"]
+__all__ = [
+    "check_feature_map",
+    "check_head_options",
+    "drop_rate",
+    "feature_levels",
+    "lookup",
+    "positive_int",
+]
 
 T = TypeVar("T")
 
@@ -101,3 +108,26 @@ def check_head_options(num_classes: int, in_chans: int, out_indices: Sequence[in
             f"out_indices must be distinct feature levels in 0..4 (strides 2, 4, 8, 16, 32), "
             f"got {out_indices!r}"
         )
+
+
+def feature_levels(
+    num_classes: Any, in_chans: Any, out_indices: Any, levels: int
+) -> tuple[int, ...]:
+    """Clear errors for the model options of a family with ``levels`` feature levels (the
+    EfficientNet and RegNet families'); the levels ``out_indices`` picks (default: all)."""
+    for name, value, low in (("num_classes", num_classes, 0), ("in_chans", in_chans, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if out_indices is not None and not isinstance(out_indices, (list, tuple)):
+        raise ValueError(f"out_indices must be a sequence of feature levels, got {out_indices!r}")
+    indices = tuple(range(levels)) if out_indices is None else tuple(out_indices)
+    if (
+        not indices
+        or len(set(indices)) != len(indices)
+        or any(isinstance(i, bool) or not isinstance(i, int) for i in indices)
+        or any(not 0 <= i < levels for i in indices)
+    ):
+        raise ValueError(
+            f"out_indices {out_indices!r} must be distinct feature levels in 0..{levels - 1}"
+        )
+    return indices

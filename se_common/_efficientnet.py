@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from se_common._checks import drop_rate, positive_int
+from se_common._checks import drop_rate, feature_levels, positive_int
 from se_common._registry import FAMILIES, Family, FeatureInfo, TensorSpec, register_model
 from se_common._widths import make_divisible
 
@@ -782,25 +782,7 @@ class EfficientNetConfig:
     ) -> tuple[int, ...]:
         """Clear errors for the three front-ends' model options; the feature levels of
         ``out_indices`` (default: every level of :meth:`feature_info`)."""
-        for name, value, low in (("num_classes", num_classes, 0), ("in_chans", in_chans, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        levels = len(self.feature_info())
-        if out_indices is not None and not isinstance(out_indices, (list, tuple)):
-            raise ValueError(
-                f"out_indices must be a sequence of feature levels, got {out_indices!r}"
-            )
-        indices = tuple(range(levels)) if out_indices is None else tuple(out_indices)
-        if (
-            not indices
-            or len(set(indices)) != len(indices)
-            or any(isinstance(i, bool) or not isinstance(i, int) for i in indices)
-            or any(not 0 <= i < levels for i in indices)
-        ):
-            raise ValueError(
-                f"out_indices {out_indices!r} must be distinct feature levels in 0..{levels - 1}"
-            )
-        return indices
+        return feature_levels(num_classes, in_chans, out_indices, len(self.feature_info()))
 
     def feature_taps(self) -> tuple[int | None, dict[int, int]]:
         """Where the front-ends take each :meth:`feature_info` level: the stem's level (its

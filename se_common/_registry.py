@@ -50,6 +50,7 @@ __all__ = [
     "get_model",
     "list_models",
     "model_feature_info",
+    "pooled_features",
     "register_model",
 ]
 
@@ -94,7 +95,18 @@ class ModelConfig(Protocol):
     def state_dict(self, num_classes: int, in_chans: int) -> dict[str, TensorSpec]: ...
 
     @property
-    def num_features(self) -> int: ...
+    def num_features(self) -> int:
+        """timm's ``model.num_features``: the channels the global pool takes (what a
+        ``config.json``'s ``num_features`` records). A config whose field of that name means
+        something else (RegNet's, timm's ``RegNetCfg``) gives this as ``pooled_features``
+        (:func:`pooled_features`)."""
+        ...
+
+
+def pooled_features(config: Any) -> int:
+    """timm's ``model.num_features`` of a config (:class:`ModelConfig`): its
+    ``pooled_features`` where it has one, else its ``num_features``."""
+    return getattr(config, "pooled_features", None) or config.num_features
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from se_flax._layers import (
     drop_path,
 )
 from se_flax._pretrained import from_pretrained, save_pretrained
+from se_flax._regnet import RegBottleneck, RegNet, RegPreBottleneck
 from se_flax._resnet import (
     ATTN_LAYERS,
     BLOCKS,
@@ -77,6 +78,9 @@ __all__ = [
     "MobileNetV3",
     "PointwiseConv",
     "PretrainedCfg",
+    "RegBottleneck",
+    "RegNet",
+    "RegPreBottleneck",
     "ResNet",
     "ResidualBlock",
     "SELayer",

@@ -28,12 +28,17 @@ from se_common import (
     conv_padding,
     conv_parts,
     lookup,
-    model_feature_info,
 )
-from se_common import drop_rate as checked_rate
 from se_flax._batchnorm import BatchNorm
 from se_flax._dtypes import Dtype, compute_dtype, held_param_dtype, mean
-from se_flax._layers import check_input, conv, drop_path, pooled_head
+from se_flax._layers import (
+    PlannedBackbone,
+    check_input,
+    conv,
+    drop_path,
+    planned_levels,
+    pooled_head,
+)
 from se_flax._squeeze_excite import squeeze_excite
 
 __all__ = [
@@ -330,12 +335,10 @@ def check_options(
     config: Any, num_classes: Any, in_chans: Any, out_indices: Sequence[int] | None
 ) -> tuple[int, ...]:
     """Clear errors for an EfficientNet's options; the feature levels of ``out_indices``."""
-    if not isinstance(config, EfficientNetConfig):
-        raise TypeError(f"config must be a se_common.EfficientNetConfig, got {config!r}")
-    return config.check_options(num_classes, in_chans, out_indices)
+    return planned_levels(config, EfficientNetConfig, num_classes, in_chans, out_indices)
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(PlannedBackbone, nn.Module):
     """An EfficientNet-family network described by a :class:`se_common.EfficientNetConfig`
     (linen, NHWC), the twin of ``se_torch.EfficientNet``.
 
@@ -378,30 +381,7 @@ class EfficientNet(nn.Module):
     precision: Any = None
     pretrained_cfg: PretrainedCfg | None = None
 
-    def __post_init__(self) -> None:
-        check_options(self.config, self.num_classes, self.in_chans, self.out_indices)
-        checked_rate("drop_rate", self.drop_rate)
-        self.config.blocks(self.drop_path_rate)  # checks the rate
-        super().__post_init__()
-
-    @property
-    def levels(self) -> tuple[int, ...]:
-        return check_options(self.config, self.num_classes, self.in_chans, self.out_indices)
-
-    @property
-    def feature_info(self) -> list[dict[str, Any]]:
-        """timm's ``feature_info`` of every level (of ``out_indices`` with ``features_only``)."""
-        return model_feature_info(self.config, self.features_only, self.levels)
-
-    @property
-    def num_features(self) -> int:
-        """timm's ``num_features`` (``config.num_features``)."""
-        return self.config.num_features
-
-    @property
-    def head_hidden_size(self) -> int:
-        """timm's ``head_hidden_size``: the width the classifier takes."""
-        return self.config.head_hidden_size
+    config_type = EfficientNetConfig
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array | list[Array]:

@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from se_common import check_feature_map, conv_padding
+from se_common import (
+    check_feature_map,
+    conv_padding,
+    drop_rate,
+    model_feature_info,
+    pooled_features,
+)
 from se_flax._batchnorm import BatchNorm
 from se_flax._dtypes import Dtype, accumulation_dtype, compute_dtype, held_param_dtype, mean
 from se_flax._grouped import grouped_conv, kernels_built
@@ -23,6 +29,7 @@ __all__ = [
     "Conv",
     "ConvNormAct",
     "ModuleDef",
+    "PlannedBackbone",
     "PointwiseConv",
     "aa_pool",
     "avg_pool_2x2",
@@ -39,6 +46,7 @@ __all__ = [
     "is_pointwise",
     "max_pool",
     "pad",
+    "planned_levels",
     "pointwise_conv",
 ]
 
@@ -530,3 +538,52 @@ class ConvNormAct(nn.Module):
         )(x)
         y = self.norm_layer(use_running_average=not train, name="bn", **dtypes)(y)
         return self.act_fn(y) if self.apply_act else y
+
+
+def planned_levels(
+    config: Any, config_type: type, num_classes: Any, in_chans: Any, out_indices: Any
+) -> tuple[int, ...]:
+    """Clear errors for the options of a backbone planned by a ``config_type`` config (the
+    EfficientNet and RegNet families: its ``check_options``); the levels of ``out_indices``."""
+    if not isinstance(config, config_type):
+        raise TypeError(f"config must be a se_common.{config_type.__name__}, got {config!r}")
+    return config.check_options(num_classes, in_chans, out_indices)
+
+
+class PlannedBackbone:
+    """What the linen backbones planned by a config share (the EfficientNet and RegNet
+    families): their options checked when built, and timm's ``feature_info``,
+    ``num_features`` and ``head_hidden_size``. A mixin before ``nn.Module``; the module has the
+    fields ``config``, ``num_classes``, ``in_chans``, ``features_only``, ``out_indices``,
+    ``drop_rate`` and ``drop_path_rate``."""
+
+    config_type: ClassVar[type]
+
+    def __post_init__(self) -> None:
+        planned_levels(
+            self.config, self.config_type, self.num_classes, self.in_chans, self.out_indices
+        )
+        drop_rate("drop_rate", self.drop_rate)
+        self.config.blocks(self.drop_path_rate)  # checks the rate
+        super().__post_init__()
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        return planned_levels(
+            self.config, self.config_type, self.num_classes, self.in_chans, self.out_indices
+        )
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """timm's ``feature_info`` of every level (of ``out_indices`` with ``features_only``)."""
+        return model_feature_info(self.config, self.features_only, self.levels)
+
+    @property
+    def num_features(self) -> int:
+        """timm's ``num_features``: the channels the global pool takes."""
+        return pooled_features(self.config)
+
+    @property
+    def head_hidden_size(self) -> int:
+        """timm's ``head_hidden_size``: the width the classifier takes."""
+        return self.config.head_hidden_size

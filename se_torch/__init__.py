@@ -18,6 +18,7 @@ from se_torch._efficientnet import (
 from se_torch._factory import create_model
 from se_torch._layers import ConvNormAct, DropBlock2d, DropPath
 from se_torch._pretrained import from_pretrained, save_pretrained
+from se_torch._regnet import RegBottleneck, RegNet, RegPreBottleneck
 from se_torch._resnet import (
     ATTN_LAYERS,
     BLOCKS,
@@ -58,6 +59,9 @@ __all__ = [
     "MixedConv2d",
     "MobileNetV3",
     "PretrainedCfg",
+    "RegBottleneck",
+    "RegNet",
+    "RegPreBottleneck",
     "ResNet",
     "ResidualBlock",
     "SELayer",

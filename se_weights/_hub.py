@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from se_common import Architecture, architecture_of, get_model, list_models
+from se_common import Architecture, architecture_of, get_model, list_models, pooled_features
 from se_common._pretrained import PretrainedCfg, shown
 from se_weights._arrays import is_floating
 from se_weights._formats import FORMATS, FileError, _atomic, read_file
@@ -418,7 +418,7 @@ def _check_top_level(config: dict[str, Any], cfg: PretrainedCfg, arch: Any, path
         )
     if "num_features" in config:
         try:
-            wanted = family.configure(arch.config, dict(kwargs)).num_features
+            wanted = pooled_features(family.configure(arch.config, dict(kwargs)))
         except (ValueError, TypeError):
             wanted = None  # options the builder refuses, with its own message
         if wanted is not None and config["num_features"] != wanted:
@@ -599,7 +599,7 @@ def write_pretrained(
         {
             "architecture": architecture,
             "num_classes": num_classes,
-            "num_features": config.num_features,
+            "num_features": pooled_features(config),
             "global_pool": "avg",
             **labels,  # at the top, as timm's save_config_for_hf writes them
             "model_args": {"in_chans": in_chans, "num_classes": num_classes, "global_pool": "avg"},

@@ -312,6 +312,11 @@ RULES: tuple[Rule, ...] = (
         _DENSE_FROM_CONV1X1,
     ),
     Rule("classifier (Linear)", r"fc|classifier", ("Linear",), _DENSE_FROM_LINEAR),
+    # timm's RegNet: ConvNormAct `stem`, `s1.b1.conv1` ... are `conv` + `bn` (above); the
+    # pre-activation blocks (RegNetV) hold BatchNorms `norm1`..`norm3` and bare convs: the stem
+    # `stem`, a shortcut `downsample` (or `downsample.1` after a pool, above).
+    Rule("regnet pre-activation conv", r"stem|downsample", ("Conv2d",), _CONV),
+    Rule("regnet pre-activation norm", r"norm[123]", ("BatchNorm2d",), _BATCHNORM),
     # Selective Kernel attention (timm's SelectiveKernelAttn): 1x1 convolutions without bias.
     Rule("sk attention fc (1x1 conv)", r"fc_reduce|fc_select", ("Conv2d",), _DENSE_FROM_CONV1X1),
     # ECA (timm's EcaModule): a Conv1d named conv. In blocks it sits at `se.conv`, which outranks

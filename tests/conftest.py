@@ -34,6 +34,16 @@ import pytest
 import torch
 
 atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)  # the one it made
+# One compilation cache per test run, shared by its xdist workers (they inherit the variable
+# from the process that made the directory, which removes it at exit): tests compile the same
+# programs (a model's train step at the same shapes) again and again, and the suite is mostly
+# compile time. It caches compiled programs only, keyed by their HLO: results are unchanged.
+if "SE_FLAX_TEST_JAX_CACHE" not in os.environ:
+    os.environ["SE_FLAX_TEST_JAX_CACHE"] = tempfile.mkdtemp(prefix="se-flax-test-jax-")
+    atexit.register(shutil.rmtree, os.environ["SE_FLAX_TEST_JAX_CACHE"], ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", os.environ["SE_FLAX_TEST_JAX_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_default_matmul_precision", "highest")  # no TF32 on Ampere+ GPUs
 jax.config.update("jax_numpy_dtype_promotion", "strict")

@@ -427,10 +427,11 @@ def check_three_front_ends(case, config, shape, rng, classes=EFFICIENTNETS, grad
         lambda: nnx_class(config, num_classes=5, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
     )
     nnx_model = update_nnx(abstract, variables)
+    nnx_call = nnx.jit(lambda model, x: model(x))  # one program per mode, not op by op
     nnx_model.eval()
-    n_eval = nnx_model(xf)
+    n_eval = nnx_call(nnx_model, xf)
     nnx_model.train()
-    n_train = nnx_model(xf)
+    n_train = nnx_call(nnx_model, xf)
 
     t_eval, _, _ = torch_pass(tmodel, x, cot, train=False)
     t_train, _, t_grads = torch_pass(tmodel, x, cot, train=True)
@@ -475,7 +476,7 @@ def test_feature_maps_agree_and_match_feature_info(rng):
     x = rng.standard_normal(shape)
     with torch.no_grad():
         expected = [f.permute(0, 2, 3, 1).numpy() for f in tmodel(torch.from_numpy(x))]
-    got = fmodel.apply(variables, nchw_to_nhwc(x))
+    got = jax.jit(fmodel.apply)(variables, nchw_to_nhwc(x))
     nnx_model = update_nnx(
         nnx.eval_shape(
             lambda: se_flax.nnx.EfficientNet(
@@ -494,7 +495,8 @@ def test_feature_maps_agree_and_match_feature_info(rng):
         {"num_chs": 16, "reduction": 4, "module": "blocks.1"},
         {"num_chs": 16, "reduction": 8, "module": "blocks.3"},
     ]
-    for i, (e, g, n) in enumerate(zip(expected, got, nnx_model(nchw_to_nhwc(x)), strict=True)):
+    nnx_got = nnx.jit(lambda model, x: model(x))(nnx_model, nchw_to_nhwc(x))
+    for i, (e, g, n) in enumerate(zip(expected, got, nnx_got, strict=True)):
         assert e.shape[-1] == info[i]["num_chs"]
         assert e.shape[1] == -(-shape[2] // info[i]["reduction"])  # "SAME": ceil(H / stride)
         np.testing.assert_allclose(g, e, **F64)
@@ -514,13 +516,16 @@ def test_stochastic_depth_and_dropout_train_only(rng):
     with torch.no_grad():  # eval: the rates change nothing, bit for bit
         assert torch.equal(tmodel.eval()(xt), plain.eval()(xt))
     plain_flax = se_flax.EfficientNet(config, num_classes=3, param_dtype=jnp.float64)
-    np.testing.assert_array_equal(fmodel.apply(variables, xf), plain_flax.apply(variables, xf))
+    np.testing.assert_array_equal(
+        jax.jit(fmodel.apply)(variables, xf), jax.jit(plain_flax.apply)(variables, xf)
+    )
 
+    @jax.jit
     def linen_train(key):
         out, _ = fmodel.apply(
             variables, xf, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
         )
-        return np.asarray(out)
+        return out
 
     a = linen_train(jax.random.key(0))
     np.testing.assert_array_equal(a, linen_train(jax.random.key(0)))
@@ -535,7 +540,8 @@ def test_stochastic_depth_and_dropout_train_only(rng):
     )
     nnx.reseed(nnx_model, dropout=3)  # the abstract model's dropout streams, made concrete
     nnx_model.train()
-    assert not np.allclose(nnx_model(xf), nnx_model(xf))  # the dropout stream moves on
+    forward = nnx.jit(lambda model, x: model(x))
+    assert not np.allclose(forward(nnx_model, xf), forward(nnx_model, xf))  # the stream moves on
     tmodel.train()
     blocks = [m for m in tmodel.modules() if isinstance(m, se_torch.InvertedResidual)]
     assert blocks and all(isinstance(b.drop_path, se_torch.DropPath) for b in blocks if b.has_skip)

@@ -550,6 +550,9 @@ def test_the_committed_pretrained_table_is_timms():
         "mobilenetv1_100",
         "tf_mobilenetv3_small_minimal_100",
         "lcnet_050",
+        "regnety_002",
+        "regnetv_064",
+        "regnetz_005",
     ],
 )
 def test_timm_loads_what_flax_saves_bit_for_bit(name, tmp_path, rng):

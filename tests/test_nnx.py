@@ -330,6 +330,7 @@ def test_every_model_name_builds_its_config(monkeypatch):
         monkeypatch.setattr(
             se_nnx._efficientnet, family_class, lambda config, **kw: built.setdefault(0, config)
         )
+    monkeypatch.setattr(se_nnx._regnet, "RegNet", lambda config, **kw: built.setdefault(0, config))
     for name in list_models():
         config = get_model(name).config
         built.clear()

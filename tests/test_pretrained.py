@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
@@ -684,9 +685,11 @@ def test_another_architecture_loads_too(tmp_path, rng):
 # is the next test's, on a small config. And the EfficientNet family's smallest published name,
 # test_efficientnet (`conv_stem`, `blocks.{i}.{j}` of cn, er and ir blocks with SE's
 # `se.conv_reduce` / `se.conv_expand`, `conv_head`, `classifier`), and the MobileNetV3 family's
-# smallest, mobilenetv3_small_050 (its head's `conv_head` with a bias, after the pool).
+# smallest, mobilenetv3_small_050 (its head's `conv_head` with a bias, after the pool), and the
+# RegNet family's, regnety_002 (`stem.conv`, `s{i}.b{j}.conv{k}.conv`, `se.fc1`, `head.fc`).
 @pytest.mark.parametrize(
-    "name", ["resnet10t", "resnetblur18", "test_efficientnet", "mobilenetv3_small_050"]
+    "name",
+    ["resnet10t", "resnetblur18", "test_efficientnet", "mobilenetv3_small_050", "regnety_002"],
 )
 def test_timm_s_stems_and_shortcuts_load_in_every_front_end_and_save_back(tmp_path, rng, name):
     """Weights in timm's layout (by key names alone, as from the hub) load into linen and NNX
@@ -694,24 +697,28 @@ def test_timm_s_stems_and_shortcuts_load_in_every_front_end_and_save_back(tmp_pa
     bit for bit."""
     model = randomize_(se_torch.create_model(name), rng, torch.float32).eval()
     se_torch.save_pretrained(model, tmp_path / "published")
+    config = json.loads((tmp_path / "published" / "config.json").read_text())
+    assert config["num_features"] == model.num_features  # timm's: what the pool takes
     x = images(rng, n=1)
     expected = torch_out(model, x)
     scale = float(np.abs(expected).max())
     linen, variables = se_flax.from_pretrained(tmp_path / "published", verbose=False)
     np.testing.assert_allclose(
-        linen.apply(variables, x), expected, rtol=RTOL32, atol=ATOL32 * scale
+        jax.jit(linen.apply)(variables, x), expected, rtol=RTOL32, atol=ATOL32 * scale
     )
     nnx_model = se_flax.nnx.from_pretrained(tmp_path / "published", verbose=False)
-    np.testing.assert_allclose(nnx_model(x), expected, rtol=RTOL32, atol=ATOL32 * scale)
+    forward = nnx.jit(lambda model, x: model(x))  # one program, not op by op
+    np.testing.assert_allclose(forward(nnx_model, x), expected, rtol=RTOL32, atol=ATOL32 * scale)
     se_flax.save_pretrained(linen, tmp_path / "linen", variables)
     se_flax.nnx.save_pretrained(nnx_model, tmp_path / "nnx")
     if name == "resnet10t":  # with stochastic depth to fine-tune: its dropout streams are live
         tuned = se_flax.nnx.from_pretrained(
             tmp_path / "published", verbose=False, drop_path_rate=0.5
         )
-        np.testing.assert_allclose(tuned(x), expected, rtol=RTOL32, atol=ATOL32 * scale)
+        np.testing.assert_allclose(forward(tuned, x), expected, rtol=RTOL32, atol=ATOL32 * scale)
         tuned.train()
-        assert np.all(np.isfinite(tuned(x))) and not np.allclose(tuned(x), tuned(x))
+        first, second = forward(tuned, x), forward(tuned, x)  # the dropout streams move on
+        assert np.all(np.isfinite(first)) and not np.allclose(first, second)
     se_torch.save_pretrained(
         se_torch.from_pretrained(tmp_path / "published", verbose=False), tmp_path / "torch"
     )

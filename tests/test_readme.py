@@ -55,6 +55,7 @@ MIN_BLOCKS = {
     "docs/resnet.md": 5,
     "docs/efficientnet.md": 5,
     "docs/mobilenetv3.md": 4,
+    "docs/regnet.md": 4,
     "docs/converting.md": 1,
     "docs/training.md": 4,
     "docs/registry.md": 1,

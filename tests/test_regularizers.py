@@ -133,16 +133,20 @@ def test_eval_is_exact_and_training_draws_in_every_front_end(rng):
     xt, xf = torch.from_numpy(x), nchw_to_nhwc(x)
     with torch.no_grad():  # eval: the rates change nothing, bit for bit
         assert torch.equal(torch_model.eval()(xt), plain_torch.eval()(xt))
-    np.testing.assert_array_equal(linen.apply(variables, xf), plain_linen.apply(variables, xf))
+    np.testing.assert_array_equal(
+        jax.jit(linen.apply)(variables, xf), jax.jit(plain_linen.apply)(variables, xf)
+    )
+    forward = nnx.jit(lambda model, x: model(x))  # one program per model and mode
     nnx_model.eval()
     update_nnx(plain_nnx, variables).eval()
-    np.testing.assert_array_equal(nnx_model(xf), plain_nnx(xf))
+    np.testing.assert_array_equal(forward(nnx_model, xf), forward(plain_nnx, xf))
 
+    @jax.jit
     def linen_train(key):
         out, _ = linen.apply(
             variables, xf, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
         )
-        return np.asarray(out)
+        return out
 
     a, b = linen_train(jax.random.key(0)), linen_train(jax.random.key(1))
     np.testing.assert_array_equal(a, linen_train(jax.random.key(0)))  # a key decides
@@ -150,7 +154,7 @@ def test_eval_is_exact_and_training_draws_in_every_front_end(rng):
     with pytest.raises(Exception, match="dropout"):  # training asks for its rng
         linen.apply(variables, xf, train=True, mutable=["batch_stats"])
     nnx_model.train()
-    first, second = np.asarray(nnx_model(xf)), np.asarray(nnx_model(xf))
+    first, second = np.asarray(forward(nnx_model, xf)), np.asarray(forward(nnx_model, xf))
     assert not np.allclose(first, second)  # the dropout stream moves on
     torch_model.train()
     outs = []

@@ -38,6 +38,7 @@ from se_flax.nnx._layers import (
     PointwiseConv,
 )
 from se_flax.nnx._pretrained import from_pretrained, save_pretrained
+from se_flax.nnx._regnet import RegBottleneck, RegNet, RegPreBottleneck
 from se_flax.nnx._resnet import (
     ATTN_LAYERS,
     BLOCKS,
@@ -77,6 +78,9 @@ __all__ = [
     "MBSqueezeExcite",
     "MobileNetV3",
     "PointwiseConv",
+    "RegBottleneck",
+    "RegNet",
+    "RegPreBottleneck",
     "ResNet",
     "ResidualBlock",
     "SELayer",
