@@ -204,7 +204,8 @@ class RegNetConfig:
         _number("se_ratio", self.se_ratio, 0)
         if not 0 <= _number("group_min_ratio", self.group_min_ratio, 0) < 1:
             raise ValueError(f"group_min_ratio must be in [0, 1), got {self.group_min_ratio!r}")
-        positive_int("stem_width", self.stem_width)
+        if positive_int("stem_width", self.stem_width) > MAX_WIDTH:
+            raise ValueError(f"stem_width must be at most {MAX_WIDTH}, got {self.stem_width}")
         if self.downsample not in DOWNSAMPLE_TYPES:
             raise ValueError(
                 f"unknown downsample {self.downsample!r}; timm's are "

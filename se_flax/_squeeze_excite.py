@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from se_common import classic_rd_channels, resolve_rd_channels
 from se_flax._dtypes import Dtype, apply_accumulated, compute_dtype, held_param_dtype, mean
+from se_flax._fused_se import fused_squeeze_excite
 from se_flax._layers import check_input, default_bias_init, default_kernel_init, dense
 
 __all__ = ["SELayer", "SqueezeExcite", "squeeze_excite"]
@@ -29,6 +30,7 @@ def squeeze_excite(
     act_fn: Callable[[Array], Array],
     gate_fn: Callable[[Array], Array],
     dtype: jnp.dtype,
+    fused: bool = False,
 ) -> Array:
     """The SE computation shared by the linen and NNX modules.
 
@@ -38,13 +40,20 @@ def squeeze_excite(
         act_fn, gate_fn: δ and σ of the paper's eq. 3.
         dtype: computation and output dtype. Below 32 bits, pooling, ``act_fn`` and
             ``gate_fn`` run in float32 and round once to ``dtype`` (see :mod:`se_flax._dtypes`).
+        fused: the pool and the scale as Pallas kernels with their own derivatives
+            (:func:`se_flax._fused_se.fused_squeeze_excite`: Triton on GPUs, interpret mode
+            elsewhere); the same results to rounding.
 
     Returns:
         ``x * gate`` of shape ``(N, *spatial, C)`` and dtype ``dtype``.
     """
-    z = mean(x, range(1, x.ndim - 1), dtype, keepdims=True)
-    s = apply_accumulated(gate_fn, fc2(apply_accumulated(act_fn, fc1(z), dtype)), dtype)
-    return x.astype(dtype) * s
+
+    def excite(z: Array) -> Array:
+        return apply_accumulated(gate_fn, fc2(apply_accumulated(act_fn, fc1(z), dtype)), dtype)
+
+    if fused:
+        return fused_squeeze_excite(x, excite, dtype)
+    return x.astype(dtype) * excite(mean(x, range(1, x.ndim - 1), dtype, keepdims=True))
 
 
 def _weight_channels(module: nn.Module, x: Array) -> int:
@@ -73,6 +82,8 @@ class SqueezeExcite(nn.Module):
         param_dtype: dtype of the parameters.
         precision: matmul precision of the dense layers.
         kernel_init, bias_init: initializers of the dense layers.
+        fused: pool and scale with se-flax's Pallas kernels (:func:`squeeze_excite`); off by
+            default until measured faster on a GPU (issue 33).
 
     Shapes:
         input ``(N, *spatial, C)`` with one or more spatial axes; output has the same shape.
@@ -97,6 +108,7 @@ class SqueezeExcite(nn.Module):
     precision: Any = None
     kernel_init: nn.initializers.Initializer = default_kernel_init
     bias_init: nn.initializers.Initializer = default_bias_init
+    fused: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -111,6 +123,7 @@ class SqueezeExcite(nn.Module):
             self.act_fn,
             self.gate_fn,
             compute_dtype(x, self.dtype, held_param_dtype(self)),
+            self.fused,
         )
 
 

@@ -35,6 +35,7 @@ class SqueezeExcite(nnx.Module):
         param_dtype: dtype of the parameters.
         precision: matmul precision of the dense layers.
         kernel_init, bias_init: initializers of the dense layers.
+        fused: pool and scale with se-flax's Pallas kernels (``se_flax.squeeze_excite``).
         rngs: random streams for initialisation.
 
     Variables ``fc1/kernel`` (C, rd), ``fc1/bias``, ``fc2/kernel`` (rd, C), ``fc2/bias``.
@@ -63,9 +64,11 @@ class SqueezeExcite(nnx.Module):
         precision: Any = None,
         kernel_init: nnx.Initializer = default_kernel_init,
         bias_init: nnx.Initializer = default_bias_init,
+        fused: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
         self.channels = positive_int("channels", channels)
+        self.fused = fused
         self.rd_channels = resolve_rd_channels(channels, rd_ratio, rd_channels, rd_divisor)
         dense = dict(
             use_bias=use_bias,
@@ -85,7 +88,7 @@ class SqueezeExcite(nnx.Module):
     def __call__(self, x: Array) -> Array:
         check_input(x, channels=self.channels, spatial_dims=None)
         dtype = compute_dtype(x, self.dtype, held_param_dtype(self))
-        return squeeze_excite(x, self.fc1, self.fc2, self.act_fn, self.gate_fn, dtype)
+        return squeeze_excite(x, self.fc1, self.fc2, self.act_fn, self.gate_fn, dtype, self.fused)
 
 
 class SELayer(nnx.Module):
