@@ -107,6 +107,17 @@ class RegOptions:
             **self._dtypes,
         }
 
+    def _conv_norm_options(self, groups: int, act: bool, last: bool) -> dict[str, Any]:
+        """timm's ``ConvNormAct`` with these options (both front-ends' ``ConvNormAct``)."""
+        return {
+            "apply_act": act,
+            "act_fn": self.act_fn,
+            "norm_layer": self._norm(last),
+            "precision": self.precision,
+            "kernel_init": fan_out_init(groups),
+            **self._dtypes,
+        }
+
     def _se_options(self, rd_channels: int) -> dict[str, Any]:
         return {
             "rd_channels": rd_channels,
@@ -139,20 +150,8 @@ class RegLayers(RegOptions):
         groups: int = 1, *, act: bool = True, last: bool = False, name: str,
     ) -> Array:  # fmt: skip
         """timm's ``ConvNormAct`` (``name/conv``, ``name/bn``) applied to ``x``."""
-        return ConvNormAct(
-            out,
-            k,
-            stride,
-            dilation,
-            groups,
-            apply_act=act,
-            act_fn=self.act_fn,
-            norm_layer=self._norm(last),
-            precision=self.precision,
-            kernel_init=fan_out_init(groups),
-            name=name,
-            **self._dtypes,
-        )(x, train)
+        options = self._conv_norm_options(groups, act, last)
+        return ConvNormAct(out, k, stride, dilation, groups, name=name, **options)(x, train)
 
     def se(self, x: Array, spec: RegBlockSpec) -> Array:
         """The block's SE (``se/fc1``, ``se/fc2``), if it has one."""
@@ -190,13 +189,15 @@ class RegBottleneck(_Block):
         y = L.conv_norm(y, train, s.bottleneck, 3, s.stride, s.dilation, s.groups, name="conv2")
         y = L.se(y, s)
         y = L.conv_norm(y, train, s.out_channels, 1, act=False, last=True, name="conv3")
-        shortcut = x
-        if s.shortcut in ("conv1x1", "avg"):
-            down = "downsample" if s.shortcut == "conv1x1" else "downsample_1"
-            stride = s.stride if s.shortcut == "conv1x1" else 1
-            shortcut = shortcut_pool(x, s) if s.shortcut == "avg" else x
-            shortcut = L.conv_norm(shortcut, train, s.out_channels, 1, stride, act=False, name=down)
-        y = self.residual(y, None if s.shortcut is None else shortcut, train)
+        shortcut = None if s.shortcut is None else x
+        if s.shortcut == "conv1x1":
+            shortcut = L.conv_norm(
+                x, train, s.out_channels, 1, s.stride, act=False, name="downsample"
+            )
+        elif s.shortcut == "avg":
+            pooled = shortcut_pool(x, s)
+            shortcut = L.conv_norm(pooled, train, s.out_channels, 1, act=False, name="downsample_1")
+        y = self.residual(y, shortcut, train)
         return y if self.linear_out else L.act_fn(y)
 
 

@@ -54,7 +54,7 @@ def _shortcut(spec: RegBlockSpec, preact: bool) -> nn.Module | None:
 
 
 class _Block(nn.Module):
-    def __init__(self, spec: RegBlockSpec, act: str) -> None:
+    def __init__(self, spec: RegBlockSpec) -> None:
         super().__init__()
         self.spec = spec
         self.drop_path = DropPath(spec.drop_path) if spec.drop_path else nn.Identity()
@@ -74,7 +74,7 @@ class RegBottleneck(_Block):
     conv-norm, the shortcut sum, an activation (none with ``linear_out``)."""
 
     def __init__(self, spec: RegBlockSpec, act: str = "relu", linear_out: bool = False) -> None:
-        super().__init__(spec, act)
+        super().__init__(spec)
         s, a = spec, ACT_LAYERS[act]
         mid = s.bottleneck
         self.conv1 = ConvNormAct(s.in_channels, mid, 1, act_layer=a)
@@ -94,7 +94,7 @@ class RegPreBottleneck(_Block):
     conv, SE, norm-act, 1x1 conv, the sum with the shortcut of the first norm's output."""
 
     def __init__(self, spec: RegBlockSpec, act: str = "relu", linear_out: bool = False) -> None:
-        super().__init__(spec, act)
+        super().__init__(spec)
         s = spec
         mid = s.bottleneck
         pad = conv_padding(3, s.stride, s.dilation)

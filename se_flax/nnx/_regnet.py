@@ -7,7 +7,6 @@ and attribute names mirror the linen modules' (``s1``, ``b1``, ``conv2/conv``, `
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +17,6 @@ from flax import nnx
 from se_common import PretrainedCfg, RegBlockSpec, RegNetConfig, model_feature_info
 from se_common import drop_rate as checked_rate
 from se_flax._dtypes import Dtype, compute_dtype, mean
-from se_flax._efficientnet import fan_out_init
 from se_flax._layers import check_input
 from se_flax._regnet import RegOptions, check_options, classifier_init, shortcut_pool
 from se_flax.nnx._layers import BatchNorm, ConvNormAct, DropPath, conv, held_param_dtype
@@ -36,11 +34,6 @@ class RegLayers(RegOptions):
 
     norm_layer: Any = BatchNorm
 
-    def _norm(self, last: bool = False) -> Any:
-        if last and self.zero_init_last:
-            return functools.partial(self.norm_layer, scale_init=nnx.initializers.zeros_init())
-        return self.norm_layer
-
     def conv(
         self, inp: int, out: int, k: int, stride: int = 1, dilation: int = 1, groups: int = 1, *,
         rngs: nnx.Rngs,
@@ -56,21 +49,8 @@ class RegLayers(RegOptions):
         *, act: bool = True, last: bool = False, rngs: nnx.Rngs,
     ) -> ConvNormAct:  # fmt: skip
         """timm's ``ConvNormAct`` (``conv``, ``bn``)."""
-        return ConvNormAct(
-            inp,
-            out,
-            k,
-            stride,
-            dilation,
-            groups,
-            apply_act=act,
-            act_fn=self.act_fn,
-            norm_layer=self._norm(last),
-            precision=self.precision,
-            kernel_init=fan_out_init(groups),
-            rngs=rngs,
-            **self._dtypes,
-        )
+        options = self._conv_norm_options(groups, act, last)
+        return ConvNormAct(inp, out, k, stride, dilation, groups, rngs=rngs, **options)
 
     def se(self, spec: RegBlockSpec, *, rngs: nnx.Rngs) -> SqueezeExcite | None:
         if not spec.se_channels:
