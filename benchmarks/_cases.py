@@ -115,9 +115,9 @@ EXTRA_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 
 @dataclass(frozen=True)
 class ConvShape:
-    """A grouped convolution: NHWC input ``(batch, h, w, c)``, ``c`` output channels, ``groups``
-    groups (``c``: depthwise), a ``kernel`` x ``kernel`` window, ``stride``, padding
-    ``kernel // 2`` on every side."""
+    """A convolution: NHWC input ``(batch, h, w, c)``, ``out`` output channels (``c`` unless
+    given), ``groups`` groups (``c``: depthwise; 1: ungrouped), a ``kernel`` x ``kernel``
+    window, ``stride``, padding ``kernel // 2`` on every side."""
 
     h: int
     w: int
@@ -126,6 +126,11 @@ class ConvShape:
     kernel: int
     stride: int
     source: str = ""
+    out: int | None = None
+
+    @property
+    def features(self) -> int:
+        return self.c if self.out is None else self.out
 
     @property
     def padding(self) -> int:
@@ -138,18 +143,20 @@ class ConvShape:
     def flops(self, batch: int) -> int:
         """2 x the multiply-adds of one forward call (taps on padding included)."""
         ho, wo = self.output_hw()
-        return 2 * batch * ho * wo * self.c * (self.c // self.groups) * self.kernel**2
+        return 2 * batch * ho * wo * self.features * (self.c // self.groups) * self.kernel**2
 
 
-def _conv(h, w, c, groups, kernel, stride, source="") -> tuple[str, ConvShape]:
+def _conv(h, w, c, groups, kernel, stride, source="", out=None) -> tuple[str, ConvShape]:
     kind = "dw" if groups == c else f"g{groups}"
+    kind += "" if out is None else f"_o{out}"
     return f"{h}x{w}x{c}_{kind}_k{kernel}_s{stride}", ConvShape(
-        h, w, c, groups, kernel, stride, source
+        h, w, c, groups, kernel, stride, source, out
     )
 
 
 # The `convs` workload: the grouped 3x3 convolutions of ResNeXt-50 32x4d's stages and
-# RegNetY-1.6GF's (group width 24), one at stride 2, and depthwise 3x3 and 5x5 ones.
+# RegNetY-1.6GF's (group width 24), one at stride 2, depthwise 3x3 and 5x5 ones, and ungrouped
+# stems and first-stage convolutions.
 CONV_SHAPES: dict[str, ConvShape] = dict(
     [
         _conv(56, 56, 128, 32, 3, 1, "ResNeXt-50 32x4d stage 1"),
@@ -166,6 +173,12 @@ CONV_SHAPES: dict[str, ConvShape] = dict(
         _conv(14, 14, 480, 480, 3, 1, "depthwise"),
         _conv(7, 7, 1152, 1152, 5, 1, "depthwise"),
         _conv(56, 56, 144, 144, 3, 2, "depthwise, stride 2"),
+        # ungrouped convolutions with few input channels, which run se_flax's kernels too
+        _conv(224, 224, 3, 1, 3, 2, "EfficientNet / RegNet stem", out=32),
+        _conv(224, 224, 3, 1, 7, 2, "ResNet stem", out=64),
+        _conv(112, 112, 32, 1, 3, 1, "ResNet-D deep stem"),
+        _conv(56, 56, 64, 1, 3, 1, "ResNet-50 stage 1"),
+        _conv(112, 112, 24, 1, 3, 1, "EfficientNetV2 stage 1 (edge residual)", out=96),
     ]
 )
 # Seconds that the timed repeats of one conv case may take (Runner.budget_s): XLA's grouped

@@ -539,7 +539,9 @@ FLOPS_METHOD = (
     "XLA's cost analysis (`flops`) of the compiled float32 JAX program "
     "(`jax.jit(f).lower(...).compile().cost_analysis()`), divided by the batch: every operation "
     "counted (a multiply-add as 2, an elementwise operation as 1; convolution taps that fall on "
-    "padding are not); the same count serves bfloat16 and both frameworks, which run the same "
+    "padding are not), plus 2 x the multiply-adds of the passes that ran se_flax's CPU kernels "
+    "(XLA counts a custom call as 0); the same count serves bfloat16 and both frameworks, which "
+    "run the same "
     "math. The cross-check counts 2 x the multiply-adds of the forward pass's convolutions and "
     "dense layers from the traced shapes, padding included"
 )

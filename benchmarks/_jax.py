@@ -31,6 +31,7 @@ from benchmarks._cases import (
 )
 from benchmarks._timing import Runner
 from se_convert import torch_to_flax, update_nnx
+from se_flax import _grouped
 from se_flax.optim import sgd
 from se_flax.training import TrainState, cross_entropy, train_step
 
@@ -71,7 +72,7 @@ def _variables(case: Case, seed: int) -> dict:
 
 
 def _conv_runner(case: Case, slots: int, seed: int) -> Runner:
-    """One grouped convolution under ``jax.jit``: ``se_flax.conv_general_dilated`` (``jit``;
+    """One convolution under ``jax.jit``: ``se_flax.conv_general_dilated`` (``jit``;
     se_flax's CPU kernels where built) or ``jax.lax.conv_general_dilated`` (``xla_jit``), the
     same arguments; forward, or forward + backward (the output, and the input and kernel gradients
     from ``jax.vjp`` at a fixed random cotangent), the PyTorch runner's kernel."""
@@ -80,7 +81,7 @@ def _conv_runner(case: Case, slots: int, seed: int) -> Runner:
     rng = np.random.default_rng(seed)
     function = se_flax.conv_general_dilated if case.mode == "jit" else jax.lax.conv_general_dilated
     pads = ((conv.padding, conv.padding),) * 2
-    n, _, _, c = case.shape
+    n = case.shape[0]
 
     def forward(x, kernel):
         strides = (conv.stride, conv.stride)
@@ -109,7 +110,7 @@ def _conv_runner(case: Case, slots: int, seed: int) -> Runner:
             return y, *vjp(g)  # the output, the input gradient, the kernel gradient
 
         fn = jax.jit(fwdbwd)
-        cotangents = arrays((n, *conv.output_hw(), c))
+        cotangents = arrays((n, *conv.output_hw(), conv.features))
 
         def step(i: int):
             return fn(xs[i % slots], kernel, cotangents[i % slots])
@@ -292,7 +293,36 @@ def _xla_flops(fn, *args) -> float:
     cost = fn.lower(*args).compile().cost_analysis()
     if isinstance(cost, list | tuple):  # older jax: one dict per program
         cost = cost[0]
-    return float(cost["flops"])
+    return float(cost["flops"]) + _kernel_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+# se_flax's convolution primitives -> (the FFI target of their pass, the operand whose shape
+# is the pass's output-sized side: 2 x its size x the kernel's taps x group width FLOPs)
+_KERNEL_PASSES = {
+    "se_flax_grouped_conv": (_grouped._TARGETS[0], "out"),
+    "se_flax_grouped_conv_input_grad": (_grouped._TARGETS[1], 0),
+    "se_flax_grouped_conv_kernel_grad": (_grouped._TARGETS[2], 1),
+}
+
+
+def _kernel_flops(jaxpr) -> int:
+    """2 x the multiply-adds of the convolution passes that run se_flax's CPU kernels, which
+    XLA's cost analysis counts as 0 (a custom call); the passes left to XLA's convolution it
+    counts itself."""
+    if jax.default_backend() != "cpu" or not se_flax.kernels_built():
+        return 0
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in _KERNEL_PASSES:
+            target, side = _KERNEL_PASSES[eqn.primitive.name]
+            kernel = eqn.params.get("kernel_shape") or eqn.invars[1].aval.shape
+            if _grouped._on_kernels(target, eqn.params["groups"], kernel):
+                sized = eqn.outvars[0] if side == "out" else eqn.invars[side]
+                kh, kw, cg, _ = kernel
+                total += 2 * math.prod(sized.aval.shape) * kh * kw * cg
+        for sub in _subjaxprs(eqn):
+            total += _kernel_flops(sub)
+    return total
 
 
 def _abstract_network(workload: str, name: str, batch: int, image_size: int):
@@ -344,6 +374,9 @@ def _matmul_flops(jaxpr) -> int:
             kernel = eqn.invars[1].aval.shape
             _, in_features, *spatial = eqn.params["dimension_numbers"].rhs_spec
             total += 2 * out * kernel[in_features] * math.prod(kernel[d] for d in spatial)
+        elif eqn.primitive.name == "se_flax_grouped_conv":  # se_flax's convolution, HWIO
+            kh, kw, cg, _ = eqn.invars[1].aval.shape
+            total += 2 * out * cg * kh * kw
         for sub in _subjaxprs(eqn):
             total += _matmul_flops(sub)
     return total

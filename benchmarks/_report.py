@@ -293,6 +293,8 @@ def _conv_table(records: list[dict]) -> list[str]:
     for (name, batch, dtype), cells in rows.items():
         conv = CONV_SHAPES[name]
         groups = f"{conv.groups} (depthwise)" if conv.groups == conv.c else str(conv.groups)
+        if conv.features != conv.c:
+            groups += f", {conv.features} outputs"
         lines.append(
             f"| {name} | {conv.source} | {batch}x{conv.h}x{conv.w}x{conv.c} | {groups} | "
             f"{conv.kernel}x{conv.kernel} | {conv.stride} | {dtype} | "

@@ -51,10 +51,10 @@ def module(case: Case, seed: int) -> torch.nn.Module:
 
 
 def conv_kernel(case: Case, seed: int) -> np.ndarray:
-    """The conv case's kernel, HWIO ``(k, k, c / groups, c)`` float32, from ``seed``: both
-    frameworks run it (PyTorch's ``(c, c / groups, k, k)`` is its transpose)."""
+    """The conv case's kernel, HWIO ``(k, k, c / groups, out)`` float32, from ``seed``: both
+    frameworks run it (PyTorch's ``(out, c / groups, k, k)`` is its transpose)."""
     conv = CONV_SHAPES[case.name]
-    shape = (conv.kernel, conv.kernel, conv.c // conv.groups, conv.c)
+    shape = (conv.kernel, conv.kernel, conv.c // conv.groups, conv.features)
     rng = np.random.default_rng([seed, 1])
     return rng.standard_normal(shape, np.float32) / math.sqrt(math.prod(shape[:3]))
 
@@ -92,7 +92,7 @@ def _conv_runner(case: Case, slots: int, seed: int) -> Runner:
             return forward(xs[i % slots])
 
     else:
-        cotangents = tensors((n, c, ho, wo))
+        cotangents = tensors((n, conv.features, ho, wo))
         weight.requires_grad_(True)
         for x in xs:
             x.requires_grad_(True)

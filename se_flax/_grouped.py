@@ -32,6 +32,15 @@ from jax.interpreters import ad, batching, mlir
 __all__ = ["grouped_conv", "kernels_built"]
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+
+# Ungrouped convolutions run the kernels where they beat XLA's CPU convolution (measured on a
+# 2-core Xeon, batch 8, float32; docs' benchmark findings): a k x k kernel (k > 1) with at most
+# 64 input channels, as stems and first stages have. The forward pass for at most 64 output
+# channels too, the input gradient from 8 input channels on (the kernels' input gradient of a
+# 3-channel stride-2 stem is 1.5-5x slower than XLA's; a stem's is not computed in training).
+UNGROUPED_MAX_CHANNELS = 64
+UNGROUPED_FORWARD_MAX_FEATURES = 64
+UNGROUPED_INPUT_GRAD_MIN_CHANNELS = 8
 _TARGETS = ("SeFlaxGroupedConv", "SeFlaxGroupedConvInputGrad", "SeFlaxGroupedConvKernelGrad")
 
 
@@ -69,6 +78,29 @@ def grouped_conv(
     on CPU se_flax's kernels and their gradients (needs :func:`kernels_built`), elsewhere XLA's."""
     params = _params(groups, strides, pads, dilation, precision)
     return _conv_p.bind(x, kernel, **params)
+
+
+def ungrouped_on_kernels(kernel_shape: tuple[int, ...]) -> bool:
+    """Whether an ungrouped convolution with this HWIO ``kernel_shape`` runs se_flax's kernels
+    on CPU (in one of its passes at least): a kernel larger than 1x1 with at most
+    ``UNGROUPED_MAX_CHANNELS`` input channels."""
+    kh, kw, c, _ = kernel_shape
+    return kh * kw > 1 and c <= UNGROUPED_MAX_CHANNELS
+
+
+def _on_kernels(target: str, groups: int, kernel_shape: tuple[int, ...]) -> bool:
+    """Whether pass ``target`` runs se_flax's kernel on CPU (else XLA's convolution): always for
+    grouped convolutions, by the measured rules above for ungrouped ones."""
+    if groups > 1:
+        return True
+    _, _, c, o = kernel_shape
+    if not ungrouped_on_kernels(kernel_shape):
+        return False
+    if target == _TARGETS[0]:
+        return o <= UNGROUPED_FORWARD_MAX_FEATURES
+    if target == _TARGETS[1]:
+        return c >= UNGROUPED_INPUT_GRAD_MIN_CHANNELS
+    return True
 
 
 def _params(groups, strides, pads, dilation, precision):
@@ -123,11 +155,17 @@ def _xla_transpose(linear, shape, ct):
 def _conv_impl(x, kernel, *, groups, strides, pads, dilation, precision):
     geometry = (groups, strides, pads, dilation)
     shape = _out_shape(x.shape, kernel.shape, strides, pads, dilation)
+
+    def xla(x, k):
+        return _xla_conv(x, k, *geometry, precision)
+
+    if not _on_kernels(_TARGETS[0], groups, kernel.shape):
+        return xla(x, kernel)
     return lax.platform_dependent(
         x,
         kernel,
         cpu=lambda x, k: _ffi(_TARGETS[0], x, k, shape, *geometry),
-        default=lambda x, k: _xla_conv(x, k, *geometry, precision),
+        default=xla,
     )
 
 
@@ -137,6 +175,8 @@ def _input_grad_impl(g, kernel, *, x_shape, groups, strides, pads, dilation, pre
     def xla(g, k):
         return _xla_transpose(lambda x: _xla_conv(x, k, *geometry, precision), x_shape, g)
 
+    if not _on_kernels(_TARGETS[1], groups, kernel.shape):
+        return xla(g, kernel)
     return lax.platform_dependent(
         g,
         kernel,
@@ -151,6 +191,8 @@ def _kernel_grad_impl(x, g, *, kernel_shape, groups, strides, pads, dilation, pr
     def xla(x, g):
         return _xla_transpose(lambda k: _xla_conv(x, k, *geometry, precision), kernel_shape, g)
 
+    if not _on_kernels(_TARGETS[2], groups, kernel_shape):
+        return xla(x, g)
     return lax.platform_dependent(
         x,
         g,

@@ -412,6 +412,9 @@ def test_convs_plan_float32_in_four_modes():
     dw = CONV_SHAPES["56x56x144_dw_k3_s2"]
     assert (dw.groups, dw.kernel, dw.stride, dw.padding, dw.output_hw()) == (144, 3, 2, 1, (28, 28))
     assert CONV_SHAPES["7x7x888_g37_k3_s1"].flops(2) == 2 * 2 * 7 * 7 * 888 * 24 * 9
+    stem = CONV_SHAPES["224x224x3_g1_o32_k3_s2"]  # ungrouped, 32 outputs from 3 channels
+    assert (stem.features, stem.output_hw()) == (32, (112, 112))
+    assert stem.flops(2) == 2 * 2 * 112 * 112 * 32 * 3 * 9
     args = _cli.parse_args(["--quick", "--workloads", "se_fwd,convs", "--conv-batch", "3"])
     cases = _cli.planned(args)
     assert {c.name for c in cases if c.workload in CONV_WORKLOADS} == set(QUICK_CONV_SHAPES)
@@ -690,3 +693,29 @@ def test_roofline_and_flops_helpers_count_what_they_say():
     convs += [(1, 256, 512, 9), (1, 512, 512, 9), (1, 256, 512, 1)]
     macs = stem + sum(s * s * i * o * k for s, i, o, k in convs) + 512 * 1000
     assert _jax.forward_matmul_flops("resnet10", 32) == 2 * macs
+    # se_flax's kernels, which XLA's cost analysis counts as 0: each pass that runs them
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    import se_flax
+
+    nhwc = ("NHWC", "HWIO", "NHWC")
+
+    def step(x, k, groups):
+        def loss(x, k):
+            y = se_flax.conv_general_dilated(
+                x, k, (1, 1), "SAME", dimension_numbers=nhwc, feature_group_count=groups
+            )
+            return jnp.sum(y**2)
+
+        return jax.grad(loss, (0, 1))(x, k)
+
+    x = jax.ShapeDtypeStruct((2, 6, 6, 16), jnp.float32)
+    grouped = jax.ShapeDtypeStruct((3, 3, 4, 16), jnp.float32)  # 4 groups: all three passes
+    jaxpr = jax.make_jaxpr(functools.partial(step, groups=4))(x, grouped).jaxpr
+    assert _jax._kernel_flops(jaxpr) == 3 * 2 * (2 * 6 * 6 * 16) * 9 * 4
+    wide = jax.ShapeDtypeStruct((3, 3, 16, 128), jnp.float32)  # 128 outputs: forward is XLA's
+    jaxpr = jax.make_jaxpr(functools.partial(step, groups=1))(x, wide).jaxpr
+    assert _jax._kernel_flops(jaxpr) == 2 * 2 * (2 * 6 * 6 * 128) * 9 * 16

@@ -49,6 +49,11 @@ CASES = [
     # second: 16 lanes, two 8-wide groups a chunk)
     ("width4-units-s2", 1, 7, 6, 1024, 1024, 256, 3, (2, 2), (1, 1), "SAME"),
     ("width8-units", 1, 6, 6, 512, 512, 64, 3, (1, 1), (1, 1), "SAME"),
+    # ungrouped convolutions with few input channels (stems, first stages): one group
+    ("ungrouped-stem-s2", 2, 11, 10, 3, 32, 1, 3, (2, 2), (1, 1), "SAME"),
+    ("ungrouped-k7-stem", 1, 13, 12, 3, 16, 1, 7, (2, 2), (1, 1), ((3, 3), (3, 3))),
+    ("ungrouped-8-dilated", 2, 9, 9, 8, 24, 1, 3, (1, 1), (2, 2), "SAME"),
+    ("ungrouped-64-to-80", 1, 6, 7, 64, 80, 1, 3, (1, 1), (1, 1), ((1, 1), (1, 1))),
 ]
 IDS = [c[0] for c in CASES]
 
@@ -225,7 +230,11 @@ def test_other_cases_keep_xlas_convolution():
     x = jnp.ones((1, 6, 6, 8), jnp.bfloat16)
     k = jnp.ones((3, 3, 2, 8), jnp.bfloat16)
     cases = {
-        "ungrouped": (x.astype(jnp.float32), jnp.ones((3, 3, 8, 8), jnp.float32), {}),
+        "ungrouped, 72 channels": (
+            jnp.ones((1, 6, 6, 72), jnp.float32), jnp.ones((3, 3, 72, 8), jnp.float32), {}
+        ),
+        "ungrouped 1x1": (x.astype(jnp.float32), jnp.ones((1, 1, 8, 8), jnp.float32), {}),
+        "ungrouped bfloat16": (x, jnp.ones((3, 3, 8, 8), jnp.bfloat16), {}),
         "input dilation": (
             x.astype(jnp.float32),
             k.astype(jnp.float32),
@@ -267,6 +276,32 @@ def test_other_backends_lower_to_xlas_convolution():
     ):
         assert f"custom_call @{target}(" in cpu, target
     assert "stablehlo.convolution" not in cpu
+
+
+@pytest.mark.parametrize(
+    ("c", "o", "want"),
+    [
+        # (input channels, output channels): the passes on the kernels, the others XLA's
+        (3, 32, {"SeFlaxGroupedConv", "SeFlaxGroupedConvKernelGrad"}),
+        (8, 64, {"SeFlaxGroupedConv", "SeFlaxGroupedConvInputGrad", "SeFlaxGroupedConvKernelGrad"}),
+        (64, 128, {"SeFlaxGroupedConvInputGrad", "SeFlaxGroupedConvKernelGrad"}),
+    ],
+)
+def test_ungrouped_passes_run_where_measured_faster(c, o, want):
+    # One training step's passes, x and the kernel both differentiated: each runs the kernel
+    # or XLA's convolution by se_flax._grouped's rules; the rest are XLA's convolutions.
+    x = jax.ShapeDtypeStruct((2, 8, 8, c), jnp.float32)
+    k = jax.ShapeDtypeStruct((3, 3, c, o), jnp.float32)
+
+    def train_step(x, k):
+        return jax.grad(lambda x, k: jnp.sum(ours(x, k, 1, (2, 2), (1, 1), "SAME") ** 2), (0, 1))(
+            x, k
+        )
+
+    cpu = jax.jit(train_step).trace(x, k).lower(lowering_platforms=("cpu",)).as_text()
+    targets = ("SeFlaxGroupedConv", "SeFlaxGroupedConvInputGrad", "SeFlaxGroupedConvKernelGrad")
+    assert {t for t in targets if f"custom_call @{t}(" in cpu} == want
+    assert cpu.count("stablehlo.convolution") == 3 - len(want)
 
 
 def test_models_with_grouped_convs_use_the_kernels():
