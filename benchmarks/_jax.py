@@ -187,7 +187,10 @@ def runner(case: Case, slots: int, seed: int) -> Runner:
         return Runner(
             lambda i: fn(variables, images[i % slots]),
             jax.block_until_ready,
-            extra={"xla_flops": lambda: _xla_flops(fn, variables, images[0])},
+            extra={
+                "xla_flops": lambda: _xla_flops(fn, variables, images[0]),
+                "hlo": lambda: _hlo(fn, variables, images[0]),
+            },
         )
 
     state = [
@@ -207,7 +210,10 @@ def runner(case: Case, slots: int, seed: int) -> Runner:
     return Runner(
         train,
         lambda outputs: jax.block_until_ready((outputs, state[0])),
-        extra={"xla_flops": lambda: _xla_flops(fn, state[0], images[0], labels[0])},
+        extra={
+            "xla_flops": lambda: _xla_flops(fn, state[0], images[0], labels[0]),
+            "hlo": lambda: _hlo(fn, state[0], images[0], labels[0]),
+        },
     )
 
 
@@ -294,6 +300,12 @@ def _xla_flops(fn, *args) -> float:
     if isinstance(cost, list | tuple):  # older jax: one dict per program
         cost = cost[0]
     return float(cost["flops"]) + _kernel_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _hlo(fn, *args) -> str:
+    """The optimized HLO of the jitted ``fn`` on ``args`` (what ``benchmarks.profile``
+    classifies); the compilation comes from jit's cache after the runner's calls."""
+    return fn.lower(*args).compile().as_text()
 
 
 # se_flax's convolution primitives -> (the FFI target of their pass, the operand whose shape

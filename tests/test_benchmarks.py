@@ -719,3 +719,157 @@ def test_roofline_and_flops_helpers_count_what_they_say():
     wide = jax.ShapeDtypeStruct((3, 3, 16, 128), jnp.float32)  # 128 outputs: forward is XLA's
     jaxpr = jax.make_jaxpr(functools.partial(step, groups=1))(x, wide).jaxpr
     assert _jax._kernel_flops(jaxpr) == 2 * 2 * (2 * 6 * 6 * 128) * 9 * 16
+
+
+def test_profile_classifies_xla_ops_by_what_their_fusions_hold():
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    import se_flax
+    from benchmarks import profile
+
+    nhwc = ("NHWC", "HWIO", "NHWC")
+
+    def program(a, w, x, k, g, z):
+        return (
+            a @ w,  # a dot
+            lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=nhwc),  # XLA's
+            se_flax.conv_general_dilated(  # se_flax's kernel where built, else XLA's
+                x, g, (1, 1), "SAME", dimension_numbers=nhwc, feature_group_count=8
+            ),
+            jnp.sum(z, axis=0),  # a reduction
+            jnp.exp(z) * 3.0,  # elementwise
+        )
+
+    shapes = [(64, 32), (32, 48), (2, 9, 9, 128), (3, 3, 128, 128), (3, 3, 16, 128), (64, 40)]
+    args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+    hlo = jax.jit(program).lower(*args).compile().as_text()
+    kinds = profile.hlo_kinds(hlo)
+    found = set(kinds.values())
+    assert {profile.MATMUL, profile.CONV, profile.REDUCTION, profile.ELEMENTWISE} <= found
+    grouped = {n for n, k in kinds.items() if k == profile.GROUPED}
+    if jax.default_backend() == "cpu" and se_flax.kernels_built():
+        assert grouped and all(
+            re.search(rf"%{re.escape(n)} = .*SeFlaxGroupedConv", hlo) for n in grouped
+        )
+    # every instruction of the entry computation is classified, its parameters as "other"
+    entry = hlo[hlo.index("ENTRY") :]
+    names = re.findall(r"^\s*(?:ROOT )?%(\S+) = ", entry, re.M)
+    assert names and all(n in kinds for n in names)
+    params = re.findall(r"^\s*%(\S+) = \S+ parameter\(", entry, re.M)
+    assert len(params) == 6 and {kinds[n] for n in params} == {profile.OTHER}
+
+
+@pytest.mark.parametrize(
+    "name, shapes, kind",
+    [
+        ("aten::mkldnn_convolution", [[8, 64, 56, 56], [256, 64, 1, 1], []], "MATMUL"),
+        ("aten::mkldnn_convolution", [[8, 128, 56, 56], [128, 4, 3, 3], []], "GROUPED"),
+        ("aten::mkldnn_convolution", [[8, 144, 56, 56], [144, 1, 3, 3], []], "GROUPED"),
+        ("aten::mkldnn_convolution", [[8, 3, 224, 224], [32, 3, 3, 3], []], "CONV"),
+        ("aten::convolution_backward", [[8, 64, 56, 56], [8, 64, 56, 56], [64, 64, 3, 3]], "CONV"),
+        ("aten::convolution_backward", [[8, 96, 7, 7], [8, 96, 7, 7], [96, 1, 5, 5]], "GROUPED"),
+        ("aten::convolution_backward", [[8, 64, 7, 7], [8, 32, 7, 7], [64, 32, 1, 1]], "MATMUL"),
+        ("aten::addmm", [[1000], [8, 2048], [2048, 1000]], "MATMUL"),
+        ("## Call CompiledFxGraph abc ##", [], "COMPILED"),
+        ("aten::native_batch_norm", [[8, 64, 56, 56]], "ELEMENTWISE"),
+        ("aten::silu_", [[8, 64, 56, 56]], "ELEMENTWISE"),
+        ("aten::mean", [[8, 64, 56, 56], [], []], "REDUCTION"),
+        ("aten::max_pool2d_with_indices", [[8, 64, 112, 112]], "REDUCTION"),
+        ("aten::empty", [[], []], "OTHER"),
+        ("TorchDynamo Cache Lookup", [], "OTHER"),
+    ],
+)
+def test_profile_classifies_torch_ops_by_weight_shape(name, shapes, kind):
+    from benchmarks import profile
+
+    assert profile.torch_kind(name, shapes) == getattr(profile, kind)
+
+
+def test_profile_command_writes_every_case(tmp_path):
+    out = tmp_path / "profile"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.profile",
+        "--models",
+        "resnet10",
+        "--workloads",
+        "train",
+        "--modes",
+        "jit,eager",
+        "--image-size",
+        "32",
+        "--batch",
+        "2",
+        "--calls",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    from benchmarks import profile
+
+    payload = json.loads((out / "results.json").read_text())
+    labels = [r["label"] for r in payload["results"]]
+    assert labels == ["resnet10 train jit", "resnet10 train eager"]
+    for r in payload["results"]:
+        assert r["wall_s"] > 0 and set(r["kinds"]) <= set(profile.KINDS)
+        # resnet10's 3x3 convolutions and its 1x1 shortcuts and dense head, in both frameworks
+        assert r["kinds"][profile.CONV] > 0 and r["kinds"][profile.MATMUL] > 0
+        assert sum(t for _, _, t in r["ops"]) == pytest.approx(sum(r["kinds"].values()))
+    text = (out / "results.md").read_text()
+    assert text.count("| sum of the ops |") == 1 and "### resnet10, train" in text
+    assert "Slowest ops, resnet10 train eager:" in text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--workloads", "se_fwd"], "--workloads: se_fwd not in infer, train"),
+        (["--modes", "jit,nnx_jit"], "--modes: nnx_jit not in jit, eager"),
+        (["--calls", "0"], "--calls must be >= 1, got 0"),
+        (["--models", "resnet50,nosuch"], "--models: 'nosuch' is not a registered model"),
+    ],
+)
+def test_profile_bad_arguments(argv, message, capsys):
+    from benchmarks import profile
+
+    with pytest.raises(SystemExit):
+        profile.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_profile_report_tables_and_marks_distorted_cases():
+    from benchmarks import profile
+
+    def result(mode, kinds, wall):
+        ops = [(f"op_{k}", k, t) for k, t in kinds.items()]
+        return {
+            "model": "m",
+            "workload": "infer",
+            "mode": mode,
+            "label": f"m infer {mode}",
+            "wall_s": wall,
+            "kinds": kinds,
+            "ops": ops,
+        }
+
+    fine = result("jit", {profile.MATMUL: 0.004, profile.ELEMENTWISE: 0.001}, 0.005)
+    off = result("eager", {profile.MATMUL: 0.009, profile.OTHER: 0.001}, 0.005)  # 2x the wall
+    text = profile.report([fine, off], top=1)
+    assert "| kind of operation | jit | eager |" in text
+    assert f"| {profile.MATMUL} | 4.0 | 9.0 |" in text
+    assert f"| {profile.ELEMENTWISE} | 1.0 | 0.0 |" in text
+    assert profile.GROUPED not in text  # no case has one: no row
+    assert (
+        "| sum of the ops | 5.0 | 10.0† |" in text and "| wall time per call | 5.0 | 5.0 |" in text
+    )
+    assert "†: the profiled calls' ops sum to more than 1.25x" in text
+    assert "- 9.00 op_" in text and text.count("- ") == 2  # top=1: one op per case
+    assert "†" not in profile.report([fine], top=1)

@@ -441,6 +441,26 @@ def test_max_pool_is_nn_max_pool(dtype, shape, window, stride, rng):
         max_pool(x, 3, 0)
 
 
+@pytest.mark.parametrize(("window", "stride"), [(3, 2), (5, 3)])
+def test_max_pool_gradient_goes_to_the_first_maximum_as_pytorchs(window, stride, rng):
+    # Ties (a ReLU's zeros, repeated values): each output's gradient goes to its window's
+    # first maximum in row-major order, as torch.nn.functional.max_pool2d's does. (A window
+    # holding a NaN differs: PyTorch routes its gradient to the NaN, XLA's to none.)
+    import torch
+
+    from se_flax._layers import max_pool
+
+    x = np.maximum(np.round(rng.standard_normal((2, 11, 9, 4)), 1), 0)  # many ties
+    cot = rng.standard_normal((2, (11 - 1) // stride + 1, (9 - 1) // stride + 1, 4))
+    ours = jax.vjp(lambda a: max_pool(a, window, stride), jnp.asarray(x))[1](jnp.asarray(cot))[0]
+    t = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    y = torch.nn.functional.max_pool2d(t, window, stride, window // 2)
+    y.backward(torch.tensor(cot.transpose(0, 3, 1, 2)))
+    want = t.grad.numpy().transpose(0, 2, 3, 1)
+    assert (x == 0).mean() > 0.3
+    np.testing.assert_array_equal(np.asarray(ours), want)
+
+
 def test_train_mode_updates_only_batch_stats(rng):
     model = se_flax.create_model("seresnet18", num_classes=3)
     x = jnp.asarray(rng.standard_normal((2, 32, 32, 3)), jnp.float32)
