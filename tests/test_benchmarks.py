@@ -797,7 +797,7 @@ def test_profile_command_writes_every_case(tmp_path):
         "--models",
         "resnet10",
         "--workloads",
-        "train",
+        "infer",
         "--modes",
         "jit,eager",
         "--image-size",
@@ -817,15 +817,15 @@ def test_profile_command_writes_every_case(tmp_path):
 
     payload = json.loads((out / "results.json").read_text())
     labels = [r["label"] for r in payload["results"]]
-    assert labels == ["resnet10 train jit", "resnet10 train eager"]
+    assert labels == ["resnet10 infer jit", "resnet10 infer eager"]
     for r in payload["results"]:
         assert r["wall_s"] > 0 and set(r["kinds"]) <= set(profile.KINDS)
         # resnet10's 3x3 convolutions and its 1x1 shortcuts and dense head, in both frameworks
         assert r["kinds"][profile.CONV] > 0 and r["kinds"][profile.MATMUL] > 0
         assert sum(t for _, _, t in r["ops"]) == pytest.approx(sum(r["kinds"].values()))
     text = (out / "results.md").read_text()
-    assert text.count("| sum of the ops |") == 1 and "### resnet10, train" in text
-    assert "Slowest ops, resnet10 train eager:" in text
+    assert text.count("| sum of the ops |") == 1 and "### resnet10, infer" in text
+    assert "Slowest ops, resnet10 infer eager:" in text
 
 
 @pytest.mark.parametrize(
