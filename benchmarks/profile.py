@@ -1,5 +1,5 @@
 """``python -m benchmarks.profile``: where a network's time goes, by kind of operation, in JAX
-and in PyTorch, from one process on the same threads, weights and inputs as the benchmark.
+and in PyTorch, on the same threads, weights and inputs as the benchmark.
 
 JAX: a ``jax.profiler`` trace of the compiled program (the benchmark's ``jit`` case), each op
 classified from the optimized HLO (a fusion by what its computation holds: a dot, a
@@ -243,8 +243,6 @@ def profile_jax(runner, calls: int) -> dict:
     """Times per op kind of a JAX runner's calls (its ``extra['hlo']`` classifies the ops)."""
     import jax
 
-    for i in range(3):
-        runner.sync([runner.step(i)])
     wall = _wall(runner, calls)
     kinds = hlo_kinds(runner.extra["hlo"]())
     with tempfile.TemporaryDirectory() as trace_dir:
@@ -262,8 +260,6 @@ def profile_torch(runner, calls: int) -> dict:
     """Times per op kind of a PyTorch runner's calls (profiler self times)."""
     from torch.profiler import profile
 
-    for i in range(3):
-        runner.sync([runner.step(i)])
     wall = _wall(runner, calls)
     with profile(record_shapes=True) as prof:
         runner.sync([runner.step(i) for i in range(calls)])
@@ -283,7 +279,9 @@ def profile_torch(runner, calls: int) -> dict:
 
 
 def _wall(runner, calls: int) -> float:
-    """Median wall time of a call, not profiled (at least 5 calls)."""
+    """Median wall time of a call, not profiled (at least 5 calls), after 3 warm-up calls."""
+    for i in range(3):
+        runner.sync([runner.step(i)])
     times = []
     for i in range(max(calls, 5)):
         start = time.perf_counter()

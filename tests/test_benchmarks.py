@@ -52,23 +52,20 @@ FLOOR_FIELDS = {"floor_bytes", "achieved_GBps", "floor_fraction"}
 ROOFLINE_FIELDS = {"flops_per_image", "roofline_fraction"}
 
 
-def run_benchmarks(tmp_path: Path, *args: str) -> tuple[dict, str]:
-    out = tmp_path / "bench"
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m module args`` from the checkout, without the caller's XLA_FLAGS; it must
+    succeed."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    argv = [
-        sys.executable,
-        "-m",
-        "benchmarks",
-        "--quick",
-        "--threads",
-        "1",
-        "--no-progress",
-        "--out",
-        str(out),
-        *args,
-    ]
+    argv = [sys.executable, "-m", module, *args]
     result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def run_benchmarks(tmp_path: Path, *args: str) -> tuple[dict, str]:
+    out = tmp_path / "bench"
+    options = ["--quick", "--threads", "1", "--no-progress", "--out", str(out)]
+    result = run_module("benchmarks", *options, *args)
     return json.loads((out / "results.json").read_text()), result.stdout
 
 
@@ -789,10 +786,7 @@ def test_profile_classifies_torch_ops_by_weight_shape(name, shapes, kind):
 
 def test_profile_command_writes_every_case(tmp_path):
     out = tmp_path / "profile"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    argv = [
-        sys.executable,
-        "-m",
+    run_module(
         "benchmarks.profile",
         "--models",
         "resnet10",
@@ -810,9 +804,7 @@ def test_profile_command_writes_every_case(tmp_path):
         "1",
         "--out",
         str(out),
-    ]
-    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    )
     from benchmarks import profile
 
     payload = json.loads((out / "results.json").read_text())
