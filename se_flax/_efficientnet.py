@@ -31,6 +31,7 @@ from se_common import (
 )
 from se_flax._batchnorm import BatchNorm
 from se_flax._dtypes import Dtype, compute_dtype, held_param_dtype, mean
+from se_flax._grouped import fusion_boundary
 from se_flax._layers import (
     PlannedBackbone,
     check_input,
@@ -402,7 +403,8 @@ class EfficientNet(PlannedBackbone, nn.Module):
         features = {} if stem_level is None else {stem_level: x}
         for i, spec in enumerate(cfg.blocks(self.drop_path_rate)):
             block = lookup(MB_BLOCKS, spec.block_type, "block", "se_flax.MB_BLOCKS")
-            x = block(spec, layers, name=f"blocks_{spec.stage}_{spec.index}")(x, train)
+            block_ = block(spec, layers, name=f"blocks_{spec.stage}_{spec.index}")
+            x = fusion_boundary(block_(x, train))  # computed once (se_flax._grouped)
             if i in taps:
                 features[taps[i]] = x
         if self.features_only:

@@ -24,6 +24,7 @@ from se_common import PretrainedCfg, RegBlockSpec, RegNetConfig, conv_padding
 from se_flax._batchnorm import BatchNorm
 from se_flax._dtypes import Dtype
 from se_flax._efficientnet import ACTIVATIONS, fan_out_init
+from se_flax._grouped import fusion_boundary
 from se_flax._layers import (
     ConvNormAct,
     PlannedBackbone,
@@ -234,7 +235,8 @@ class RegStage(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         block = RegPreBottleneck if self.preact else RegBottleneck
         for spec in self.specs:
-            x = block(spec, self.layers, self.linear_out, name=f"b{spec.index}")(x, train)
+            block_ = block(spec, self.layers, self.linear_out, name=f"b{spec.index}")
+            x = fusion_boundary(block_(x, train))  # computed once (se_flax._grouped)
         return x
 
 

@@ -33,6 +33,7 @@ from se_common import drop_rate as checked_rate
 from se_flax._attention import CbamModule, EcaModule, EffectiveSEModule
 from se_flax._batchnorm import BatchNorm
 from se_flax._dtypes import Dtype
+from se_flax._grouped import fusion_boundary
 from se_flax._layers import (
     ConvNormAct,
     ModuleDef,
@@ -438,7 +439,9 @@ class ResNet(nn.Module):
         x = self._stem_pool(x, layers, train)
         blocks = cfg.blocks(self.drop_path_rate, self.drop_block_rate)
         for i, spec in enumerate(blocks):
-            x = block(spec, layers, name=f"layer{spec.stage}_{spec.index}")(x, train)
+            x = fusion_boundary(
+                block(spec, layers, name=f"layer{spec.stage}_{spec.index}")(x, train)
+            )
             if i + 1 == len(blocks) or blocks[i + 1].stage != spec.stage:
                 features.append(x)
         if self.features_only:

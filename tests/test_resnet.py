@@ -401,13 +401,15 @@ def test_backbones_use_the_bfloat16_conv():
         assert text.count("stablehlo.convolution") == 6
 
 
-@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.bfloat16])
 @pytest.mark.parametrize(
     ("shape", "window", "stride"), [((2, 9, 8, 5), 3, 2), ((1, 7, 10, 3), 5, 3)]
 )
 def test_max_pool_is_nn_max_pool(dtype, shape, window, stride, rng):
     # The stem's pool: strided slices' maximum (faster in bfloat16 on CPU), nn.max_pool's values
-    # and derivatives bit for bit, NaN and -inf included, odd sizes included.
+    # and derivatives bit for bit, NaN and -inf included, odd sizes included. float64 and
+    # bfloat16 (the code is the same for every dtype; float32's case was dropped for the suite's
+    # time, and every float32 network test runs the pool).
     from se_flax._layers import max_pool, pad
 
     x = np.asarray(rng.standard_normal(shape))

@@ -95,7 +95,10 @@ RESNET10 = {a: ResNetConfig("basic", (1, 1, 1, 1), attn=a) for a in ("eca", "cba
 # (seresnext50_32x4d, about 50 batch-statistics BatchNorms, one pass, train bound 5e-2 for the
 # ~2% measured above) was the suite's costliest and was dropped to keep it within its budget;
 # so was NNX's float32 case (resnet10+cbam, bound 1e-3): NNX lowers to the linen program
-# (tests/test_nnx.py), whose float32 cases run here.
+# (tests/test_nnx.py), whose float32 case runs here. linen's resnet10+cbam float32 case (within
+# its bounds: logits 1e-3, eval gradients 1e-4, train gradients 1e-3) was dropped too: CBAM's
+# float32 parity runs at module level (tests/test_attention.py) and skresnext-1111 is the
+# network in float32 (grouped kernels, SK, batch statistics).
 # seresnet18 and skresnet18 run in float64 only (seresnet18 with the odd BatchNorm options);
 # their float32 cases (measured above; skresnet18's at batch 3, 41x39, train bound 1e-3) were
 # dropped to keep the suite within its time budget: skresnext-1111 runs SK blocks in float32.
@@ -209,7 +212,6 @@ CASES = [
     ),
     Case("resnet10+eca", "float64", **F64, config=RESNET10["eca"]),
     Case("resnet10+cbam", "float64", **F64, config=RESNET10["cbam"]),
-    Case("resnet10+cbam", "float32", **F32, train_grad_l2=1e-3, config=RESNET10["cbam"]),
     Case("resnet10+ese", "float64", out=F64["out"], grad=1e-7, config=RESNET10["ese"]),
 ]
 

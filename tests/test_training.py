@@ -115,10 +115,10 @@ CASES = [
         lrs=flax_optim.multistep_lr(0.02, [2, 4], 0.5),
     ),
 ]
-# float32 where the optimizer's arithmetic differs (schedules are checked exactly in float64):
-# Nesterov momentum (whose update holds plain momentum's) and AdamW. Plain momentum's float32
-# case (tol32 above, measured <= 3.3e-7) was dropped to keep the suite within its time budget.
-FLOAT32 = ("sgd-nesterov", "adamw")
+# float32 where the optimizer's arithmetic differs most (schedules are checked exactly in
+# float64): AdamW. Plain momentum's float32 case (measured <= 3.3e-7) and Nesterov's (within
+# tol32 above) were dropped to keep the suite within its time budget; their float64 cases run.
+FLOAT32 = ("adamw",)
 PARAMS = [pytest.param(c, "float64", id=f"{c.name}-float64") for c in CASES] + [
     pytest.param(c, "float32", id=f"{c.name}-float32") for c in CASES if c.name in FLOAT32
 ]
@@ -244,7 +244,8 @@ def test_train_step_changes_state_and_learns(rng):
 
 def test_checkpoint_resume_is_bit_identical(rng, tmp_path):
     """Save after 3 steps, restore into a fresh state, 3 more steps: the same bits as 6 steps."""
-    case = CASES[4]  # SGD with warm-up + cosine: the schedule depends on the restored count
+    # SGD with warm-up + cosine: the rate of every step depends on the restored count
+    case = next(c for c in CASES if c.name == "sgd-warmup-cosine")
     fresh = twins("float32", case)[3]
     data = list(batches(rng, "float32", 6))
     state = fresh

@@ -33,6 +33,7 @@ from se_flax._efficientnet import (
     classifier_init,
     fan_out_init,
 )
+from se_flax._grouped import fusion_boundary
 from se_flax._layers import check_input
 from se_flax._squeeze_excite import squeeze_excite
 from se_flax.nnx._layers import BatchNorm, DropPath, conv, held_param_dtype
@@ -377,7 +378,7 @@ class EfficientNet(nnx.Module):
         features = {} if self.stem_level is None else {self.stem_level: x}
         ends = dict(self.stage_ends)
         for i, name in enumerate(self.block_names):
-            x = getattr(self, name)(x)
+            x = fusion_boundary(getattr(self, name)(x))  # as linen's (se_flax._grouped)
             if i in ends:
                 features[ends[i]] = x
         if self.features_only:

@@ -17,6 +17,7 @@ from flax import nnx
 from se_common import PretrainedCfg, RegBlockSpec, RegNetConfig, model_feature_info
 from se_common import drop_rate as checked_rate
 from se_flax._dtypes import Dtype, compute_dtype, mean
+from se_flax._grouped import fusion_boundary
 from se_flax._layers import check_input
 from se_flax._regnet import RegOptions, check_options, classifier_init, shortcut_pool
 from se_flax.nnx._layers import BatchNorm, ConvNormAct, DropPath, conv, held_param_dtype
@@ -157,7 +158,7 @@ class RegStage(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         for name in self.names:
-            x = getattr(self, name)(x)
+            x = fusion_boundary(getattr(self, name)(x))  # as linen's (se_flax._grouped)
         return x
 
 

@@ -28,6 +28,7 @@ from se_common import (
 )
 from se_common import drop_rate as checked_rate
 from se_flax._dtypes import Dtype, compute_dtype, mean
+from se_flax._grouped import fusion_boundary
 from se_flax._layers import aa_pool, avg_pool_2x2, check_input, max_pool
 from se_flax._resnet import LayerOptions
 from se_flax.nnx._attention import CbamModule, EcaModule, EffectiveSEModule
@@ -428,7 +429,7 @@ class ResNet(nnx.Module):
         features = [x]
         x = self._stem_pool(x)
         for i, name in enumerate(self.block_names):
-            x = getattr(self, name)(x)
+            x = fusion_boundary(getattr(self, name)(x))  # as linen's (se_flax._grouped)
             if i in self.stage_ends:
                 features.append(x)
         if self.features_only:
