@@ -347,7 +347,8 @@ def fusion_boundary(x: jax.Array) -> jax.Array:
     (interleaved processes, two each): regnety_016 169 to 149-153 ms, seresnext50_32x4d 352-384
     to 328-350, efficientnet_b0 91-92 to 85-90.
 
-    The identity everywhere else (other backends, kernels not built), and the identity's
+    The identity everywhere else (other backends, kernels not built, programs over several
+    devices, whose partitioner would replicate the call), and the identity's
     derivatives (its JVP and transpose put the boundary on the tangent and cotangent); any dtype
     and shape, and under ``vmap``. Values are unchanged; what XLA fuses around it can round a
     sum in another order (efficientnet_b0's float32 training gradients: 5e-7 relative).
@@ -355,20 +356,20 @@ def fusion_boundary(x: jax.Array) -> jax.Array:
     return _boundary_p.bind(x)
 
 
-def _boundary_impl(x):
-    if _library() is None:
-        return x
-
-    def cpu(x):
-        out = jax.ShapeDtypeStruct(x.shape, x.dtype)
-        return jax.ffi.ffi_call(_BOUNDARY, out, input_output_aliases={0: 0})(x)
-
-    return lax.platform_dependent(x, cpu=cpu, default=lambda x: x)
+def _boundary_cpu_lowering(ctx, x):
+    # The kernel only in a one-device program: XLA's SPMD partitioner replicates a custom call
+    # it knows no sharding rule for (an all-gather of a batch-sharded operand before it,
+    # measured), so a program over several devices (or inside shard_map) gets the identity.
+    one_device = getattr(ctx.module_context.axis_context, "num_devices", None) == 1
+    if _library() is None or not one_device:
+        return [x]
+    return jax.ffi.ffi_lowering(_BOUNDARY, operand_output_aliases={0: 0})(ctx, x)
 
 
 _boundary_p = Primitive("se_flax_fusion_boundary")
-_boundary_p.def_impl(jax.jit(_boundary_impl, inline=True))
+_boundary_p.def_impl(jax.jit(_boundary_p.bind))
 _boundary_p.def_abstract_eval(lambda x: x)
-mlir.register_lowering(_boundary_p, mlir.lower_fun(_boundary_impl, multiple_results=False))
+mlir.register_lowering(_boundary_p, lambda ctx, x: [x])  # other backends: the identity
+mlir.register_lowering(_boundary_p, _boundary_cpu_lowering, platform="cpu")
 ad.deflinear2(_boundary_p, lambda ct, x: [_boundary_p.bind(ct)])
 batching.defvectorized(_boundary_p)
