@@ -44,6 +44,11 @@ CASES = [
     # weights over 128 KB: a task per group and image, from a padded slice (three chunks a
     # group in float32, and the kernel gradient summed per group)
     ("width24-units", 2, 7, 7, 192, 192, 8, 3, (1, 1), (1, 1), "SAME"),
+    # an odd count of 24-wide groups with weights over 128 KB (float32, 64-byte vectors: two
+    # groups a block split over three chunks, the last unit one group, at stride 2; at stride 1
+    # odd counts keep 32-byte chunks)
+    ("width24-units-odd", 1, 6, 7, 264, 264, 11, 3, (1, 1), (1, 1), "SAME"),
+    ("width24-units-odd-s2", 1, 7, 7, 264, 264, 11, 3, (2, 2), (1, 1), "SAME"),
     ("depthwise-k5-edges", 2, 7, 7, 64, 64, 64, 5, (1, 1), (1, 1), "SAME"),  # most pixels at ends
     # several groups a chunk with weights over 128 KB: slices too (the float32 run takes the
     # second: 16 lanes, two 8-wide groups a chunk)
@@ -124,7 +129,11 @@ def test_float64_values_and_gradients_at_rounding_level(case, rng):
         assert relative(a, b) < 1e-13, name
 
 
-@pytest.mark.parametrize("case", CASES[::3], ids=IDS[::3])
+# every third case, and the 24-wide groups (split over 64-byte chunks in float32 only)
+FLOAT32_CASES = [c for i, c in enumerate(CASES) if i % 3 == 0 or c[0].startswith("width24")]
+
+
+@pytest.mark.parametrize("case", FLOAT32_CASES, ids=[c[0] for c in FLOAT32_CASES])
 def test_float32_within_tolerances(case, rng):
     x, kernel, *geometry = make(case, jnp.float32, rng)
     y0 = xla(x, kernel, *geometry)

@@ -289,19 +289,95 @@ inline typename Lanes<T, VB>::V Gather(const T* in, int64_t o0, int64_t d_rt, in
   }
 }
 
+// Groups one and a half chunks wide (24 floats in 64-byte vectors): a block holds two groups
+// in three chunks' lanes, the middle chunk half of each (SplitBlock).
+template <typename T, int VB, int D, bool kWide>
+constexpr bool Split() {
+  return !kWide && D > 0 && 2 * D == 3 * Lanes<T, VB>::L && Lanes<T, VB>::L >= 16;
+}
+
+#if defined(__AVX512F__)
+// Two groups of 24 floats in 48 lanes: a 64-byte chunk of each and, between them, the last 8
+// lanes of the first and the first 8 of the second as two 32-byte halves, each FMA'd with the
+// low half of its group's broadcast. (A blend of the two broadcasts into one 64-byte chunk
+// costs a vector-port operation per pixel; 32-byte FMAs run on the ports a 64-byte one leaves.)
+// kTail: the last group of an odd count, alone (its 64-byte chunk and its first half).
+template <int NP, bool kTail>
+inline void SplitBlock(const float* const* in, const float* const* w, int ntaps, int64_t bs,
+                       int64_t next, int64_t o0, float* out, int64_t out_step,
+                       const int64_t* tap_offsets) {
+  __m512 a0[NP], a2[NP];
+  __m256 a1[NP], b1[NP];
+  for (int p = 0; p < NP; ++p) {
+    a0[p] = a2[p] = _mm512_setzero_ps();
+    a1[p] = b1[p] = _mm256_setzero_ps();
+  }
+  const int64_t i0 = (o0 / 24) * bs, i1 = i0 + bs;
+  for (int t = 0; t < ntaps; ++t) {
+    const float* x[NP];
+    if (tap_offsets)
+      for (int p = 0; p < NP; ++p) x[p] = in[p] + tap_offsets[t];
+    else
+      for (int p = 0; p < NP; ++p) x[p] = in[p * ntaps + t];
+    const float* wt = w[t];
+    for (int64_t b = 0; b < bs; ++b) {
+      const __m512 w0 = _mm512_loadu_ps(wt + b * 16);
+      const __m256 w1 = _mm256_loadu_ps(wt + next + b * 16);
+      if constexpr (kTail) {
+        for (int p = 0; p < NP; ++p) {
+          const __m512 x0 = _mm512_set1_ps(x[p][i0 + b]);
+          a0[p] = _mm512_fmadd_ps(x0, w0, a0[p]);
+          a1[p] = _mm256_fmadd_ps(_mm512_castps512_ps256(x0), w1, a1[p]);
+        }
+        continue;
+      }
+      const __m512 w2 = _mm512_loadu_ps(wt + 2 * next + b * 16);
+      const __m256 v1 = _mm256_loadu_ps(wt + next + b * 16 + 8);
+      for (int p = 0; p < NP; ++p) {
+        const __m512 x0 = _mm512_set1_ps(x[p][i0 + b]), x1 = _mm512_set1_ps(x[p][i1 + b]);
+        a0[p] = _mm512_fmadd_ps(x0, w0, a0[p]);
+        a1[p] = _mm256_fmadd_ps(_mm512_castps512_ps256(x0), w1, a1[p]);
+        b1[p] = _mm256_fmadd_ps(_mm512_castps512_ps256(x1), v1, b1[p]);
+        a2[p] = _mm512_fmadd_ps(x1, w2, a2[p]);
+      }
+    }
+  }
+  for (int p = 0; p < NP; ++p) {
+    float* y = out + p * out_step + o0;
+    _mm512_storeu_ps(y, a0[p]);
+    _mm256_storeu_ps(y + 16, a1[p]);
+    if constexpr (kTail) continue;
+    _mm256_storeu_ps(y + 24, b1[p]);
+    _mm512_storeu_ps(y + 32, a2[p]);
+  }
+}
+#endif
+
 // out[p * out_step + o0 + c * L : + L] = sum_t sum_b Gather(in[p * ntaps + t], b) *
 // w[t][c * next + b * L : + L] for p < NP, c < CH: NP pixels of CH chunks in registers, each
 // the sum over ntaps taps (a tap outside the input points at zeros); w[t], the chunk's weights
 // of tap t, packed (b_size, L), the next chunk's `next` further. Two chunks of one group
-// (kWide) share each input's broadcast.
+// (kWide) share each input's broadcast. end: where the block's row of channels ends (two split
+// groups a block: the last may hold one).
 template <typename T, int VB, int D, int B, bool kWide, int NP, int CH>
 inline void Block(const T* const* in, const T* const* w, int ntaps, int64_t b_size,
                   int64_t d_rt, int64_t next, int64_t o0, T* out, int64_t out_step,
-                  const int64_t* tap_offsets = nullptr) {
+                  const int64_t* tap_offsets, int64_t end) {
   typedef Lanes<T, VB> S;
   // several square groups a chunk: their inputs in one load
   constexpr bool kSpread = !kWide && D > 1 && B == D && D < S::L && S::L % D == 0;
-  static_assert(CH == 1 || kWide, "two chunks a block share their inputs: one group");
+  constexpr bool kSplit = Split<T, VB, D, kWide>();
+  static_assert(CH == 1 || kWide || (kSplit && CH == 3),
+                "chunks a block share their inputs: one group's, or two split ones'");
+#if defined(__AVX512F__)
+  if constexpr (kSplit) {
+    if (o0 + 2 * D > end)  // the last group of an odd count
+      return SplitBlock<NP, true>(in, w, ntaps, B > 0 ? B : b_size, next, o0, out, out_step,
+                                  tap_offsets);
+    return SplitBlock<NP, false>(in, w, ntaps, B > 0 ? B : b_size, next, o0, out, out_step,
+                                 tap_offsets);
+  }
+#endif
   const int64_t bs = B > 0 ? B : b_size;
   typename S::V acc[NP][CH];
   for (int p = 0; p < NP; ++p)
@@ -359,6 +435,12 @@ inline int ChunksAGroup(int64_t d) {
   return !kWide ? 1 : d % (2 * L) == 0 ? 2 : d % (3 * L) == 0 ? 3 : 1;
 }
 
+// The chunks a block computes at once: ChunksAGroup, or three for two split groups.
+template <typename T, int VB, int D, bool kWide>
+inline int ChunksABlock(int64_t d) {
+  return Split<T, VB, D, kWide>() ? 3 : ChunksAGroup<T, VB, kWide>(d);
+}
+
 template <int VB>
 inline int MostPixels(int ch) {
   return ch == 2 ? Pixels<VB, 2>() : ch == 3 ? Pixels<VB, 3>() : Pixels<VB, 1>();
@@ -368,12 +450,12 @@ inline int MostPixels(int ch) {
 template <typename T, int VB, int D, int B, bool kWide, int CH>
 inline void BlockOfPixels(int np, const T* const* in, const T* const* w, int ntaps, int64_t b_size,
                     int64_t d_rt, int64_t next, int64_t o0, T* out, int64_t out_step,
-                    const int64_t* tap_offsets = nullptr) {
+                    const int64_t* tap_offsets, int64_t end) {
 #define SE_FLAX_BLOCK(NP)                                                                      \
   case NP:                                                                                     \
     if constexpr (NP <= Pixels<VB, CH>())                                                      \
       return Block<T, VB, D, B, kWide, NP, CH>(in, w, ntaps, b_size, d_rt, next, o0, out,      \
-                                               out_step, tap_offsets);                         \
+                                               out_step, tap_offsets, end);                    \
     return
   switch (np) {
     SE_FLAX_BLOCK(8);
@@ -388,21 +470,23 @@ inline void BlockOfPixels(int np, const T* const* in, const T* const* w, int nta
 #undef SE_FLAX_BLOCK
 }
 
-// Block for a run-time count of chunks ch (ChunksAGroup) and pixels np <= MostPixels(ch).
+// Block for a run-time count of chunks ch (ChunksABlock) and pixels np <= MostPixels(ch);
+// end: where the channels end (for split groups, whose last block may hold one group).
 template <typename T, int VB, int D, int B, bool kWide>
 inline void BlockOf(int ch, int np, const T* const* in, const T* const* w, int ntaps,
                     int64_t b_size, int64_t d_rt, int64_t next, int64_t o0, T* out,
-                    int64_t out_step, const int64_t* tap_offsets = nullptr) {
-  if constexpr (kWide) {
+                    int64_t out_step, const int64_t* tap_offsets, int64_t end) {
+  if constexpr (kWide)
     if (ch == 2)
       return BlockOfPixels<T, VB, D, B, kWide, 2>(np, in, w, ntaps, b_size, d_rt, next, o0, out,
-                                                  out_step, tap_offsets);
+                                                  out_step, tap_offsets, end);
+  if constexpr (kWide || Split<T, VB, D, kWide>()) {
     if (ch == 3)
       return BlockOfPixels<T, VB, D, B, kWide, 3>(np, in, w, ntaps, b_size, d_rt, next, o0, out,
-                                                  out_step, tap_offsets);
+                                                  out_step, tap_offsets, end);
   }
   BlockOfPixels<T, VB, D, B, kWide, 1>(np, in, w, ntaps, b_size, d_rt, next, o0, out, out_step,
-                                       tap_offsets);
+                                       tap_offsets, end);
 }
 
 // The kernel (taps, b_size, width) as (width / L, taps, b_size, L): each chunk's weights
@@ -410,12 +494,13 @@ inline void BlockOf(int ch, int np, const T* const* in, const T* const* w, int n
 template <typename T, int VB>
 std::vector<T> Pack(const T* k, int64_t taps, int64_t b_size, int64_t width) {
   constexpr int L = Lanes<T, VB>::L;
-  std::vector<T> packed(taps * b_size * width);
-  for (int64_t ch = 0; ch < width / L; ++ch)
+  const int64_t chunks = (width + L - 1) / L;  // a last part chunk (split groups) zero-padded
+  std::vector<T> packed(chunks * taps * b_size * L, T(0));
+  for (int64_t ch = 0; ch < chunks; ++ch)
     for (int64_t t = 0; t < taps; ++t)
       for (int64_t b = 0; b < b_size; ++b)
         std::memcpy(&packed[((ch * taps + t) * b_size + b) * L], &k[(t * b_size + b) * width + ch * L],
-                    L * sizeof(T));
+                    std::min<int64_t>(L, width - ch * L) * sizeof(T));
   return packed;
 }
 
@@ -476,11 +561,11 @@ void RowBlocks(const Row& r, const T* const* in_rows, const T* zeros, const T* p
   };
   // Two or three chunks a block where they are one group's (their inputs shared).
   const int64_t d = D > 0 ? D : d_rt;
-  const int ch = ChunksAGroup<T, VB, kWide>(d);
+  const int ch = ChunksABlock<T, VB, D, kWide>(d);
   const int64_t next = taps_all * b_size * L;  // the next chunk's weights, packed
   auto block = [&](int64_t q0, int np, int64_t o0) {
     BlockOf<T, VB, D, B, kWide>(ch, np, ins, ws, ntaps, b_size, d_rt, next, o0,
-                                out_row + q0 * out_step, out_step, inner ? offs : nullptr);
+                                out_row + q0 * out_step, out_step, inner ? offs : nullptr, end);
   };
   // The row in blocks of at most Pixels() pixels, as even as can be (7 pixels: 4 and 3, not
   // 6 and 1, whose one accumulator would wait on each FMA).
@@ -741,7 +826,7 @@ void FlatTask(const Flat& f, const T* packed, int64_t b_size, int64_t d_rt, int6
   const T* base0 = slice.data() - first;  // + Gather's channel offsets, which count from 0
   int64_t offsets[kMaxTaps];
   for (int t = 0; t < f.ntaps; ++t) offsets[t] = (f.tap_r[t] * f.wp + f.tap_c[t]) * width;
-  const int ch = ChunksAGroup<T, VB, kWide>(d);
+  const int ch = ChunksABlock<T, VB, D, kWide>(d);
   const int most = MostPixels<VB>(ch);
   const int64_t pixels = f.out_h * f.out_w;
   const int64_t nblocks = (pixels + most - 1) / most;
@@ -759,7 +844,7 @@ void FlatTask(const Flat& f, const T* packed, int64_t b_size, int64_t d_rt, int6
         bases[p] = base0 + ((a * f.sh + f.rs) * f.wp + b * f.sw + f.cs) * width;
       }
       BlockOf<T, VB, D, B, kWide>(ch, np, bases, ws, f.ntaps, b_size, d_rt, next, o0,
-                                  out + q0 * f.out_c, f.out_c, offsets);
+                                  out + q0 * f.out_c, f.out_c, offsets, end);
     }
   }
 }
@@ -796,8 +881,8 @@ Units ChannelUnits(int64_t taps, int64_t b_size, int64_t d_rt, int64_t width) {
   if (taps * b_size * width * int64_t(sizeof(T)) <= (kWide ? 64 << 10 : 128 << 10))
     return {1, width};
   const int64_t d = D > 0 ? D : d_rt;
-  const int64_t unit = ChunksAGroup<T, VB, kWide>(d) * L;
-  return {width / unit, unit};
+  const int64_t unit = ChunksABlock<T, VB, D, kWide>(d) * L;
+  return {(width + unit - 1) / unit, unit};  // the last unit of split groups may be one group
 }
 
 // ---------------------------------------------------------------------------------------
@@ -853,7 +938,7 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* k, T
         fn.out = y + n * g.ho * g.wo * g.o;
         std::vector<T> buffer;
         FlatTask<T, VB, D, B, kWide>(fn, packed.data(), g.cg, g.og, u * units.width,
-                                     (u + 1) * units.width, &buffer);
+                                     std::min((u + 1) * units.width, g.o), &buffer);
       });
     }
     else
@@ -892,8 +977,8 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const T* dy, const T* k
   // The kernel transposed per group, (KH, KW, Og, C): for the vector blocks packed as Pack
   // would (C / L, KH * KW, Og, L), else as it is.
   constexpr int L = Lanes<T, VB>::L;
-  std::vector<T> kt(g.kh * g.kw * g.og * g.c);
   const int64_t taps = g.kh * g.kw;
+  std::vector<T> kt((kVector ? (g.c + L - 1) / L * L : g.c) * taps * g.og, T(0));
   for (int64_t t = 0; t < taps; ++t)
     for (int64_t b = 0; b < g.cg; ++b)
       for (int64_t gr = 0; gr < g.groups; ++gr) {
@@ -961,12 +1046,12 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const T* dy, const T* k
         fn.out = dx + n * g.h * g.w * g.c;
         std::vector<T> buffer;
         FlatTask<T, VB, D, B, kWide>(fn, packed.data(), g.og, g.cg, u * units.width,
-                                     (u + 1) * units.width, &buffer);
+                                     std::min((u + 1) * units.width, g.c), &buffer);
       });
     } else if (units.count > 1)  // a task: one unit of channels of one image, all its rows
       ParallelRows(pool, units.count * g.n, [&](int64_t task) {
         const int64_t u = task / g.n, n = task % g.n;
-        const int64_t begin = u * units.width, end = begin + units.width;
+        const int64_t begin = u * units.width, end = std::min(begin + units.width, g.c);
         std::vector<T> slice;
         const int64_t c0 = Slice(dy + n * g.ho * g.wo * g.o, g.ho * g.wo, g.o, begin, end, g.cg,
                                  g.og, &slice);
@@ -1179,6 +1264,12 @@ void RunWidth(Pass pass, ffi::ThreadPool& pool, const Geometry& g, const T* a, c
       if (d % L == 0) return Run<T, 64, D, B, true, true>(pass, pool, g, a, b, out);
       return Run<T, 64, D, B, true, false>(pass, pool, g, a, b, out);
     }
+    // Groups of 1.5 chunks, in pairs (the kernel gradient's blocks do not split groups), where
+    // measured faster than 32-byte chunks of one group: an even count of groups, or strides
+    // (odd counts at stride 1, 28x28x120 in 5 groups and 7x7x888 in 37: 4-14% slower).
+    if (Split<T, 64, D, false>() && pass != Pass::kKernelGrad && vector_taps &&
+        (g.groups % 2 == 0 || g.sh > 1 || g.sw > 1))
+      return Run<T, 64, D, B, true, false>(pass, pool, g, a, b, out);
   }
 #endif
   constexpr int L = Lanes<T, 32>::L;
