@@ -289,6 +289,17 @@ inline typename Lanes<T, VB>::V Gather(const T* in, int64_t o0, int64_t d_rt, in
   }
 }
 
+// The NP pixels' inputs of tap t: each pixel's base + the tap's offset (tap_offsets), else
+// the pixel's pointer for that tap (in[p * ntaps + t]).
+template <typename T, int NP>
+inline void TapInputs(const T* const* in, const int64_t* tap_offsets, int ntaps, int t,
+                      const T** x) {
+  if (tap_offsets)  // in: each pixel's base, the same offset a tap
+    for (int p = 0; p < NP; ++p) x[p] = in[p] + tap_offsets[t];
+  else  // in: each pixel's taps
+    for (int p = 0; p < NP; ++p) x[p] = in[p * ntaps + t];
+}
+
 // Groups one and a half chunks wide (24 floats in 64-byte vectors): a block holds two groups
 // in three chunks' lanes, the middle chunk half of each (SplitBlock).
 template <typename T, int VB, int D, bool kWide>
@@ -315,10 +326,7 @@ inline void SplitBlock(const float* const* in, const float* const* w, int ntaps,
   const int64_t i0 = (o0 / 24) * bs, i1 = i0 + bs;
   for (int t = 0; t < ntaps; ++t) {
     const float* x[NP];
-    if (tap_offsets)
-      for (int p = 0; p < NP; ++p) x[p] = in[p] + tap_offsets[t];
-    else
-      for (int p = 0; p < NP; ++p) x[p] = in[p * ntaps + t];
+    TapInputs<float, NP>(in, tap_offsets, ntaps, t, x);
     const float* wt = w[t];
     for (int64_t b = 0; b < bs; ++b) {
       const __m512 w0 = _mm512_loadu_ps(wt + b * 16);
@@ -369,25 +377,20 @@ inline void Block(const T* const* in, const T* const* w, int ntaps, int64_t b_si
   constexpr bool kSplit = Split<T, VB, D, kWide>();
   static_assert(CH == 1 || kWide || (kSplit && CH == 3),
                 "chunks a block share their inputs: one group's, or two split ones'");
+  const int64_t bs = B > 0 ? B : b_size;
 #if defined(__AVX512F__)
   if constexpr (kSplit) {
     if (o0 + 2 * D > end)  // the last group of an odd count
-      return SplitBlock<NP, true>(in, w, ntaps, B > 0 ? B : b_size, next, o0, out, out_step,
-                                  tap_offsets);
-    return SplitBlock<NP, false>(in, w, ntaps, B > 0 ? B : b_size, next, o0, out, out_step,
-                                 tap_offsets);
+      return SplitBlock<NP, true>(in, w, ntaps, bs, next, o0, out, out_step, tap_offsets);
+    return SplitBlock<NP, false>(in, w, ntaps, bs, next, o0, out, out_step, tap_offsets);
   }
 #endif
-  const int64_t bs = B > 0 ? B : b_size;
   typename S::V acc[NP][CH];
   for (int p = 0; p < NP; ++p)
     for (int c = 0; c < CH; ++c) acc[p][c] = S::Zero();
   for (int t = 0; t < ntaps; ++t) {
     const T* x[NP];
-    if (tap_offsets)  // in: each pixel's base, the same offset a tap
-      for (int p = 0; p < NP; ++p) x[p] = in[p] + tap_offsets[t];
-    else  // in: each pixel's taps
-      for (int p = 0; p < NP; ++p) x[p] = in[p * ntaps + t];
+    TapInputs<T, NP>(in, tap_offsets, ntaps, t, x);
     const T* wt = w[t];
     if constexpr (kSpread) {  // the chunk's 2 * B inputs in one load, spread per b
       typename S::V xv[NP];
