@@ -333,9 +333,9 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
     ``nn.max_pool``'s values, computed as the maximum of ``window**2`` strided slices, which
     XLA's CPU backend runs faster in bfloat16 (4 vs 17 ms at a ResNet-50's stem, batch 8, on a
     2-core Xeon; float32 the same). Derivatives (a custom JVP, so forward and reverse mode
-    alike) route each window's tangent from its first maximum in row-major window order, as
-    PyTorch's CPU ``max_pool2d`` does (and from its last NaN, as PyTorch's does, where
-    ``nn.max_pool``'s derivative takes the largest number); the gradient sums each input's
+    alike) route each window's tangent from its first maximum in row-major window order, or
+    from its last NaN where it holds one, as PyTorch's CPU ``max_pool2d`` does
+    (``nn.max_pool``'s derivative takes the largest number there); the gradient sums each input's
     contributions in the order of the outputs it feeds, as PyTorch does. XLA fuses these
     strided slices and selects: a ResNet stem's pool forward and backward (8x112x112x64,
     float32, 2-core Xeon) 95 ms with ``nn.max_pool``'s derivative (four index arrays and a
@@ -355,20 +355,22 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
     return _max_pool(x, window, stride)
 
 
+def _pool_taps(x: jax.Array, window: int, stride: int, fill: float) -> list[jax.Array]:
+    """The pool's ``window**2`` strided slices of ``x`` padded by ``window // 2`` with ``fill``."""
+    p = window // 2
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=fill)
+    return windows(xp, (window, window), (stride, stride))
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
-    p = window // 2
-    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
-    return functools.reduce(jnp.maximum, windows(xp, (window, window), (stride, stride)))
+    return functools.reduce(jnp.maximum, _pool_taps(x, window, stride, -jnp.inf))
 
 
 @_max_pool.defjvp
 def _max_pool_jvp(window, stride, primals, tangents):
     (x,), (t,) = primals, tangents
-    p = window // 2
-    pads = ((0, 0), (p, p), (p, p), (0, 0))
-    shape = (window, window), (stride, stride)
-    taps = windows(jnp.pad(x, pads, constant_values=-jnp.inf), *shape)
+    taps = _pool_taps(x, window, stride, -jnp.inf)
     y = functools.reduce(jnp.maximum, taps)
     # Each window's first maximum, or its last NaN (PyTorch's CPU kernel's choices).
     index = jnp.int8 if len(taps) < 127 else jnp.int32
@@ -381,7 +383,7 @@ def _max_pool_jvp(window, stride, primals, tangents):
     # A select chain, linear in t: its transpose adds the taps' contributions in descending
     # tap order, i.e. each input's in the order of the outputs it feeds (PyTorch's order).
     out = jnp.zeros_like(y)
-    for k, tk in reversed(list(enumerate(windows(jnp.pad(t, pads), *shape)))):
+    for k, tk in reversed(list(enumerate(_pool_taps(t, window, stride, 0)))):
         out = jnp.where(first == k, tk, out)
     return y, out
 
